@@ -1,0 +1,1 @@
+"""Actions: gradient clipping policies and the non-finite guard (run before optimizer.step)."""

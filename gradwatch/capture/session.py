@@ -1,0 +1,31 @@
+"""State shared by one monitor's forward adapters: where this step's measurements go.
+
+    >>> session = CaptureSession(report_error=print)
+    >>> session.begin_step(probe=True)        # the monitor decides; adapters only read it
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..stream.accumulator import StepAccumulator
+
+__all__ = ["CaptureSession"]
+
+
+class CaptureSession:
+    """Owned by one `Monitor`; adapters read `accumulator` and `probing`, never decide anything."""
+
+    def __init__(self, report_error: Callable[[str, BaseException], None]) -> None:
+        self.accumulator = StepAccumulator()
+        self.probing = False
+        self.enabled = True
+        self.report_error = report_error
+        self.forwards = 0
+
+    def begin_step(self, *, probe: bool) -> StepAccumulator:
+        """Start collecting a new step; returns the finished step's accumulator."""
+        done, self.accumulator = self.accumulator, StepAccumulator()
+        self.probing = probe
+        self.forwards = 0
+        return done

@@ -1,0 +1,253 @@
+"""Forward adapter for nn.RNN / nn.LSTM / nn.GRU (fused, possibly multi-layer, bidirectional).
+
+    >>> adapter = StackForward(watched, session)     # installed as the module's `forward`
+    >>> output, h_n = lstm(x)                        # same result, now measured
+
+On ordinary steps the module's own forward runs and only its input and output are read.
+On probe steps the stack runs layer by layer through the very same ATen kernels with the
+same parameters, so each inner layer's input sequence is visible to autograd: outputs and
+parameter gradients stay bit-identical on CPU (the fused kernels loop over layers the same
+way, and inter-layer dropout draws from the RNG in the same order).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import _VF, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .modules import WatchedModule
+from .probe import timestep_probe, timestep_sumsq
+from .session import CaptureSession
+from ..stats.tensor_stats import unit_activity
+
+__all__ = ["StackForward", "CellForward", "plain_forward"]
+
+
+def plain_forward(module: nn.Module) -> Any:
+    """The module's class forward bound to it: what a pickled watched module unpickles to."""
+    return types.MethodType(type(module).forward, module)
+
+
+class _Adapter:
+    """Common part of the forward adapters: install, remove, pickle as the plain forward."""
+
+    def __init__(self, watched: WatchedModule, session: CaptureSession) -> None:
+        self.watched = watched
+        self.session = session
+        self.previous = watched.module.__dict__.get("forward")
+        self.original = self.previous if self.previous is not None else plain_forward(watched.module)
+        self.failed = False
+
+    def install(self) -> None:
+        self.watched.module.forward = self  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        module = self.watched.module
+        if module.__dict__.get("forward") is self:
+            if self.previous is None:
+                del module.__dict__["forward"]
+            else:
+                module.forward = self.previous  # type: ignore[method-assign]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickling or deep-copying a watched model yields an unwatched one.
+        return plain_forward, (self.watched.module,)
+
+    def should_measure(self) -> bool:
+        if self.failed or not self.session.enabled or not torch.is_grad_enabled():
+            return False
+        try:
+            return not torch.compiler.is_compiling()
+        except AttributeError:  # older torch
+            return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed = True
+        self.session.report_error(f"forward capture of '{self.watched.name}'", exc)
+
+
+def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor | None) -> int | None:
+    """Time dimension of a module input/output tensor (None for packed data)."""
+    if batch_sizes is not None:
+        return None
+    if data.dim() == 2:  # unbatched (T, F)
+        return 0
+    return 1 if module.batch_first else 0  # type: ignore[attr-defined]
+
+
+class StackForward(_Adapter):
+    """Measuring forward for fused recurrent stacks."""
+
+    def __call__(self, input: Any, hx: Any = None) -> Any:
+        if not self.should_measure():
+            return self.original(input, hx)
+        session, name = self.session, self.watched.name
+        acc = session.accumulator
+        try:
+            data, batch_sizes = (input.data, input.batch_sizes) if isinstance(input, PackedSequence) else (input, None)
+            tdim = _seq_layout(self.watched.module, data, batch_sizes)
+            acc.add_timesteps(("in_act", name), timestep_sumsq(data, tdim, batch_sizes))
+            replay = session.probing and self.watched.replayable
+        except Exception as exc:
+            self.fail(exc)
+            return self.original(input, hx)
+        if replay:
+            try:
+                output = self._replay(input, hx)
+            except Exception as exc:
+                self.fail(exc)
+                return self.original(input, hx)
+        else:
+            output = self.original(input, hx)
+        try:
+            return self._measure_output(output, tdim, batch_sizes)
+        except Exception as exc:
+            self.fail(exc)
+            return output
+
+    def _measure_output(self, output: Any, tdim: int | None, batch_sizes: torch.Tensor | None) -> Any:
+        acc, name = self.session.accumulator, self.watched.name
+        y, hidden = output
+        packed = isinstance(y, PackedSequence)
+        data = y.data if packed else y
+        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes))
+        if not data.requires_grad:
+            return output
+        sink = lambda sq: acc.add_timesteps(("out_grad", name), sq)  # noqa: E731
+        probed = timestep_probe(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes)
+        if packed:
+            probed = PackedSequence(probed, y.batch_sizes, y.sorted_indices, y.unsorted_indices)
+        return probed, hidden
+
+    def _replay(self, input: Any, hx: Any) -> Any:
+        """The module's forward, run one layer at a time with probes between layers."""
+        m: Any = self.watched.module
+        is_lstm = isinstance(m, nn.LSTM)
+        if hasattr(m, "_update_flat_weights"):
+            m._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        ndir = 2 if m.bidirectional else 1
+        real_hidden = m.proj_size if getattr(m, "proj_size", 0) > 0 else m.hidden_size
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = int(batch_sizes[0])
+            is_batched = True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(m).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            data, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
+            is_batched = input.dim() == 3
+            if not is_batched:
+                data = input.unsqueeze(0 if m.batch_first else 1)
+            batch = data.size(0) if m.batch_first else data.size(1)
+        hx = self._initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes)
+        tdim = None if packed else (1 if m.batch_first else 0)
+        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir)
+        if packed:
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), m.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(0 if m.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
+        return output, hidden
+
+    @staticmethod
+    def _initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes):
+        layers = m.num_layers * ndir
+        if hx is None:
+            h = torch.zeros(layers, batch, real_hidden, dtype=data.dtype, device=data.device)
+            if is_lstm:
+                c = torch.zeros(layers, batch, m.hidden_size, dtype=data.dtype, device=data.device)
+                hx = (h, c)
+            else:
+                hx = h
+            if batch_sizes is None:
+                m.check_forward_args(data, hx, batch_sizes)
+            return hx
+        if not is_batched:
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
+        m.check_forward_args(data, hx, batch_sizes)
+        return m.permute_hidden(hx, sorted_indices)
+
+    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir):
+        acc, name = self.session.accumulator, self.watched.name
+        weights = m._flat_weights
+        per_layer = len(weights) // (m.num_layers * ndir)
+        if is_lstm:
+            call = _VF.lstm
+        elif isinstance(m, nn.GRU):
+            call = _VF.gru
+        else:
+            call = _VF.rnn_tanh if m.nonlinearity == "tanh" else _VF.rnn_relu
+        x, finals = data, []
+        for layer in range(m.num_layers):
+            anchor = None
+            if layer == 0 and not x.requires_grad:
+                anchor = torch.zeros((), device=x.device, requires_grad=True)
+            if x.requires_grad or anchor is not None:
+                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq))(("xgrad", name, layer))
+                x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor)
+            w = weights[layer * ndir * per_layer : (layer + 1) * ndir * per_layer]
+            rows = slice(layer * ndir, (layer + 1) * ndir)
+            h0 = (hx[0][rows], hx[1][rows]) if is_lstm else hx[rows]
+            if batch_sizes is None:
+                result = call(x, h0, w, m.bias, 1, 0.0, m.training, m.bidirectional, m.batch_first)
+            else:
+                result = call(x, batch_sizes, h0, w, m.bias, 1, 0.0, m.training, m.bidirectional)
+            out = result[0]
+            finals.append(result[1:])
+            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes))
+            acc.add_activity(("activity", name, layer), unit_activity(out))
+            if m.dropout and m.training and layer < m.num_layers - 1:
+                out = torch.nn.functional.dropout(out, m.dropout, True)
+            x = out
+        if is_lstm:
+            hidden = (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
+        else:
+            hidden = torch.cat([f[0] for f in finals])
+        return x, hidden
+
+
+class CellForward(_Adapter):
+    """Measuring forward for RNNCell / LSTMCell / GRUCell: each call is one timestep."""
+
+    def __call__(self, input: Any, hx: Any = None) -> Any:
+        if not self.should_measure():
+            return self.original(input, hx)
+        session, name = self.session, self.watched.name
+        acc = session.accumulator
+        try:
+            t = acc.next_call(name)
+            acc.set_timestep(("in_act", name), t, timestep_sumsq(input, None))
+            x = input
+            if session.probing:
+                anchor = None if input.requires_grad else torch.zeros((), device=input.device, requires_grad=True)
+                sink = lambda sq: acc.set_timestep(("xgrad", name, 0), t, sq)  # noqa: E731
+                x = timestep_probe(input, time_dim=None, sink=sink, anchor=anchor)
+        except Exception as exc:
+            self.fail(exc)
+            return self.original(input, hx)
+        output = self.original(x, hx)
+        try:
+            h = output[0] if isinstance(output, tuple) else output
+            acc.set_timestep(("out_act", name), t, timestep_sumsq(h, None))
+            if session.probing:
+                acc.set_timestep(("act", name, 0), t, timestep_sumsq(h, None))
+                acc.add_activity(("activity", name, 0), unit_activity(h))
+            if not h.requires_grad:
+                return output
+            sink_out = lambda sq: acc.set_timestep(("out_grad", name), t, sq)  # noqa: E731
+            h = timestep_probe(h, time_dim=None, sink=sink_out)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        except Exception as exc:
+            self.fail(exc)
+            return output
+
+
+ADAPTERS: dict[str, type[_Adapter]] = {"stack": StackForward, "cell": CellForward}
+"""Adapter class per module kind (see `modules.RECURRENT_KINDS`)."""

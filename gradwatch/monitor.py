@@ -1,0 +1,282 @@
+"""`Monitor`: wires capture → stats → stream → detectors/actions → sinks for one model.
+
+    >>> monitor = gradwatch.watch(model, optimizer)
+    >>> ...train...; monitor.step(loss)
+    >>> monitor.history[-1].layers[("lstm", 0)].grad_norm
+    >>> monitor.close()
+
+The monitor owns every hook it registers and removes them all in `close()`. Hooks only
+record device tensors; numbers reach Python once a step's single buffer has been copied to
+the host, and only then do detectors and sinks see the step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .capture.modules import WatchedModule, find_recurrent, unwrap_model
+from .capture.params import ParameterMap, total_grad_sumsq
+from .capture.session import CaptureSession
+from .capture.stack import ADAPTERS, _Adapter
+from .errors import GradwatchError
+from .records import Alert, StepStats
+from .stream.build import ModuleInfo, PendingStep, build_step_stats
+from .stream.readback import PendingReadback, start_readback
+
+__all__ = ["Monitor"]
+
+log = logging.getLogger("gradwatch")
+
+
+class Monitor:
+    """Watches the recurrent modules of one model. Create it with `gradwatch.watch(...)`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        *,
+        every: int,
+        history: int,
+        strict: bool,
+        detectors: Any,
+        sinks: list[Any],
+        actions: Any = None,
+    ) -> None:
+        self.model = model
+        self.optimizers = list(optimizers)
+        self.every = every
+        self.strict = strict
+        self.history: collections.deque[StepStats] = collections.deque(maxlen=history)
+        """The most recent finished steps (at most `history`); older ones went to the sinks."""
+        self.alerts: list[Alert] = []
+        """Every alert raised so far, in order."""
+        self._detectors = detectors
+        self._sinks = sinks
+        self._actions = actions
+        self._disabled: set[str] = set()
+        self._closed = False
+        self._step = 0
+        self._pending: collections.deque[PendingStep] = collections.deque()
+        self._pending_loss: Any = None
+        self._grad_stats: dict | None = None
+        self._optimizer_steps = 0
+        self._handles: list[Any] = []
+        self.session = CaptureSession(self._report_error)
+        self.watched: list[WatchedModule] = find_recurrent(model)
+        self._adapters: list[_Adapter] = []
+        for w in self.watched:
+            if isinstance(w.module.__dict__.get("forward"), _Adapter):
+                raise GradwatchError(
+                    f"module '{w.name}' is already watched by another gradwatch monitor; "
+                    "close() that monitor first (watching the same model twice is not supported)."
+                )
+        for w in self.watched:
+            adapter = ADAPTERS[w.kind](w, self.session)
+            adapter.install()
+            self._adapters.append(adapter)
+        self._modules = [
+            ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
+            for w in self.watched
+        ]
+        self.params = ParameterMap(model, self.watched)
+        self.params.take_snapshot()
+        for opt in self.optimizers:
+            self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre_step))
+            self._handles.append(opt.register_step_post_hook(self._on_optimizer_post_step))
+        self.session.begin_step(probe=self._is_probe_step(0))
+
+    # ------------------------------------------------------------------ public API
+    def step(self, loss: Any = None) -> None:
+        """Feed the loss of the step that just ended; without an optimizer, end the step.
+
+        `loss` may be a tensor (read back asynchronously, never synchronised) or a float.
+        """
+        if self._closed:
+            return
+        try:
+            if not self.optimizers:
+                self._end_step(loss)
+                return
+            waiting = self._pending[-1] if self._pending else None
+            if waiting is not None and not waiting.has_loss:
+                self._attach_loss(waiting, loss)
+            else:
+                self._pending_loss = loss
+            self._drain()
+        except Exception as exc:
+            self._report_error("step", exc)
+
+    @property
+    def steps(self) -> int:
+        """Number of finished steps."""
+        return self._step
+
+    def flush(self) -> None:
+        """Wait for every finished step's numbers and run detectors and sinks on them (may sync)."""
+        self._drain(force=True)
+
+    def close(self) -> None:
+        """Flush, remove every hook and patch, and let sinks print their summaries. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            for adapter in self._adapters:
+                adapter.remove()
+            for handle in self._handles:
+                handle.remove()
+            self._adapters.clear()
+            self._handles.clear()
+            self.params.snapshot = None
+            for sink in self._sinks:
+                self._call(f"sink {type(sink).__name__}", sink.close, self)
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ step boundaries
+    def _is_probe_step(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def _on_optimizer_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._grad_stats is not None:
+            return  # a second optimizer in the same step: gradients were already read
+        try:
+            self._grad_stats = self._read_grads()
+            if self._actions is not None:
+                self._grad_stats["action"] = self._actions.before_step(self)
+        except Exception as exc:
+            self._report_error("optimizer pre-step", exc)
+
+    def _on_optimizer_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._optimizer_steps += 1
+        if self._optimizer_steps < len(self.optimizers):
+            return
+        try:
+            self._end_step(self._pending_loss)
+            self._pending_loss = None
+        except Exception as exc:
+            self._report_error("optimizer post-step", exc)
+
+    def _read_grads(self) -> dict:
+        gsq, has_grad = self.params.grad_sumsq()
+        return {"gsq": gsq, "has_grad": has_grad, "total": total_grad_sumsq(self.model)}
+
+    def _end_step(self, loss: Any = None) -> None:
+        grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
+        self._grad_stats, self._optimizer_steps = None, 0
+        weight, update = self.params.weight_and_update_sumsq()
+        scalars: dict = {("wsq",): weight, ("usq",): update}
+        if grads["gsq"] is not None:
+            scalars[("gsq",)] = grads["gsq"]
+        if grads["total"] is not None:
+            scalars[("total",)] = grads["total"]
+        action = grads.get("action") or {}
+        if "clip" in action:
+            scalars[("clip",)] = action["clip"]
+        probed = self.session.probing
+        acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
+        flat, layout = acc.pack(scalars)
+        pending = PendingStep(
+            step=self._step,
+            layout=layout,
+            groups=self.params.groups,
+            has_grad=grads["has_grad"],
+            probed=probed,
+            modules=self._modules,
+            readback=start_readback(flat) if flat is not None else None,
+            clip_policy=action.get("policy"),
+            skipped=bool(action.get("skipped", False)),
+        )
+        if loss is not None:
+            self._attach_loss(pending, loss)
+        self._pending.append(pending)
+        self._step += 1
+        self._drain()
+
+    def _attach_loss(self, pending: PendingStep, loss: Any) -> None:
+        pending.has_loss = loss is not None
+        if isinstance(loss, torch.Tensor):
+            pending.loss_readback = start_readback(loss.detach().reshape(-1)[:1].float())
+        elif loss is not None:
+            pending.loss = float(loss)
+
+    # ------------------------------------------------------------------ read-back and fan-out
+    def _ready(self, pending: PendingStep, is_last: bool, force: bool) -> bool:
+        if force:
+            return True
+        if self.optimizers and not pending.has_loss and is_last:
+            return False  # its loss may still come through step(loss); the next step end releases it
+        for rb in (pending.readback, pending.loss_readback):
+            if isinstance(rb, PendingReadback) and not rb.ready():
+                return False
+        return True
+
+    def _drain(self, force: bool = False) -> None:
+        while self._pending and self._ready(self._pending[0], len(self._pending) == 1, force):
+            pending = self._pending.popleft()
+            flat = pending.readback.values() if isinstance(pending.readback, PendingReadback) else []
+            loss = pending.loss
+            if isinstance(pending.loss_readback, PendingReadback):
+                loss = pending.loss_readback.values()[0]
+            stats = build_step_stats(pending, flat, loss)
+            self._publish(stats)
+
+    def _publish(self, stats: StepStats) -> None:
+        self.history.append(stats)
+        new_alerts: list[Alert] = []
+        if self._detectors is not None and "detectors" not in self._disabled:
+            found = self._call("detectors", self._detectors.update, stats)
+            new_alerts = list(found or [])
+        self.alerts.extend(new_alerts)
+        for sink in self._sinks:
+            self._call(f"sink {type(sink).__name__}", sink.on_step, stats, new_alerts)
+
+    # ------------------------------------------------------------------ fault isolation
+    def _call(self, where: str, fn: Any, *args: Any) -> Any:
+        if where in self._disabled:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._report_error(where, exc)
+            self._disabled.add(where)
+            return None
+
+    def _report_error(self, where: str, exc: BaseException) -> None:
+        """An internal failure is reported once and that part disabled; training goes on."""
+        if self.strict:
+            raise exc
+        key = f"reported:{where}"
+        if key not in self._disabled:
+            self._disabled.add(key)
+            log.warning("gradwatch: %s failed (%s: %s); that part is disabled, training continues.",
+                        where, type(exc).__name__, exc)
+
+
+def as_optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """Normalise `watch(optimizer=...)`: None, one optimizer, or a sequence of them."""
+    if optimizer is None:
+        return []
+    items: Iterable[Any] = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+    result = []
+    for opt in items:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise GradwatchError(
+                f"gradwatch.watch(optimizer=...) expects a torch.optim.Optimizer (or a list of them), "
+                f"got {type(opt).__name__}. Pass the optimizer whose step() updates the model, or None "
+                "and call monitor.step(loss) after your manual update."
+            )
+        result.append(opt)
+    return result

@@ -1,0 +1,1 @@
+"""Sinks: where finished steps and alerts go (console, logging, JSONL, TensorBoard)."""

@@ -1,0 +1,98 @@
+"""Collects one step's device tensors as hooks produce them, then packs them into one buffer.
+
+    >>> acc = StepAccumulator()
+    >>> acc.add_timesteps(("xgrad", "lstm", 0), sumsq)      # from a backward probe
+    >>> flat, layout = acc.pack({"loss": loss})              # one tensor, read back once
+
+Everything stays on the device; `pack` concatenates it so that a single asynchronous copy
+brings the whole step to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+import torch
+
+from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE
+
+__all__ = ["StepAccumulator", "Layout"]
+
+Layout = list[tuple[Hashable, int]]
+"""(key, number of values) for each segment of a packed buffer, in order."""
+
+
+def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape[0] < b.shape[0]:
+        a, b = b, a
+    if a.shape[0] == b.shape[0]:
+        return a + b
+    return torch.cat([a[: b.shape[0]] + b, a[b.shape[0]:]])
+
+
+class StepAccumulator:
+    """Per-step store of device tensors, keyed by tuples such as ("xgrad", module, layer)."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[Hashable, torch.Tensor] = {}
+        self.indexed: dict[Hashable, dict[int, torch.Tensor]] = {}
+        self.activity: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.calls: dict[str, int] = {}
+
+    def add_timesteps(self, key: Hashable, sumsq: torch.Tensor) -> None:
+        """Add a per-timestep vector of squared norms (several calls add up, aligned at t=0)."""
+        old = self.vectors.get(key)
+        self.vectors[key] = sumsq if old is None else _add_padded(old, sumsq)
+
+    def set_timestep(self, key: Hashable, t: int, sumsq: torch.Tensor) -> None:
+        """Add a squared norm for timestep `t` (cells, where each call is one timestep)."""
+        slots = self.indexed.setdefault(key, {})
+        slots[t] = sumsq if t not in slots else slots[t] + sumsq
+
+    def add_activity(self, key: Hashable, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Combine per-unit (max |h|, saturated count, positions) across forward calls."""
+        old = self.activity.get(key)
+        if old is None or old[0].shape != stats[0].shape:
+            self.activity[key] = stats
+        else:
+            self.activity[key] = (torch.maximum(old[0], stats[0]), old[1] + stats[1], old[2] + stats[2])
+
+    def next_call(self, module: str) -> int:
+        """Index of the next call of a cell module within this step."""
+        t = self.calls.get(module, 0)
+        self.calls[module] = t + 1
+        return t
+
+    def timesteps(self) -> dict[Hashable, torch.Tensor]:
+        """All per-timestep vectors, cells' indexed entries stacked in timestep order."""
+        out = dict(self.vectors)
+        for key, slots in self.indexed.items():
+            if slots:
+                n = max(slots) + 1
+                ref = next(iter(slots.values()))
+                out[key] = torch.stack([slots.get(t, torch.zeros_like(ref)) for t in range(n)])
+        return out
+
+    def pack(self, scalars: dict[Hashable, torch.Tensor]) -> tuple[torch.Tensor | None, Layout]:
+        """Concatenate `scalars` and everything accumulated into one float32 vector.
+
+        Per-timestep squared norms become norms (sqrt) here, on the device.
+        """
+        parts: list[torch.Tensor] = []
+        layout: Layout = []
+        for key, t in scalars.items():
+            parts.append(t.detach().float().reshape(-1))
+            layout.append((key, parts[-1].numel()))
+        for key, v in self.timesteps().items():
+            parts.append(v.float().reshape(-1).sqrt())
+            layout.append((key, parts[-1].numel()))
+        for key, (maxabs, satcount, positions) in self.activity.items():
+            dead = (maxabs < DEAD_EPS).float().mean()
+            sat = (satcount >= SATURATION_SHARE * positions).float().mean()
+            parts.append(torch.stack([dead, sat]))
+            layout.append((key, 2))
+        if not parts:
+            return None, layout
+        device = parts[0].device
+        return torch.cat([p.to(device) for p in parts]), layout
+

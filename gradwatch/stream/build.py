@@ -1,0 +1,166 @@
+"""Turn one step's read-back numbers into a `StepStats` record (pure Python, no tensors).
+
+    >>> stats = build_step_stats(pending, values_by_key, loss=0.7)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Hashable
+
+from ..capture.params import GroupKey
+from ..records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
+from .accumulator import Layout
+
+__all__ = ["ModuleInfo", "PendingStep", "split_values", "build_step_stats", "locate_nonfinite"]
+
+
+@dataclass
+class ModuleInfo:
+    """What the record builder needs to know about a watched module."""
+
+    name: str
+    kind: str
+    num_layers: int
+    relu: bool = False
+
+
+@dataclass
+class PendingStep:
+    """A finished step whose numbers may still be on their way from the device."""
+
+    step: int
+    layout: Layout
+    groups: list[GroupKey]
+    has_grad: list[bool]
+    probed: bool
+    modules: list[ModuleInfo]
+    readback: object | None = None
+    loss_readback: object | None = None
+    loss: float | None = None
+    has_loss: bool = False
+    clip_policy: str | None = None
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def split_values(layout: Layout, flat: list[float]) -> dict[Hashable, list[float]]:
+    """Cut the flat read-back list into its keyed segments."""
+    out, pos = {}, 0
+    for key, n in layout:
+        out[key] = flat[pos : pos + n]
+        pos += n
+    return out
+
+
+def _sqrt(x: float) -> float:
+    return math.sqrt(x) if x >= 0 else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def _first_bad(values: list[float] | None, *, last: bool = False) -> int | None:
+    if not values:
+        return None
+    bad = [t for t, v in enumerate(values) if not math.isfinite(v)]
+    if not bad:
+        return None
+    return bad[-1] if last else bad[0]
+
+
+def _layers(p: PendingStep, v: dict[Hashable, list[float]]) -> dict[tuple[str, int], LayerStats]:
+    gsq, wsq, usq = v.get(("gsq",)), v.get(("wsq",)), v.get(("usq",))
+    by_layer: dict[tuple[str, int], list[int]] = {}
+    for g, key in enumerate(p.groups):
+        by_layer.setdefault((key.module, key.layer), []).append(g)
+    kinds = {m.name: m for m in p.modules}
+    layers = {}
+    for (name, layer), gs in by_layer.items():
+        g2 = [gsq[g] if gsq else 0.0 for g in gs]
+        w2 = [wsq[g] if wsq else float("nan") for g in gs]
+        u2 = [usq[g] if usq else float("nan") for g in gs]
+        dirs = [DirectionStats(_sqrt(a), _sqrt(b), _ratio(_sqrt(c), _sqrt(b))) for a, b, c in zip(g2, w2, u2)]
+        wn, un = _sqrt(sum(w2)), _sqrt(sum(u2))
+        activity = v.get(("activity", name, layer))
+        info = kinds.get(name)
+        xgrad, act = v.get(("xgrad", name, layer)), v.get(("act", name, layer))
+        layers[(name, layer)] = LayerStats(
+            module=name,
+            layer=layer,
+            kind=info.kind if info else "",
+            grad_norm=_sqrt(sum(g2)),
+            weight_norm=wn,
+            update_norm=un,
+            update_ratio=_ratio(un, wn),
+            has_grad=any(p.has_grad[g] for g in gs),
+            timestep_grad_norms=list(xgrad) if (p.probed and xgrad is not None) else None,
+            timestep_activation_norms=list(act) if (p.probed and act is not None) else None,
+            dead_fraction=activity[0] if activity else None,
+            saturated_fraction=(None if (info and info.relu) else activity[1]) if activity else None,
+            directions=dirs,
+        )
+    return layers
+
+
+def locate_nonfinite(
+    p: PendingStep, v: dict[Hashable, list[float]], layers: dict[tuple[str, int], LayerStats], loss: float | None
+) -> NonFinite | None:
+    """Where a NaN/Inf first appeared: weights, then forward, then loss, then backward."""
+    for (name, layer), ls in layers.items():
+        if not math.isfinite(ls.weight_norm):
+            return NonFinite("weights", name, layer, None)
+    for m in p.modules:
+        t = _first_bad(v.get(("in_act", m.name)))
+        if t is not None:
+            return NonFinite("forward", m.name, 0, t)
+        t_out = _first_bad(v.get(("out_act", m.name)))
+        if t_out is None:
+            continue
+        for layer in range(m.num_layers):
+            t = _first_bad(v.get(("act", m.name, layer)))
+            if t is not None:
+                return NonFinite("forward", m.name, layer, t)
+        return NonFinite("forward", m.name, None, t_out)
+    if loss is not None and not math.isfinite(loss):
+        return NonFinite("loss", None, None, None)
+    for m in p.modules:
+        t_out = _first_bad(v.get(("out_grad", m.name)), last=True)
+        if t_out is not None:
+            return NonFinite("backward", m.name, m.num_layers - 1, t_out)
+        for layer in reversed(range(m.num_layers)):
+            t = _first_bad(v.get(("xgrad", m.name, layer)), last=True)
+            if t is not None:
+                return NonFinite("backward", m.name, layer, t)
+        for layer in reversed(range(m.num_layers)):
+            ls = layers.get((m.name, layer))
+            if ls is not None and not math.isfinite(ls.grad_norm):
+                return NonFinite("backward", m.name, layer, None)
+    total = v.get(("total",))
+    if total and not math.isfinite(total[0]):
+        return NonFinite("backward", None, None, None)
+    return None
+
+
+def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> StepStats:
+    """The record for one step from its read-back values."""
+    v = split_values(p.layout, flat)
+    layers = _layers(p, v)
+    total = v.get(("total",))
+    clip = None
+    if p.clip_policy is not None and ("clip",) in v:
+        before, after, coef, threshold = v[("clip",)]
+        clip = ClipEvent(p.clip_policy, before, after, coef, threshold if math.isfinite(threshold) else None)
+    return StepStats(
+        step=p.step,
+        loss=loss,
+        grad_norm=_sqrt(total[0]) if total else 0.0,
+        layers=layers,
+        probed=p.probed,
+        nonfinite=locate_nonfinite(p, v, layers, loss),
+        clip=clip,
+        skipped=p.skipped,
+        timestep_output_grad_norms={m.name: list(v[("out_grad", m.name)]) for m in p.modules if ("out_grad", m.name) in v},
+    )

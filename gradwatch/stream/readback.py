@@ -1,0 +1,49 @@
+"""Bring a device tensor to the host without making the host wait for the device.
+
+    >>> pending = start_readback(flat)       # launches an async copy (CUDA) or a copy (CPU)
+    >>> if pending.ready(): values = pending.values()
+
+On CUDA the copy goes to pinned memory with `non_blocking=True` and a recorded event;
+`ready()` only queries the event. `values()` is the one place where gradwatch turns tensors
+into Python numbers, and it does so from a host buffer that has already arrived.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PendingReadback", "start_readback"]
+
+HOST_MARK = "_gradwatch_host"
+"""Attribute set on host buffers that gradwatch may convert to Python numbers."""
+
+
+class PendingReadback:
+    """A host copy of a device tensor that is, or will soon be, complete."""
+
+    def __init__(self, host: torch.Tensor, event: "torch.cuda.Event | None") -> None:
+        self.host = host
+        self.event = event
+
+    def ready(self) -> bool:
+        return self.event is None or bool(self.event.query())
+
+    def values(self) -> list[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
+def start_readback(tensor: torch.Tensor) -> PendingReadback:
+    """Start copying a 1-D tensor to the host; returns immediately on CUDA."""
+    tensor = tensor.detach()
+    if tensor.device.type == "cuda":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+    else:
+        host = tensor.to("cpu", copy=True)
+        event = None
+    setattr(host, HOST_MARK, True)
+    return PendingReadback(host, event)
