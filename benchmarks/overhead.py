@@ -1,0 +1,157 @@
+"""Overhead of gradwatch against plain training, measured in the same process.
+
+    python benchmarks/overhead.py                  # the issue's reference: 2-layer LSTM, H=256, T=100, B=32, 1 thread
+    python benchmarks/overhead.py --quick          # smaller and fewer repetitions
+
+Method: for each repetition the configurations run one block each, in an order rotated per
+repetition (A B C, B C A, ...), on the same model and data; a block is `block` optimizer steps
+(a multiple of the probe interval, so the probe's cost is amortised as in real training). The
+reported overhead is the median over repetitions of (monitored block time / plain block time
+of the same repetition), with the 25th-75th percentile spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+import gradwatch
+
+__all__ = ["Case", "CONFIGS", "measure", "machine", "main"]
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str = "LSTM"
+    hidden: int = 256
+    seq_len: int = 100
+    layers: int = 2
+    batch: int = 32
+    features: int = 64
+
+
+def _watch_default(model, opt):
+    return gradwatch.watch(model, opt, console=False)
+
+
+def _watch_probe_every_step(model, opt):
+    return gradwatch.watch(model, opt, every=1, console=False)
+
+
+CONFIGS: dict[str, Callable | None] = {
+    "plain": None,
+    "default": _watch_default,
+    "probe every step": _watch_probe_every_step,
+}
+"""Configuration name -> monitor factory (None = plain training). Other modules add entries."""
+
+
+class _Model(nn.Module):
+    def __init__(self, case: Case):
+        super().__init__()
+        cls = {"RNN": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}[case.cell]
+        self.rnn = cls(case.features, case.hidden, num_layers=case.layers)
+        self.head = nn.Linear(case.hidden, case.features)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def _block(model, opt, x, y, steps: int, factory) -> float:
+    monitor = factory(model, opt) if factory else None
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss)
+    elapsed = time.perf_counter() - start
+    if monitor is not None:
+        monitor.close()
+    return elapsed
+
+
+def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, block: int = 10,
+            device: str = "cpu", on_rep: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """Median and spread of block-time ratios against 'plain' for each configuration."""
+    torch.manual_seed(0)
+    model = _Model(case).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(case.seq_len, case.batch, case.features, device=device)
+    y = torch.randn_like(x)
+    names = list(configs)
+    _block(model, opt, x, y, 2, None)  # warm-up
+    for name in names:
+        _block(model, opt, x, y, 2, configs[name])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(_block(model, opt, x, y, block, configs[name]))
+            if device == "cuda":
+                torch.cuda.synchronize()
+        if on_rep:
+            on_rep()
+    result = {}
+    for name in names:
+        ratios = sorted(t / p for t, p in zip(times[name], times["plain"]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        result[name] = {
+            "ratio": statistics.median(ratios),
+            "p25": q[0],
+            "p75": q[2],
+            "step_ms": 1000 * statistics.median(times[name]) / block,
+        }
+    return result
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+
+
+def table(rows: list[tuple[Case, dict]]) -> str:
+    lines = ["| model | T | hidden | layers | config | step ms | overhead (median) | IQR |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case, result in rows:
+        for name, r in result.items():
+            if name == "plain":
+                continue
+            lines.append(f"| {case.cell} | {case.seq_len} | {case.hidden} | {case.layers} | {name} | "
+                         f"{r['step_ms']:.1f} | {100 * (r['ratio'] - 1):+.1f}% | "
+                         f"{100 * (r['p25'] - 1):+.1f}% .. {100 * (r['p75'] - 1):+.1f}% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    case = Case(hidden=64, seq_len=50, batch=16) if args.quick else Case()
+    reps = args.reps or (5 if args.quick else 9)
+    result = measure(case, CONFIGS, reps=reps)
+    print(f"machine: {machine()}")
+    print(table([(case, result)]))
+
+
+if __name__ == "__main__":
+    main()
