@@ -159,3 +159,21 @@ def test_no_grad_forwards_are_ignored():
     opt.step(); mon.step()
     mon.close()
     assert len(mon.history[0].layers[("rnn", 0)].timestep_grad_norms) == 6
+
+
+def test_torch_compile_keeps_parameter_statistics():
+    torch.manual_seed(0)
+    m = SeqClassifier(nn.GRU)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    compiled = torch.compile(m, backend="eager")
+    mon = gradwatch.watch(compiled, opt, every=1, console=False, strict=True)
+    x = torch.randint(0, 20, (6, 2))
+    loss = compiled(x).logsumexp(-1).mean()
+    opt.zero_grad(); loss.backward()
+    total = torch.nn.utils.clip_grad_norm_(m.parameters(), float("inf"))
+    opt.step(); mon.step(loss)
+    mon.close()
+    s = mon.history[0]
+    assert s.grad_norm == pytest.approx(float(total), rel=1e-5)
+    assert s.layers[("rnn", 0)].timestep_grad_norms is None  # probes do not run inside compiled code
+    assert "forward" not in m.rnn.__dict__
