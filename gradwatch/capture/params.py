@@ -84,9 +84,14 @@ class ParameterMap:
         assert self.snapshot is not None
         with torch.no_grad():
             current = [p.detach() for p in self.params]
-            if any(s.device != c.device or s.shape != c.shape for s, c in zip(self.snapshot, current)):
-                self.snapshot = None  # model moved or resized: start over
+            if any(s.shape != c.shape for s, c in zip(self.snapshot, current)):
+                self.snapshot = None  # parameters resized: start over
                 return self.weight_and_update_sumsq()
+            if any(s.device != c.device or s.dtype != c.dtype for s, c in zip(self.snapshot, current)):
+                self.snapshot = [s.to(device=c.device, dtype=c.dtype) for s, c in zip(self.snapshot, current)]
+            if not current:
+                empty = torch.zeros(len(self.groups))
+                return empty, empty
             device = current[0].device
             index = self._index(list(range(len(self.params))), device)
             weight = group_sumsq(self.snapshot, index, len(self.groups))
