@@ -24,7 +24,7 @@ from torch import nn
 
 import gradwatch
 
-__all__ = ["Case", "CONFIGS", "measure", "machine", "main"]
+__all__ = ["Case", "CONFIGS", "GRID_FULL", "GRID_QUICK", "measure", "machine", "table", "main"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,95 @@ def _watch_probe_every_step(model, opt):
     return gradwatch.watch(model, opt, every=1, console=False)
 
 
+def _watch_auto_clip(model, opt):
+    return gradwatch.watch(model, opt, console=False, clip="auto")
+
+
+def _watch_guard(model, opt):
+    return gradwatch.watch(model, opt, console=False, skip_nonfinite=True)
+
+
+class _AnomalyMode:
+    """Baseline: torch.autograd.detect_anomaly() around training."""
+
+    def __init__(self, model, opt):
+        self.ctx = torch.autograd.detect_anomaly(check_nan=True)
+        self.ctx.__enter__()
+
+    def step(self, loss):
+        pass
+
+    def close(self):
+        self.ctx.__exit__(None, None, None)
+
+
+class _ItemLogger:
+    """Baseline: a per-parameter gradient-norm logger calling .item() for each parameter every step
+    (what Lightning's grad_norm utility and many hand-written loops do)."""
+
+    def __init__(self, model, opt):
+        self.model, self.log = model, []
+
+    def step(self, loss):
+        self.log.append({n: p.grad.norm().item() for n, p in self.model.named_parameters() if p.grad is not None})
+        self.log = self.log[-10:]
+
+    def close(self):
+        pass
+
+
+class _SyncZClip:
+    """Baseline: a ZClip-style clipper that reads the total norm on the host once per step."""
+
+    def __init__(self, model, opt, alpha=0.97, z=2.5):
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.mean = self.var = None
+        self.alpha, self.z = alpha, z
+        self.handle = opt.register_step_pre_hook(self._clip)
+
+    def _clip(self, opt, args, kwargs):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()  # the sync
+        if self.mean is None:
+            self.mean, self.var = norm, 0.0
+            return
+        std = self.var ** 0.5
+        if std > 0 and (norm - self.mean) / std > self.z:
+            torch._foreach_mul_(grads, (self.mean + self.z * std) / norm)
+            norm = self.mean + self.z * std
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * norm
+        self.var = self.alpha * self.var + (1 - self.alpha) * (norm - self.mean) ** 2
+
+    def step(self, loss):
+        pass
+
+    def close(self):
+        self.handle.remove()
+
+
 CONFIGS: dict[str, Callable | None] = {
     "plain": None,
     "default": _watch_default,
     "probe every step": _watch_probe_every_step,
+    "default + clip='auto'": _watch_auto_clip,
+    "default + skip_nonfinite": _watch_guard,
+    "baseline: detect_anomaly": _AnomalyMode,
+    "baseline: per-param .item() logger": _ItemLogger,
+    "baseline: ZClip with host sync": _SyncZClip,
 }
-"""Configuration name -> monitor factory (None = plain training). Other modules add entries."""
+"""Configuration name -> monitor factory (None = plain training)."""
+
+GRID_FULL = (
+    [Case(cell=c) for c in ("RNN", "GRU", "LSTM")]
+    + [Case(seq_len=t) for t in (32, 512)]
+    + [Case(hidden=h, seq_len=50, batch=16) for h in (64, 1024)]
+    + [Case(layers=n) for n in (1, 3)]
+)
+"""The full run's cases: each cell type at the reference size, then T, hidden and depth scaling (LSTM)."""
+
+GRID_QUICK = [Case(cell="GRU", hidden=64, seq_len=32, batch=16), Case(hidden=64, seq_len=32, batch=16),
+              Case(hidden=64, seq_len=128, batch=16), Case(hidden=128, seq_len=32, batch=16)]
+"""Small cases for `--quick` (seconds each)."""
 
 
 class _Model(nn.Module):
@@ -148,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     case = Case(hidden=64, seq_len=50, batch=16) if args.quick else Case()
     reps = args.reps or (5 if args.quick else 9)
-    result = measure(case, CONFIGS, reps=reps)
+    configs = {k: CONFIGS[k] for k in ("plain", "default", "probe every step")}
+    result = measure(case, configs, reps=reps)
     print(f"machine: {machine()}")
     print(table([(case, result)]))
 
