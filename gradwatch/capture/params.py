@@ -47,15 +47,16 @@ class ParameterMap:
                 self.params.append(p)
         self.groups = list(keys)
         self.group_of = group_of
-        self._index_cache: dict[torch.device, torch.Tensor] = {}
+        self._index_cache: dict[tuple, torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
 
     def _index(self, positions: list[int], device: torch.device) -> torch.Tensor:
-        if len(positions) == len(self.params):
-            if device not in self._index_cache:
-                self._index_cache[device] = torch.tensor(self.group_of, device=device)
-            return self._index_cache[device]
-        return torch.tensor([self.group_of[i] for i in positions], device=device)
+        """Group index of the parameters at `positions`, cached per device (copied without a sync)."""
+        key = (device, tuple(positions) if len(positions) != len(self.params) else None)
+        if key not in self._index_cache:
+            cpu = torch.tensor([self.group_of[i] for i in positions])
+            self._index_cache[key] = cpu.to(device, non_blocking=True) if device.type != "cpu" else cpu
+        return self._index_cache[key]
 
     def grad_sumsq(self) -> tuple[torch.Tensor | None, list[bool]]:
         """Per-group Σ grad², and which groups received any gradient (known on the host)."""

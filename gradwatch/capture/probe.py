@@ -30,7 +30,9 @@ def timestep_sumsq(values: torch.Tensor, time_dim: int | None, batch_sizes: torc
         return sq.sum()
     if batch_sizes is not None:
         rows = sq.sum(dim=tuple(range(1, sq.dim()))) if sq.dim() > 1 else sq
-        index = torch.repeat_interleave(torch.arange(batch_sizes.numel(), device=rows.device), batch_sizes.to(rows.device))
+        # batch_sizes lives on the CPU; output_size spares CUDA a sync to size the result
+        index = torch.repeat_interleave(torch.arange(batch_sizes.numel(), device=rows.device),
+                                        batch_sizes.to(rows.device, non_blocking=True), output_size=rows.shape[0])
         return torch.zeros(batch_sizes.numel(), device=rows.device, dtype=rows.dtype).index_add_(0, index, rows)
     other = tuple(d for d in range(sq.dim()) if d != time_dim)
     return sq.sum(dim=other) if other else sq
