@@ -21,12 +21,15 @@ def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -
     """Per-group Σ of squares of `tensors`, where `index[i]` is the group of `tensors[i]`.
 
     One foreach norm kernel over all tensors, then one scatter: cost stays flat as the number
-    of parameters grows. Returns a float32 vector of length `groups` on the tensors' device.
+    of parameters grows. Returns a float64 vector of length `groups` on the tensors' device:
+    squares of float32 norms above ~1.8e19 would overflow to inf in float32 and report a
+    finite (if huge) gradient as non-finite.
     """
     if not tensors:
-        return torch.zeros(groups, device=index.device)
-    norms = torch.stack([n.float() for n in torch._foreach_norm(tensors)])
-    return torch.zeros(groups, device=norms.device).index_add_(0, index.to(norms.device), norms.square())
+        return torch.zeros(groups, device=index.device, dtype=torch.float64)
+    norms = torch.stack([n.double() for n in torch._foreach_norm(tensors)])
+    zeros = torch.zeros(groups, device=norms.device, dtype=torch.float64)
+    return zeros.index_add_(0, index.to(norms.device), norms.square())
 
 
 def unit_activity(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

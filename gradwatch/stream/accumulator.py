@@ -74,22 +74,22 @@ class StepAccumulator:
         return out
 
     def pack(self, scalars: dict[Hashable, torch.Tensor]) -> tuple[torch.Tensor | None, Layout]:
-        """Concatenate `scalars` and everything accumulated into one float32 vector.
+        """Concatenate `scalars` and everything accumulated into one float64 vector.
 
         Per-timestep squared norms become norms (sqrt) here, on the device.
         """
         parts: list[torch.Tensor] = []
         layout: Layout = []
         for key, t in scalars.items():
-            parts.append(t.detach().float().reshape(-1))
+            parts.append(t.detach().double().reshape(-1))
             layout.append((key, parts[-1].numel()))
         for key, v in self.timesteps().items():
-            parts.append(v.float().reshape(-1).sqrt())
+            parts.append(v.double().reshape(-1).sqrt())
             layout.append((key, parts[-1].numel()))
         for key, (maxabs, satcount, positions) in self.activity.items():
             dead = (maxabs < DEAD_EPS).float().mean()
             sat = (satcount >= SATURATION_SHARE * positions).float().mean()
-            parts.append(torch.stack([dead, sat]))
+            parts.append(torch.stack([dead, sat]).double())
             layout.append((key, 2))
         if not parts:
             return None, layout

@@ -1,0 +1,154 @@
+"""What every detector shares: the protocol, alert construction, and the loss-progress tracker.
+
+    >>> progress = LossProgress(steps=100, window=30, min_improvement=0.1)
+    >>> for loss in losses: progress.update(loss)
+    >>> progress.state          # "unknown", "improving" or "stalled"
+
+A detector is a pure state machine over `StepStats` records: `update(stats)` returns the
+alerts that this record raises and `reset()` forgets everything. It never touches a module,
+a tensor or a hook, so it can be tested with hand-written records.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from typing import Iterable, Literal, Protocol
+
+from ..records import Alert, StepStats
+from .config import PROBLEM_OF
+
+__all__ = ["Detector", "make_alert", "LossProgress", "median", "fmt", "where", "REMEDY"]
+
+REMEDY = " Remedy: "
+"""Separates the evidence from the remedy in every alert message."""
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Detector(Protocol):
+    """A pure state machine over stream records."""
+
+    signs: tuple[str, ...]
+    """The `Alert.sign` names this detector can raise."""
+
+    def update(self, stats: StepStats) -> list[Alert]: ...
+
+    def reset(self) -> None: ...
+
+
+def make_alert(
+    sign: str,
+    severity: Severity,
+    step: int,
+    *,
+    evidence: str,
+    remedy: str,
+    value: float,
+    threshold: float,
+    module: str | None = None,
+    layer: int | None = None,
+    timestep: int | None = None,
+) -> Alert:
+    """An `Alert` whose message is the evidence followed by `REMEDY` and the remedy."""
+    return Alert(
+        problem=PROBLEM_OF[sign],  # type: ignore[arg-type]
+        sign=sign,
+        severity=severity,
+        step=step,
+        module=module,
+        layer=layer,
+        timestep=timestep,
+        value=float(value),
+        threshold=float(threshold),
+        message=f"{evidence}{REMEDY}{remedy}",
+    )
+
+
+def median(values: Iterable[float]) -> float:
+    """Median of the finite values (NaN when there is none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
+def fmt(x: float | None) -> str:
+    """A number in 3 significant digits, as messages print them."""
+    if x is None:
+        return "n/a"
+    if x == 0 or not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}"
+
+
+def where(module: str | None, layer: int | None = None) -> str:
+    """'lstm' layer 1, in words, for messages."""
+    if module is None:
+        return "the model"
+    name = f"'{module}'" if module else "the root module"
+    return name if layer is None else f"{name} layer {layer}"
+
+
+class LossProgress:
+    """Whether the loss fed to `monitor.step(loss)` improves, from its finite values.
+
+    `initial` is the median of the first `window` losses, `recent` that of the last
+    `window`. The run is "improving" once `recent` is at least `min_improvement` (relative)
+    below `initial`; "stalled" once `steps` losses have been seen and `recent` is still within
+    `min_improvement` of `initial` (neither learning nor diverging); "unknown" otherwise,
+    including when no loss is fed or the initial loss is not positive.
+    """
+
+    def __init__(self, *, steps: int, window: int, min_improvement: float) -> None:
+        self.steps, self.window, self.min_improvement = steps, window, min_improvement
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.first: list[float] = []
+        self.last: collections.deque[float] = collections.deque(maxlen=self.window)
+
+    def update(self, loss: float | None) -> None:
+        if loss is None or not math.isfinite(loss):
+            return
+        self.count += 1
+        if len(self.first) < self.window:
+            self.first.append(loss)
+        self.last.append(loss)
+
+    @property
+    def initial(self) -> float | None:
+        return statistics.median(self.first) if len(self.first) == self.window else None
+
+    @property
+    def recent(self) -> float | None:
+        return statistics.median(self.last) if self.count >= 2 * self.window else None
+
+    @property
+    def improvement(self) -> float | None:
+        """(initial − recent) / initial, or None before both windows are full."""
+        initial, recent = self.initial, self.recent
+        if initial is None or recent is None or initial <= 0:
+            return None
+        return (initial - recent) / initial
+
+    @property
+    def state(self) -> Literal["unknown", "improving", "stalled"]:
+        gain = self.improvement
+        if gain is None:
+            return "unknown"
+        if gain >= self.min_improvement:
+            return "improving"
+        if self.count >= self.steps and gain > -self.min_improvement:
+            return "stalled"
+        return "unknown"
+
+    def describe(self) -> str:
+        """'the loss went from 0.693 to 0.691 in 150 steps (0.3 % lower)' for messages."""
+        gain = self.improvement
+        if gain is None:
+            return "the loss has too little history to judge"
+        return (
+            f"the loss went from {fmt(self.initial)} to {fmt(self.recent)} (medians of the first and last "
+            f"{self.window} steps) in {self.count} steps, {abs(gain) * 100:.1f} % {'lower' if gain >= 0 else 'higher'}"
+        )

@@ -1,0 +1,213 @@
+"""Every detector threshold in one dataclass, each with its rule, its source and why.
+
+    >>> cfg = DetectorConfig.from_options({"spike_factor": 20.0, "cooldown": 50})
+    >>> cfg.spike_factor
+    20.0
+
+`gradwatch.watch(model, opt, spike_factor=20.0)` passes its extra keyword arguments here;
+an unknown name raises `GradwatchError` listing the supported ones.
+
+Conventions: "ratio" thresholds are dimensionless; step counts are training steps
+(`StepStats.step`); "probe" means a step where the per-timestep probe ran (every
+`watch(every=...)` steps, and always step 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GradwatchError
+
+__all__ = ["DetectorConfig", "SIGNS", "PROBLEM_OF"]
+
+PROBLEM_OF: dict[str, str] = {
+    "slow_progress": "vanishing",
+    "tiny_updates": "vanishing",
+    "dead_neurons": "vanishing",
+    "temporal_decay": "vanishing",
+    "large_updates": "exploding",
+    "non_finite": "exploding",
+    "oscillation": "exploding",
+    "norm_spike": "exploding",
+    "temporal_growth": "exploding",
+}
+"""The fixed `Alert.sign` names and the problem each one belongs to."""
+
+SIGNS: tuple[str, ...] = tuple(PROBLEM_OF)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Thresholds of every detector. All are keyword options of `gradwatch.watch`."""
+
+    # ---------------------------------------------------------------- reporting
+    cooldown: int = 100
+    """Steps during which the same (problem, sign, module, layer) is not reported again.
+    An escalation (info → warning → critical) is always reported. 100 steps keeps a
+    persistent problem visible (about one line per 100 steps) without flooding the log."""
+    disable: tuple[str, ...] = ()
+    """Sign names whose detector is switched off, e.g. ("oscillation",)."""
+
+    # ---------------------------------------------------------------- loss progress (slow_progress, and the
+    # evidence that turns temporal_decay / tiny_updates from info into warnings)
+    progress_steps: int = 100
+    """Steps of loss history needed before the loss may be called stalled. Short runs are
+    noisy and plateaus of a few dozen steps are normal early in training."""
+    progress_window: int = 30
+    """Steps whose median loss is compared with the median of the first `progress_window`
+    steps. Medians make one noisy batch irrelevant."""
+    progress_min: float = 0.1
+    """The loss is stalled when it is within this fraction of its initial level (10 %), neither
+    lower (learning) nor higher (diverging, an exploding-side matter). A run that learns
+    anything at all, or converges to a tiny loss, clears this easily; a network that cannot
+    use its inputs stays at the chance-level loss. Fine-tuning runs that start near their
+    final loss look stalled too: raise `progress_steps` or lower this for them."""
+
+    # ---------------------------------------------------------------- tiny_updates
+    tiny_update_ratio: float = 1e-5
+    """Warn when a layer's median update ratio ‖Δθ‖/‖θ‖ over `update_window` steps is below
+    this. The common rule of thumb (Karpathy, CS231n "Neural Networks Part 3") puts healthy
+    training near 1e-3 per step; 1e-5 is two orders of magnitude below it, i.e. the layer
+    would need ~1e5 steps to change by its own norm."""
+    update_window: int = 20
+    """Steps in the median used by tiny_updates (a single skipped or tiny step is normal)."""
+
+    # ---------------------------------------------------------------- large_updates
+    large_update_ratio: float = 0.5
+    """Warn when ‖Δθ‖/‖θ‖ reaches this on `large_update_steps` consecutive steps: 500× the
+    1e-3 rule of thumb, half the layer's weight norm per step. Adam keeps per-element steps
+    near the learning rate, so its ratio stays near lr/rms(θ) (≈0.01–0.15 for lr 1e-3–1e-2 at
+    PyTorch's default RNN initialisation): far below this. The healthy runs of the labelled
+    suite peak at 0.12 (0.09 on two consecutive steps, Adam at 1e-2)."""
+    large_update_steps: int = 2
+    """Consecutive steps above `large_update_ratio` needed for a warning (one large first
+    step of Adam is not a trend)."""
+    large_update_critical: float = 1.0
+    """Critical at once when one step moves a layer by more than its whole weight norm."""
+
+    # ---------------------------------------------------------------- norm_spike
+    spike_window: int = 20
+    """Recent finite steps whose total gradient norms form the baseline."""
+    spike_min_history: int = 20
+    """Steps of history needed before a norm is judged against its past. The first steps are
+    noisy: in the labelled suite a healthy Adam LSTM's gradient norm grows 30× over its
+    first 10 steps while it leaves its initial plateau. (Step 0 explosions are caught by the
+    absolute rule below, by large_updates and by temporal_growth, which need no history.)"""
+    spike_factor: float = 10.0
+    """Warn when the total gradient norm reaches this multiple of the baseline median. An
+    order of magnitude is far outside mini-batch noise (healthy suite runs stay within
+    3.4×); Pascanu, Mikolov & Bengio (2013) describe explosions as such sudden jumps."""
+    spike_over_max: float = 2.0
+    """…and at least this multiple of the largest norm in the baseline window, so that a
+    history that is itself very noisy (a gradient dominated by a near-zero-mean term)
+    does not turn routine fluctuations into jumps."""
+    spike_critical_factor: float = 100.0
+    """Critical when the jump reaches this multiple of the median (two orders of magnitude)."""
+    norm_growth_steps: int = 4
+    """Steady growth: the total gradient norm rose on each of this many consecutive steps…"""
+    norm_growth_factor: float = 5.0
+    """…to at least this multiple of its value before the rise (≈1.5× per step) and to at least
+    `spike_factor` × the baseline median: a jump that built up step by step, which the spike
+    rule's jump-over-the-maximum test would only see late. Four rises in a row by chance
+    (1 in 120 for independent noise) rarely reach 10× the median as well."""
+    abs_grad_ratio: float = 1e3
+    """Absolute scale, needing no history (so it also works on step 0): warn when a recurrent
+    layer's gradient norm is this many times its weight norm. A plain SGD step with any
+    learning rate above 1e-3 would then move the layer further than its own norm; healthy
+    mean-reduced losses give ratios of 1e-3–1 (≤ 0.4 in the labelled suite), the chaotic-gain
+    RNN of the suite 3e4–3e5 at step 0. A loss summed over many elements scales every
+    gradient up: raise this for it."""
+
+    # ---------------------------------------------------------------- temporal_decay / temporal_growth
+    temporal_min_steps: int = 8
+    """Shortest sequence (timesteps) whose profile is analysed."""
+    temporal_decay_ratio: float = 1e-3
+    """Decay when the per-timestep input gradient of the earliest quarter of the sequence is
+    at most this fraction of that of the third quarter (medians). Pascanu et al. (2013): the
+    gradient reaching timestep t shrinks like ‖∂h_T/∂h_t‖ ≤ η^(T−t) with η < 1; three orders
+    of magnitude means the early inputs get < 0.1 % of the learning signal of recent ones.
+    Alone this is `info` (short-memory tasks decay strongly and are fine); with a stalled
+    loss it is a `warning`."""
+    temporal_growth_ratio: float = 1e2
+    """Growth when the earliest quarter's per-timestep input gradient is at least this
+    multiple of the third quarter's: the recurrent Jacobians have gain above one
+    (Pascanu et al. 2013, condition for explosion). Per-timestep losses (language models)
+    only accumulate to about 1/(1−η) ≤ 10× for η ≤ 0.9 and that build-up happens in the last
+    quarter, which the comparison leaves out (healthy suite profiles stay below 2)."""
+    temporal_growth_critical: float = 1e4
+    """Critical growth: four orders of magnitude across half the sequence."""
+
+    # ---------------------------------------------------------------- dead_neurons
+    dead_share: float = 0.5
+    """Warn when at least this share of a layer's units is dead (|h| < 1e-6 for the whole
+    batch: ReLU units stuck at zero) or saturated (|h| ≥ 0.99 in ≥ 90 % of positions of
+    tanh), on `dead_probes` consecutive probe steps. Half the layer inactive is far beyond
+    the handful of idle units healthy networks carry; such units pass no gradient
+    (tanh'(h) ≤ 0.02 at |h| ≥ 0.99, ReLU' = 0). The healthy suite runs show none at all."""
+    dead_critical_share: float = 0.9
+    """Critical when nearly the whole layer is inactive."""
+    dead_probes: int = 2
+    """Consecutive probe steps needed (a unit can be idle for one batch by chance)."""
+
+    # ---------------------------------------------------------------- oscillation
+    oscillation_window: int = 40
+    """Recent finite losses judged for oscillation (long enough for two swings of a bouncing
+    run, short enough to react within a few dozen steps)."""
+    oscillation_swing: float = 0.1
+    """Smallest swing that counts, as a fraction of the window's median loss (10 %)…"""
+    oscillation_noise: float = 5.0
+    """…and as a multiple of the median step-to-step change, so that mini-batch noise (which
+    the 3-step running median used for the swings averages out) does not count. Tiny losses
+    have large relative noise; this keeps a converged run quiet. In the labelled suite the
+    healthy runs reach three moves only below 3.5× and the lr-10 LSTM is still caught at 6×."""
+    oscillation_legs: int = 3
+    """Warn when the running median of the window goes up and down by at least one swing
+    this many times in alternation (up–down–up or down–up–down) and the window is not
+    settling (its second half is not 10 % below its first half)."""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "DetectorConfig":
+        """Validate `watch(**options)` and build the config; GradwatchError on bad input."""
+        names = cls.option_names()
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, names, n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise GradwatchError(
+                f"unknown gradwatch.watch option(s): {', '.join(hints)}. Supported detector options: "
+                f"{', '.join(names)}; and watch's own: every, console, clip, skip_nonfinite, history, strict."
+            )
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            values[name] = _check(name, value, getattr(defaults, name))
+        return cls(**values)
+
+
+def _check(name: str, value: Any, default: Any) -> Any:
+    if name == "disable":
+        items = (value,) if isinstance(value, str) else tuple(value or ())
+        bad = [s for s in items if s not in SIGNS]
+        if bad:
+            raise GradwatchError(
+                f"gradwatch.watch(disable=...) got unknown sign(s) {bad}; supported: {', '.join(SIGNS)}."
+            )
+        return items
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GradwatchError(f"gradwatch.watch({name}=...) must be a positive integer, got {value!r}.")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise GradwatchError(f"gradwatch.watch({name}=...) must be a positive finite number, got {value!r}.")
+    return float(value)

@@ -1,0 +1,176 @@
+"""`norm_spike`: the gradient norm jumps far above its recent history, or grows steadily.
+
+    >>> det = NormSpikeDetector(DetectorConfig())
+    >>> [a.severity for s in records for a in det.update(s)]
+    ['warning']
+
+Three rules on the total gradient norm g (`StepStats.grad_norm`, as `clip_grad_norm_`
+computes it), judged on every step:
+
+* spike (after `spike_min_history` steps): g ≥ `spike_factor` × the median and ≥
+  `spike_over_max` × the maximum of the last `spike_window` norms; critical when g ≥
+  `spike_critical_factor` × the median.
+* steady growth (after `spike_min_history` steps): g rose on each of the last
+  `norm_growth_steps` steps, to ≥ `norm_growth_factor` × its value before the rise and ≥
+  `spike_factor` × the baseline median (warning).
+* absolute scale, no history needed, so it also fires on step 0: a recurrent layer's
+  gradient norm is ≥ `abs_grad_ratio` × its weight norm (warning; critical at 100× that).
+
+Steps without gradients (norm 0) and non-finite norms (reported by `non_finite`) stay out
+of the history and break a growth run. The message names the watched layer whose own norm
+jumped most, or says that the jump comes from elsewhere in the model.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from ..records import Alert, LayerKey, StepStats
+from . import remedies
+from .base import fmt, make_alert, median, where
+from .config import DetectorConfig
+
+__all__ = ["NormSpikeDetector"]
+
+
+def _usable(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+class NormSpikeDetector:
+    """Sudden jumps, steady growth and absolute excess of the gradient norm."""
+
+    signs = ("norm_spike",)
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        c = self.config
+        self._history: collections.deque[float] = collections.deque(maxlen=c.spike_window)
+        self._seen = 0
+        self._run: collections.deque[float] = collections.deque(maxlen=c.norm_growth_steps + 1)
+        self._layers: dict[LayerKey, collections.deque[float]] = {}
+        self._calm: float | None = None
+        """Median norm of the first full window: the run's typical size before any jump."""
+
+    def update(self, stats: StepStats) -> list[Alert]:
+        alerts = self._absolute(stats)
+        g = stats.grad_norm
+        if not _usable(g):
+            self._run.clear()
+            return alerts
+        self._run.append(g)
+        if self._seen >= self.config.spike_min_history:
+            relative = self._spike(stats) or self._growth(stats)
+            if relative is not None:
+                alerts.append(relative)
+        self._seen += 1
+        self._history.append(g)
+        if self._calm is None and len(self._history) == self._history.maxlen:
+            self._calm = median(self._history)
+        for key, ls in stats.layers.items():
+            if ls.has_grad and _usable(ls.grad_norm):
+                self._layers.setdefault(key, collections.deque(maxlen=self.config.spike_window)).append(ls.grad_norm)
+        return alerts
+
+    # ------------------------------------------------------------------ rules
+    def _absolute(self, stats: StepStats) -> list[Alert]:
+        c = self.config
+        ratios = {
+            key: ls.grad_norm / ls.weight_norm
+            for key, ls in stats.layers.items()
+            if ls.has_grad and math.isfinite(ls.grad_norm) and _usable(ls.weight_norm)
+        }
+        over = {k: r for k, r in ratios.items() if r >= c.abs_grad_ratio}
+        if not over:
+            return []
+        key = max(over, key=over.__getitem__)
+        ratio, ls = over[key], stats.layers[key]
+        note = " (an absolute scale: no history needed)" if not self._seen else ""
+        return [
+            make_alert(
+                "norm_spike",
+                "critical" if ratio >= 100 * c.abs_grad_ratio else "warning",
+                stats.step,
+                evidence=(
+                    f"gradient norm of {where(*key)} is {fmt(ls.grad_norm)} against a weight norm of "
+                    f"{fmt(ls.weight_norm)}: {fmt(ratio)}× the weights (threshold {fmt(c.abs_grad_ratio)}×) at step "
+                    f"{stats.step}{note}."
+                ),
+                remedy=remedies.norm_absolute(ls.kind, first=not self._seen) + ".",
+                value=ratio,
+                threshold=c.abs_grad_ratio,
+                module=key[0],
+                layer=key[1],
+            )
+        ]
+
+    def _spike(self, stats: StepStats) -> Alert | None:
+        c = self.config
+        base, top = median(self._history), max(self._history)
+        ratio = stats.grad_norm / base
+        if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
+            return None
+        key, detail = self._located(stats)
+        return make_alert(
+            "norm_spike",
+            "critical" if ratio >= c.spike_critical_factor else "warning",
+            stats.step,
+            evidence=(
+                f"total gradient norm {fmt(stats.grad_norm)} is {fmt(ratio)}× its median {fmt(base)} and "
+                f"{fmt(stats.grad_norm / top)}× its maximum over the last {len(self._history)} steps (thresholds "
+                f"{fmt(c.spike_factor)}× and {fmt(c.spike_over_max)}×){detail}."
+            ),
+            remedy=remedies.norm_spike(min(base, self._calm or base)) + ".",
+            value=ratio,
+            threshold=c.spike_factor,
+            module=key[0] if key else None,
+            layer=key[1] if key else None,
+        )
+
+    def _growth(self, stats: StepStats) -> Alert | None:
+        c = self.config
+        values = list(self._run)
+        if len(values) < c.norm_growth_steps + 1 or not all(b > a for a, b in zip(values, values[1:])):
+            return None
+        base = median(self._history)
+        factor = values[-1] / values[0]
+        if not (factor >= c.norm_growth_factor and values[-1] >= c.spike_factor * base):
+            return None
+        key, detail = self._located(stats)
+        trail = " → ".join(fmt(v) for v in values)
+        return make_alert(
+            "norm_spike",
+            "warning",
+            stats.step,
+            evidence=(
+                f"total gradient norm rose on each of the last {c.norm_growth_steps} steps, {trail}: "
+                f"{fmt(factor)}× over the rise and {fmt(values[-1] / base)}× the median {fmt(base)} of the last "
+                f"{len(self._history)} steps (thresholds {fmt(c.norm_growth_factor)}× and {fmt(c.spike_factor)}×){detail}."
+            ),
+            remedy=remedies.norm_growth() + ".",
+            value=factor,
+            threshold=c.norm_growth_factor,
+            module=key[0] if key else None,
+            layer=key[1] if key else None,
+        )
+
+    def _located(self, stats: StepStats) -> tuple[LayerKey | None, str]:
+        """The watched layer whose norm rose most against its own recent median."""
+        jumps = {}
+        for key, ls in stats.layers.items():
+            past = self._layers.get(key)
+            if past and _usable(ls.grad_norm) and median(past) > 0:
+                jumps[key] = ls.grad_norm / median(past)
+        if not jumps or max(jumps.values()) < 2:
+            return None, (
+                "; no watched recurrent layer jumped against its own recent median, so the jump comes from other "
+                "parameters (an output layer, an embedding)"
+            )
+        key = max(jumps, key=jumps.__getitem__)
+        return key, (
+            f"; largest jump in {where(*key)}: {fmt(stats.layers[key].grad_norm)}, {fmt(jumps[key])}× its own recent median"
+        )

@@ -1,0 +1,182 @@
+"""Remedy texts: what to do, chosen from the case (module kind, where, how bad).
+
+    >>> temporal_decay("RNN")
+    'switch the vanilla RNN to nn.LSTM or nn.GRU ...'
+
+Each function returns one or two sentences without a trailing period, so that detectors can
+append case numbers. Kinds are `LayerStats.kind` names: RNN, LSTM, GRU, RNNCell, LSTMCell,
+GRUCell ('' when unknown).
+"""
+
+from __future__ import annotations
+
+from .base import fmt
+
+__all__ = [
+    "temporal_decay",
+    "temporal_growth",
+    "slow_progress",
+    "tiny_updates",
+    "dead_units",
+    "saturated_units",
+    "large_updates",
+    "norm_spike",
+    "norm_absolute",
+    "norm_growth",
+    "oscillation",
+    "non_finite",
+]
+
+CLIP = "clip the gradient norm (gradwatch.watch(..., clip=<max norm>), or torch.nn.utils.clip_grad_norm_ before optimizer.step())"
+
+
+def _vanilla(kind: str) -> bool:
+    return kind in ("RNN", "RNNCell")
+
+
+def _lstm(kind: str) -> bool:
+    return kind in ("LSTM", "LSTMCell")
+
+
+def temporal_decay(kind: str) -> str:
+    if _vanilla(kind):
+        return (
+            "switch the vanilla RNN to nn.LSTM or nn.GRU, whose gated additive state carries the gradient across "
+            "many steps; if it must stay an RNN, initialise weight_hh orthogonally (nn.init.orthogonal_) so its "
+            "gain starts at 1, and add LayerNorm to the recurrent input"
+        )
+    if _lstm(kind):
+        return (
+            "initialise the forget-gate bias to 1 (the second quarter of bias_ih/bias_hh) so the cell keeps its "
+            "state (Jozefowicz et al. 2015), initialise weight_hh orthogonally, and add LayerNorm; if the "
+            "dependency is very long, give the model a shorter path to it (attention, skip connections)"
+        )
+    return (
+        "initialise weight_hh orthogonally (nn.init.orthogonal_), add LayerNorm to the recurrent input, and if "
+        "the dependency is very long give the model a shorter path to it (attention, skip connections)"
+    )
+
+
+def temporal_growth(kind: str, relu: bool) -> str:
+    text = (
+        f"the recurrent gain is above one: {CLIP} (Pascanu et al. 2013 clip at about the average norm), and "
+        "initialise weight_hh orthogonally or rescale it to a spectral radius of at most 1"
+    )
+    if relu:
+        text += "; a ReLU RNN is unbounded, so use nonlinearity='tanh' or a gated cell (LSTM/GRU) instead"
+    elif _vanilla(kind):
+        text += "; an LSTM or GRU with LayerNorm keeps its gain near one"
+    else:
+        text += "; LayerNorm on the recurrent input keeps the gain near one"
+    return text
+
+
+def slow_progress(kind: str, cause: str) -> str:
+    if cause == "decay":
+        return "the early timesteps get no learning signal: " + temporal_decay(kind)
+    if cause == "tiny_updates":
+        return tiny_updates(kind)
+    if cause == "dead":
+        return dead_units()
+    if cause == "saturated":
+        return saturated_units()
+    return temporal_decay(kind)
+
+
+def tiny_updates(kind: str) -> str:
+    text = (
+        "raise the learning rate (a plain-SGD step is lr × gradient, so vanishing gradients give vanishing steps) "
+        "or use Adam, whose step size does not shrink with the gradient"
+    )
+    if _vanilla(kind):
+        text += "; for a vanilla RNN switch to nn.LSTM/nn.GRU and initialise weight_hh orthogonally"
+    else:
+        text += "; check for a too-small initialisation (weights scaled down) or a loss scaled by a tiny factor"
+    return text
+
+
+def dead_units() -> str:
+    return (
+        "ReLU units that output 0 for every input receive no gradient and never recover: lower the learning "
+        "rate that pushed them there, initialise biases at 0 (not negative), put LayerNorm before the "
+        "nonlinearity, or use nonlinearity='tanh' / a gated cell (LSTM/GRU)"
+    )
+
+
+def saturated_units() -> str:
+    return (
+        "tanh units pinned at ±1 pass at most tanh'(h) ≤ 0.02 of the gradient: the pre-activations are too "
+        "large, so normalise the inputs, keep weight_ih at PyTorch's default scale U(±1/√hidden) or smaller, add "
+        "LayerNorm (a LayerNorm-LSTM/GRU), or lower the learning rate"
+    )
+
+
+def large_updates() -> str:
+    return (
+        f"lower the learning rate (at least 10×) or add a warm-up, and {CLIP}; with Adam, a larger eps "
+        "(e.g. 1e-6) also damps steps on parameters whose gradients are tiny"
+    )
+
+
+def norm_spike(typical: float) -> str:
+    return (
+        f"{CLIP} at about its usual size, e.g. clip={fmt(2 * typical)} (twice its typical norm {fmt(typical)}; "
+        "Pascanu et al. 2013 clip near the average norm); if spikes recur, lower the learning rate or add a warm-up"
+    )
+
+
+def norm_absolute(kind: str, first: bool) -> str:
+    text = f"{CLIP}, e.g. clip=1.0, so that no single step can blow the weights up"
+    if first:
+        text += (
+            "; at initialisation this points at the recurrent weights' scale: initialise weight_hh orthogonally "
+            "(spectral radius 1) rather than with a larger gain"
+        )
+        if _vanilla(kind):
+            text += ", or use an LSTM/GRU"
+    else:
+        text += "; lower the learning rate"
+    return text
+
+
+def norm_growth() -> str:
+    return (
+        f"the run is heading for divergence: lower the learning rate (or stop the warm-up at a lower peak) and "
+        f"{CLIP}"
+    )
+
+
+def oscillation(momentum_hint: bool = True) -> str:
+    text = "lower the learning rate (÷3 to ÷10) or add a decay schedule"
+    if momentum_hint:
+        text += "; with momentum, reduce it (e.g. 0.9 → 0.5); a larger batch also smooths the loss"
+    return text
+
+
+def non_finite(where: str, module: str | None, layer: int | None, timestep: int | None) -> str:
+    if where == "forward" and layer == 0 and module is not None:
+        t = f" at timestep {timestep}" if timestep is not None else ""
+        return (
+            f"the input sequence of '{module}' already holds NaN/Inf{t}: check the data pipeline for missing "
+            "values, division by zero in feature scaling or padding filled with NaN "
+            "(torch.isfinite(batch).all() before the forward pass)"
+        )
+    if where == "forward":
+        return (
+            "the recurrent activations overflowed: lower the learning rate, add LayerNorm, and "
+            f"{CLIP} so that weights cannot grow that far"
+        )
+    if where == "loss":
+        return (
+            "only the loss is non-finite: look for log(0), division by zero or an exp() in the loss; use "
+            "F.cross_entropy / log_softmax on raw logits instead of log(softmax), and add an epsilon"
+        )
+    if where == "weights":
+        return (
+            "an earlier update already wrote NaN/Inf into the weights: reload the last good checkpoint, and enable "
+            "gradwatch.watch(..., skip_nonfinite=True) so that a non-finite step is skipped instead of applied"
+        )
+    return (
+        f"the gradients overflowed during backpropagation through time: {CLIP}, lower the learning rate, and "
+        "use gradwatch.watch(..., skip_nonfinite=True) so that such a step is skipped"
+    )

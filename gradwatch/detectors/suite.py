@@ -1,0 +1,206 @@
+"""`DetectorSuite`: runs every detector on each record, de-duplicates, escalates, summarises.
+
+    >>> suite = build_detectors({"cooldown": 50})
+    >>> for stats in records:
+    ...     for alert in suite.update(stats): print(alert.severity, alert.sign)
+    >>> print("\\n".join(suite.summary().lines()))
+
+No spam: an alert with the same (problem, sign, module, layer) as one reported less than
+`cooldown` steps earlier is held back (and counted), unless its severity is higher, in which
+case it is reported as an escalation. `summary()` is the one-screen account of everything
+seen, which the console and logging sinks print on `monitor.close()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..records import Alert, StepStats
+from .activity import DeadNeuronsDetector
+from .base import REMEDY, Detector
+from .config import SIGNS, DetectorConfig
+from .loss import OscillationDetector, SlowProgressDetector
+from .nonfinite import NonFiniteDetector
+from .norms import NormSpikeDetector
+from .temporal import TemporalDecayDetector, TemporalGrowthDetector
+from .updates import LargeUpdatesDetector, TinyUpdatesDetector
+
+__all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "default_detectors", "SEVERITY_RANK"]
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+AlertKey = tuple[str, str, "str | None", "int | None"]
+
+
+def default_detectors(config: DetectorConfig) -> list[Detector]:
+    """One detector per family, most urgent first (that is the order alerts come out in)."""
+    return [
+        NonFiniteDetector(),
+        NormSpikeDetector(config),
+        LargeUpdatesDetector(config),
+        TemporalGrowthDetector(config),
+        OscillationDetector(config),
+        TemporalDecayDetector(config),
+        DeadNeuronsDetector(config),
+        TinyUpdatesDetector(config),
+        SlowProgressDetector(config),
+    ]
+
+
+@dataclass
+class SummaryEntry:
+    """Everything seen of one (problem, sign)."""
+
+    problem: str
+    sign: str
+    severity: str
+    """Worst severity reported."""
+    reported: int
+    """Alerts reported (shown)."""
+    repeats: int
+    """Alerts held back by the cooldown."""
+    first_step: int
+    last_step: int
+    """Last step at which it was seen, reported or held back."""
+    locations: list[str] = field(default_factory=list)
+    """Where: 'module:layer', 'module' or 'model', in order of first appearance."""
+    message: str = ""
+    """The message of the most severe (latest among equals) reported alert."""
+
+    @property
+    def evidence(self) -> str:
+        return self.message.split(REMEDY, 1)[0]
+
+    @property
+    def remedy(self) -> str:
+        parts = self.message.split(REMEDY, 1)
+        return parts[1] if len(parts) == 2 else ""
+
+
+@dataclass
+class AlertSummary:
+    """One-screen account of a run's alerts, most severe first."""
+
+    steps: int
+    """Records the suite has seen."""
+    entries: list[SummaryEntry]
+
+    def count(self, severity: str) -> int:
+        """Reported alerts of a severity."""
+        return sum(e.reported for e in self.entries if e.severity == severity)
+
+    @property
+    def worst(self) -> str | None:
+        return max((e.severity for e in self.entries), key=SEVERITY_RANK.__getitem__, default=None)
+
+    def headline(self) -> str:
+        if not self.entries:
+            return f"gradwatch: {self.steps} steps watched, no vanishing or exploding gradients seen."
+        parts = [f"{len(self.entries)} sign{'s' if len(self.entries) > 1 else ''}"]
+        for sev in ("critical", "warning", "info"):
+            n = sum(1 for e in self.entries if e.severity == sev)
+            if n:
+                parts.append(f"{n} {sev}")
+        return f"gradwatch: {self.steps} steps watched; " + ", ".join(parts) + "."
+
+    def lines(self, width: int = 160) -> list[str]:
+        """Plain text, one headline and two lines per sign (evidence, remedy), cut at `width`."""
+        out = [self.headline()]
+        for e in self.entries:
+            steps = f"step {e.first_step}" if e.first_step == e.last_step else f"steps {e.first_step}-{e.last_step}"
+            held = f", {e.repeats} repeats held back" if e.repeats else ""
+            head = (
+                f"  {e.severity.upper():8} {e.problem}/{e.sign} at {', '.join(e.locations[:3])}"
+                f"{' …' if len(e.locations) > 3 else ''}; {steps}; {e.reported} reported{held}"
+            )
+            out.append(_cut(head, width))
+            out.append(_cut(f"    {e.evidence}", width))
+            if e.remedy:
+                out.append(_cut(f"    remedy: {e.remedy}", width))
+        return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _location(a: Alert) -> str:
+    if a.module is None:
+        return "model"
+    return a.module if a.layer is None else f"{a.module}:{a.layer}"
+
+
+class DetectorSuite:
+    """Every detector, behind one `update(stats) -> list[Alert]` with cooldown and escalation."""
+
+    def __init__(self, config: DetectorConfig | None = None, detectors: list[Detector] | None = None) -> None:
+        self.config = config or DetectorConfig()
+        chosen = detectors if detectors is not None else default_detectors(self.config)
+        self.detectors = [d for d in chosen if not set(d.signs) <= set(self.config.disable)]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every detector's state, the cooldowns and the summary."""
+        for d in self.detectors:
+            d.reset()
+        self._last: dict[AlertKey, tuple[int, str]] = {}
+        self._entries: dict[tuple[str, str], SummaryEntry] = {}
+        self._steps = 0
+
+    def update(self, stats: StepStats) -> list[Alert]:
+        self._steps += 1
+        found: dict[AlertKey, Alert] = {}
+        for detector in self.detectors:
+            for alert in detector.update(stats):
+                if alert.sign in self.config.disable:
+                    continue
+                key = (alert.problem, alert.sign, alert.module, alert.layer)
+                old = found.get(key)
+                if old is None or SEVERITY_RANK[alert.severity] > SEVERITY_RANK[old.severity]:
+                    found[key] = alert
+        return [a for a in (self._filter(k, a) for k, a in found.items()) if a is not None]
+
+    def _filter(self, key: AlertKey, alert: Alert) -> Alert | None:
+        last = self._last.get(key)
+        rank = SEVERITY_RANK[alert.severity]
+        if last is not None and alert.step - last[0] < self.config.cooldown and rank <= SEVERITY_RANK[last[1]]:
+            self._record(alert, reported=False)
+            return None
+        if last is not None and rank > SEVERITY_RANK[last[1]]:
+            alert = replace(alert, message=f"Escalated from {last[1]} (step {last[0]}). {alert.message}")
+        self._last[key] = (alert.step, alert.severity)
+        self._record(alert, reported=True)
+        return alert
+
+    def _record(self, alert: Alert, *, reported: bool) -> None:
+        entry = self._entries.get((alert.problem, alert.sign))
+        if entry is None:
+            entry = SummaryEntry(alert.problem, alert.sign, alert.severity, 0, 0, alert.step, alert.step)
+            self._entries[(alert.problem, alert.sign)] = entry
+        entry.last_step = alert.step
+        if not reported:
+            entry.repeats += 1
+            return
+        entry.reported += 1
+        where = _location(alert)
+        if where not in entry.locations:
+            entry.locations.append(where)
+        if SEVERITY_RANK[alert.severity] >= SEVERITY_RANK[entry.severity] or not entry.message:
+            entry.severity = alert.severity
+            entry.message = alert.message
+
+    def summary(self) -> AlertSummary:
+        """Everything reported and held back so far, most severe sign first."""
+        order: dict[str, int] = {}
+        for sign in [s for d in self.detectors for s in d.signs] + list(SIGNS):  # detectors come most urgent first
+            order.setdefault(sign, len(order))
+        entries = sorted(
+            self._entries.values(), key=lambda e: (-SEVERITY_RANK[e.severity], e.first_step, order[e.sign])
+        )
+        return AlertSummary(self._steps, [replace(e, locations=list(e.locations)) for e in entries])
+
+
+def build_detectors(options: dict[str, Any]) -> DetectorSuite:
+    """The suite for `gradwatch.watch(**options)`; unknown options raise GradwatchError."""
+    return DetectorSuite(DetectorConfig.from_options(options))

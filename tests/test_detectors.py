@@ -1,0 +1,468 @@
+"""Detectors as pure state machines, driven by hand-written `StepStats` records (no model)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+
+import pytest
+
+from gradwatch import GradwatchError
+from gradwatch.detectors import (
+    SIGNS,
+    DeadNeuronsDetector,
+    DetectorConfig,
+    DetectorSuite,
+    LargeUpdatesDetector,
+    NonFiniteDetector,
+    NormSpikeDetector,
+    OscillationDetector,
+    SlowProgressDetector,
+    TemporalDecayDetector,
+    TemporalGrowthDetector,
+    TinyUpdatesDetector,
+    build_detectors,
+    temporal_profile,
+)
+from gradwatch.detectors import config as config_module
+from gradwatch.detectors.loss import running_median, zigzag_legs
+from gradwatch.records import DirectionStats, LayerStats, NonFinite, StepStats
+
+CFG = DetectorConfig()
+
+
+# ---------------------------------------------------------------------------------------- record builders
+def layer(
+    *,
+    module: str = "rnn",
+    index: int = 0,
+    kind: str = "RNN",
+    grad: float = 0.1,
+    weight: float = 5.0,
+    ratio: float = 1e-3,
+    ts: list[float] | None = None,
+    dead: float | None = None,
+    sat: float | None = None,
+    directions: int = 1,
+    has_grad: bool = True,
+) -> LayerStats:
+    return LayerStats(
+        module=module, layer=index, kind=kind, grad_norm=grad, weight_norm=weight, update_norm=ratio * weight,
+        update_ratio=ratio, has_grad=has_grad, timestep_grad_norms=ts, dead_fraction=dead, saturated_fraction=sat,
+        directions=[DirectionStats(grad, weight, ratio) for _ in range(directions)],
+    )
+
+
+def rec(step: int, *layers: LayerStats, loss: float | None = None, grad: float = 1.0, probed: bool | None = None,
+        nonfinite: NonFinite | None = None) -> StepStats:
+    layers = layers or (layer(),)
+    if probed is None:
+        probed = any(ls.timestep_grad_norms is not None for ls in layers)
+    return StepStats(step=step, loss=loss, grad_norm=grad, layers={(ls.module, ls.layer): ls for ls in layers},
+                     probed=probed, nonfinite=nonfinite)
+
+
+def feed(detector, records) -> list:
+    return [a for r in records for a in detector.update(r)]
+
+
+def geometric(first: float, gain: float, length: int) -> list[float]:
+    """g_t for t = 0..length-1 where g_{T-1} = first and each step back multiplies by `gain`."""
+    return [first * gain ** (length - 1 - t) for t in range(length)]
+
+
+# ---------------------------------------------------------------------------------------- config
+def test_unknown_option_lists_supported_names_and_suggests():
+    with pytest.raises(GradwatchError) as err:
+        build_detectors({"spike_factr": 3.0})
+    text = str(err.value)
+    assert "'spike_factr'" in text and "did you mean 'spike_factor'" in text
+    for name in ("cooldown", "temporal_decay_ratio", "oscillation_legs", "dead_share"):
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"spike_factor": -1.0}, {"spike_factor": float("nan")}, {"cooldown": 0}, {"cooldown": 2.5},
+     {"dead_share": True}, {"disable": ("no_such_sign",)}],
+    ids=["negative", "nan", "zero-int", "float-for-int", "bool", "unknown-sign"],
+)
+def test_bad_option_values_are_rejected(options):
+    with pytest.raises(GradwatchError):
+        DetectorConfig.from_options(options)
+
+
+def test_watch_rejects_unknown_detector_option():
+    import torch
+    import gradwatch
+
+    with pytest.raises(GradwatchError, match="Supported detector options"):
+        gradwatch.watch(torch.nn.RNN(2, 3), console=False, no_such_threshold=1)
+
+
+def test_every_threshold_is_documented():
+    tree = ast.parse(inspect.getsource(config_module.DetectorConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    documented = set()
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            assert len(after.value.value) > 40, node.target.id  # type: ignore[attr-defined]
+            documented.add(node.target.id)  # type: ignore[attr-defined]
+    assert documented == set(DetectorConfig.option_names())
+
+
+def test_disable_switches_a_detector_off():
+    suite = build_detectors({"disable": ("non_finite",)})
+    assert suite.update(rec(0, nonfinite=NonFinite("forward", "rnn", 0, 3))) == []
+
+
+# ---------------------------------------------------------------------------------------- non_finite
+@pytest.mark.parametrize(
+    "where, layer_index, timestep, words, remedy",
+    [
+        ("forward", 0, 13, "in the forward activations", "data pipeline"),
+        ("forward", 1, 4, "in the forward activations", "LayerNorm"),
+        ("backward", 1, 40, "only in the backward gradients", "clip="),
+        ("loss", None, None, "in the loss only", "log_softmax"),
+        ("weights", 0, None, "in the weights themselves", "skip_nonfinite=True"),
+    ],
+    ids=["forward-input", "forward-layer1", "backward", "loss", "weights"],
+)
+def test_non_finite_is_critical_at_its_step_with_location(where, layer_index, timestep, words, remedy):
+    module = None if where == "loss" else "rnn"
+    records = [rec(0, loss=1.0), rec(1, loss=1.0), rec(2, loss=float("nan"),
+                                                        nonfinite=NonFinite(where, module, layer_index, timestep))]
+    alerts = feed(NonFiniteDetector(), records)
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert (a.sign, a.problem, a.severity, a.step) == ("non_finite", "exploding", "critical", 2)
+    assert (a.module, a.layer, a.timestep) == (module, layer_index, timestep)
+    assert words in a.message and remedy in a.message
+    if timestep is not None:
+        assert f"timestep {timestep}" in a.message
+
+
+# ---------------------------------------------------------------------------------------- norm_spike
+def steady(n: int, value: float = 1.0, start: int = 0) -> list[StepStats]:
+    return [rec(start + i, layer(grad=value), grad=value * (1 + 0.1 * (i % 3))) for i in range(n)]
+
+
+def test_early_growth_is_not_a_spike():
+    # a healthy net leaving its initial plateau: the norm grows 30x over the first steps
+    norms = [0.04, 0.03, 0.02, 0.05, 0.04, 0.06, 0.13, 0.5, 1.3, 0.4, 0.3]
+    assert feed(NormSpikeDetector(CFG), [rec(i, grad=g) for i, g in enumerate(norms)]) == []
+
+
+@pytest.mark.parametrize("factor, severity", [(8.0, None), (30.0, "warning"), (300.0, "critical")],
+                         ids=["below", "warning", "critical"])
+def test_spike_against_recent_history(factor, severity):
+    det = NormSpikeDetector(CFG)
+    records = steady(25) + [rec(25, layer(grad=factor), grad=factor)]
+    alerts = feed(det, records)
+    if severity is None:
+        assert alerts == []
+        return
+    (a,) = alerts
+    assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 25, "rnn", 0)
+    assert a.threshold == CFG.spike_factor and a.value == pytest.approx(factor / 1.1, rel=0.01)
+    assert "its median" in a.message and "clip=" in a.message
+
+
+def test_noisy_history_needs_a_jump_over_its_maximum():
+    # a gradient dominated by a near-zero-mean term: median tiny, occasional large values
+    norms = [0.05, 1.5, 0.04, 0.08, 1.9, 0.06, 0.1, 0.03, 1.2, 0.07] * 3
+    records = [rec(i, grad=g) for i, g in enumerate(norms)] + [rec(30, grad=1.8)]
+    assert feed(NormSpikeDetector(CFG), records) == []
+
+
+def test_steady_growth_is_reported_before_a_spike():
+    records = steady(25)
+    g = 1.1
+    for i in range(4):
+        g *= 1.9  # each step < 2x the previous maximum: no spike, but 13x over four rises
+        records.append(rec(25 + i, grad=g))
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(28, "warning")]
+    assert "rose on each of the last 4 steps" in alerts[0].message
+
+
+def test_noisy_rise_is_not_growth():
+    # a stalled run whose gradient is a near-zero-mean term: four rises in a row by chance
+    history = [0.43, 0.2, 0.9, 0.05, 0.6, 0.3, 1.1, 0.4, 0.7, 0.02] * 2
+    rise = [0.0676, 0.472, 1.15, 1.34, 2.36]
+    records = [rec(i, grad=g) for i, g in enumerate(history + rise)]
+    assert feed(NormSpikeDetector(CFG), records) == []
+
+
+def test_absolute_scale_fires_on_step_zero():
+    alerts = NormSpikeDetector(CFG).update(rec(0, layer(grad=5e4, weight=10.0), grad=5e4))
+    (a,) = alerts
+    assert (a.step, a.severity, a.value) == (0, "warning", pytest.approx(5e3))
+    assert "no history needed" in a.message and "orthogonal" in a.message
+
+
+# ---------------------------------------------------------------------------------------- large_updates
+def test_large_updates_need_two_steps_or_one_huge_step():
+    det = LargeUpdatesDetector(CFG)
+    assert det.update(rec(0, layer(ratio=0.6))) == []
+    (a,) = det.update(rec(1, layer(ratio=0.7)))
+    assert (a.sign, a.severity, a.threshold) == ("large_updates", "warning", CFG.large_update_ratio)
+    assert "0.6 → 0.7" in a.message
+    (b,) = LargeUpdatesDetector(CFG).update(rec(0, layer(ratio=3.0)))
+    assert b.severity == "critical" and "larger than the weights" in b.message
+
+
+def test_adam_first_steps_are_not_large_updates():
+    # Adam moves every element by ~lr at first: ratio ~ lr / rms(theta), then it settles
+    ratios = [0.14, 0.1, 0.09, 0.08] + [0.04] * 50
+    assert feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r)) for i, r in enumerate(ratios)]) == []
+
+
+def test_frozen_layer_is_ignored():
+    records = [rec(i, layer(ratio=5.0, has_grad=False)) for i in range(3)]
+    assert feed(LargeUpdatesDetector(CFG), records) == []
+
+
+# ---------------------------------------------------------------------------------------- tiny_updates
+def test_tiny_updates_escalate_when_the_loss_stalls():
+    records = [rec(i, layer(ratio=1e-7), loss=0.69 + 0.001 * (i % 2)) for i in range(120)]
+    alerts = feed(TinyUpdatesDetector(CFG), records)
+    assert [a.severity for a in alerts][:1] == ["info"]
+    warnings = [a for a in alerts if a.severity == "warning"]
+    assert warnings and warnings[0].step == CFG.progress_steps - 1
+    assert "Adam" in warnings[0].message and "1e-07" in warnings[0].message
+
+
+def test_converged_run_is_not_tiny_updates():
+    # gradients and steps shrink because the loss went to ~0: success, not vanishing
+    records = [rec(i, layer(ratio=1e-7), loss=2.0 * 0.95**i) for i in range(200)]
+    alerts = feed(TinyUpdatesDetector(CFG), records)
+    assert all(a.severity == "info" for a in alerts) and all(a.step < 2 * CFG.progress_window for a in alerts)
+
+
+def test_tiny_updates_without_loss_stay_info():
+    records = [rec(i, layer(ratio=1e-7)) for i in range(150)]
+    alerts = feed(TinyUpdatesDetector(CFG), records)
+    assert alerts and {a.severity for a in alerts} == {"info"}
+
+
+# ---------------------------------------------------------------------------------------- temporal profile
+@pytest.mark.parametrize("gain, length", [(0.5, 40), (0.9, 100), (1.3, 20), (1.0, 8)],
+                         ids=["decay-0.5", "decay-0.9", "growth-1.3", "flat"])
+def test_temporal_profile_matches_the_geometric_closed_form(gain, length):
+    p = temporal_profile(geometric(1.0, gain, length), min_steps=8)
+    q = length // 4
+    # [0, q) and [2q, 3q) are the same geometric run scaled by gain^(2q), so are their medians
+    assert p is not None and p.span == 2 * q
+    assert p.ratio == pytest.approx(gain ** (2 * q), rel=1e-9)
+    assert p.per_step == pytest.approx(gain, rel=1e-9)
+
+
+@pytest.mark.parametrize("norms", [None, [1.0] * 7, [1.0, float("nan")] * 8, [0.0] * 16],
+                         ids=["none", "short", "nan", "all-zero"])
+def test_temporal_profile_refuses_what_it_cannot_judge(norms):
+    assert temporal_profile(norms, min_steps=8) is None
+
+
+def decay_probe(step: int, loss: float | None, *, gain: float = 0.7, kind: str = "RNN") -> StepStats:
+    return rec(step, layer(kind=kind, ts=geometric(1e-2, gain, 60)), loss=loss, probed=True)
+
+
+def test_decay_alone_is_info():
+    alerts = feed(TemporalDecayDetector(CFG), [decay_probe(0, None)])
+    (a,) = alerts
+    assert (a.sign, a.severity, a.problem) == ("temporal_decay", "info", "vanishing")
+    assert a.timestep is not None and 0 < a.timestep < 59
+    assert "LSTM" in a.message and "orthogonal" in a.message
+
+
+def test_decay_with_a_stalled_loss_is_a_warning():
+    det = TemporalDecayDetector(CFG)
+    records = [decay_probe(i, 0.693) if i % 10 == 0 else rec(i, loss=0.693) for i in range(121)]
+    alerts = feed(det, records)
+    assert alerts[-1].severity == "warning" and "and it hurts" in alerts[-1].message
+
+
+def test_decay_with_an_improving_loss_stays_info():
+    # a short-memory task: strong decay, yet the loss falls steadily
+    records = [decay_probe(i, 2.0 * 0.99**i) if i % 10 == 0 else rec(i, loss=2.0 * 0.99**i) for i in range(200)]
+    alerts = feed(TemporalDecayDetector(CFG), records)
+    assert alerts and {a.severity for a in alerts} == {"info"}
+    assert "short memory" in alerts[-1].message
+
+
+def test_lstm_decay_remedy_mentions_forget_gate():
+    (a,) = TemporalDecayDetector(CFG).update(decay_probe(0, None, kind="LSTM"))
+    assert "forget-gate bias" in a.message
+
+
+@pytest.mark.parametrize("gain, severity", [(1.05, None), (1.35, "warning"), (1.6, "critical")],
+                         ids=["mild", "warning", "critical"])
+def test_temporal_growth(gain, severity):
+    alerts = TemporalGrowthDetector(CFG).update(rec(0, layer(ts=geometric(1.0, gain, 40)), probed=True))
+    if severity is None:
+        assert alerts == []
+        return
+    (a,) = alerts
+    assert (a.sign, a.severity, a.step) == ("temporal_growth", severity, 0)
+    assert "grows going back in time" in a.message and "clip=" in a.message
+
+
+def test_language_model_accumulation_is_not_growth():
+    # loss at every timestep: dL/dx_t sums the direct term and everything after it, so the
+    # gradient is up to 1/(1-rho) larger early on even though nothing explodes
+    rho, length = 0.9, 64
+    norms = [sum(rho**k for k in range(length - t)) for t in range(length)]
+    grows = TemporalGrowthDetector(CFG).update(rec(0, layer(ts=norms), probed=True))
+    decays = TemporalDecayDetector(CFG).update(rec(0, layer(ts=norms), probed=True))
+    assert grows == [] and decays == []
+
+
+def test_bidirectional_layers_are_skipped():
+    ls = layer(ts=geometric(1.0, 1.6, 40), directions=2)
+    assert TemporalGrowthDetector(CFG).update(rec(0, ls, probed=True)) == []
+
+
+# ---------------------------------------------------------------------------------------- dead_neurons
+def test_dead_units_need_consecutive_probes():
+    det = DeadNeuronsDetector(CFG)
+    assert det.update(rec(0, layer(dead=0.8, ts=[1.0] * 8))) == []
+    assert det.update(rec(5, layer(dead=0.8), probed=False)) == []
+    (a,) = det.update(rec(10, layer(dead=0.8, ts=[1.0] * 8)))
+    assert (a.sign, a.severity, a.value) == ("dead_neurons", "warning", 0.8)
+    assert "dead" in a.message and "ReLU" in a.message
+
+
+def test_saturated_units_and_critical_share():
+    det = DeadNeuronsDetector(CFG)
+    records = [rec(s, layer(sat=0.95, dead=0.0, ts=[1.0] * 8)) for s in (0, 10)]
+    (a,) = feed(det, records)
+    assert a.severity == "critical" and "saturated" in a.message and "normalise the inputs" in a.message
+
+
+def test_an_idle_probe_resets_the_streak():
+    det = DeadNeuronsDetector(CFG)
+    shares = [0.8, 0.1, 0.8]
+    assert feed(det, [rec(10 * i, layer(dead=s, ts=[1.0] * 8)) for i, s in enumerate(shares)]) == []
+
+
+# ---------------------------------------------------------------------------------------- slow_progress
+def stalled_run(n: int, make_layer, loss=lambda i: 0.69 + 0.01 * (i % 3)) -> list[StepStats]:
+    return [rec(i, make_layer(i), loss=loss(i), probed=(i % 10 == 0)) for i in range(n)]
+
+
+def test_stalled_loss_with_decay_is_slow_progress():
+    records = stalled_run(120, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None))
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].step == CFG.progress_steps - 1
+    a = alerts[0]
+    assert (a.sign, a.severity, a.module, a.layer) == ("slow_progress", "warning", "rnn", 0)
+    assert "not improving" in a.message and "earliest quarter" in a.message
+
+
+def test_stalled_loss_without_gradient_evidence_is_silent():
+    records = stalled_run(150, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, ratio=1e-3))
+    assert feed(SlowProgressDetector(CFG), records) == []
+
+
+@pytest.mark.parametrize("loss", [lambda i: 2.0 * 0.98**i, lambda i: 1.0 + 0.02 * i],
+                         ids=["improving", "diverging"])
+def test_moving_loss_is_not_slow_progress(loss):
+    records = stalled_run(200, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None), loss=loss)
+    assert feed(SlowProgressDetector(CFG), records) == []
+
+
+# ---------------------------------------------------------------------------------------- oscillation
+@pytest.mark.parametrize("values, swing, legs", [
+    ([1, 2, 1, 2, 1], 0.5, 4),
+    ([1, 1.2, 1.1, 1.3, 1.2], 0.5, 0),
+    ([1, 3, 2.9, 3.1, 1], 1.0, 2),
+    ([5, 4, 3, 2, 1], 0.5, 1),
+], ids=["alternating", "small", "up-down", "monotone"])
+def test_zigzag_legs(values, swing, legs):
+    assert zigzag_legs([float(v) for v in values], swing) == legs
+
+
+def test_running_median_removes_one_step_spikes():
+    assert running_median([1.0, 9.0, 1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]
+
+
+def noise(i: int) -> float:
+    """Deterministic pseudo-noise in [-1, 1]."""
+    return math.sin(i * 12.9898) * 43758.5453 % 2 - 1
+
+
+def test_bouncing_loss_is_oscillation():
+    losses = [2.0 + 0.6 * math.sin(2 * math.pi * i / 12) + 0.03 * noise(i) for i in range(60)]
+    alerts = feed(OscillationDetector(CFG), [rec(i, loss=v) for i, v in enumerate(losses)])
+    assert alerts and alerts[0].sign == "oscillation" and alerts[0].severity == "warning"
+    assert alerts[0].step >= CFG.oscillation_window - 1
+    assert "went up and down" in alerts[0].message and "learning rate" in alerts[0].message
+
+
+@pytest.mark.parametrize("loss", [
+    lambda i: 0.3 * (1 + 0.5 * noise(i)),             # large mini-batch noise, flat
+    lambda i: 2.0 * 0.97**i * (1 + 0.2 * noise(i)),   # noisy but settling
+    lambda i: 1e-4 * (1 + 0.9 * noise(i)),            # converged: tiny loss, huge relative noise
+], ids=["batch-noise", "settling", "converged"])
+def test_noise_is_not_oscillation(loss):
+    assert feed(OscillationDetector(CFG), [rec(i, loss=loss(i)) for i in range(150)]) == []
+
+
+# ---------------------------------------------------------------------------------------- suite
+def nan_step(step: int, module: str = "rnn", index: int = 0) -> StepStats:
+    return rec(step, layer(module=module, index=index), nonfinite=NonFinite("backward", module, index, 5))
+
+
+def test_cooldown_holds_back_repeats_and_releases_them_later():
+    suite = DetectorSuite(DetectorConfig(cooldown=10))
+    shown = [a.step for s in range(25) for a in suite.update(nan_step(s))]
+    assert shown == [0, 10, 20]
+    entry = suite.summary().entries[0]
+    assert (entry.reported, entry.repeats, entry.first_step, entry.last_step) == (3, 22, 0, 24)
+
+
+def test_other_layers_are_not_held_back():
+    suite = DetectorSuite(DetectorConfig(cooldown=10))
+    first = suite.update(nan_step(0, index=0))
+    second = suite.update(nan_step(1, index=1))
+    assert len(first) == len(second) == 1
+
+
+def test_escalation_is_shown_within_the_cooldown():
+    suite = DetectorSuite(DetectorConfig(cooldown=100), detectors=[LargeUpdatesDetector(CFG)])
+    ratios = [0.6, 0.7, 0.8, 5.0, 6.0]
+    shown = [(a.step, a.severity) for i, r in enumerate(ratios) for a in suite.update(rec(i, layer(ratio=r)))]
+    assert shown == [(1, "warning"), (3, "critical")]
+    escalated = suite.summary().entries[0]
+    assert escalated.severity == "critical" and escalated.message.startswith("Escalated from warning (step 1).")
+
+
+def test_summary_fits_one_screen():
+    suite = build_detectors({})
+    for s in range(30):
+        suite.update(nan_step(s, index=s % 2))
+        suite.update(rec(s, layer(ratio=5.0)))
+    summary = suite.summary()
+    lines = summary.lines()
+    assert lines[0].startswith("gradwatch: 60 steps watched;")
+    assert len(lines) <= 1 + 3 * len(SIGNS)
+    assert all(len(line) <= 160 for line in lines)
+    assert [e.sign for e in summary.entries] == ["non_finite", "large_updates"]
+    assert summary.count("critical") == summary.entries[0].reported + summary.entries[1].reported
+
+
+def test_reset_forgets_state_and_cooldowns():
+    suite = DetectorSuite(DetectorConfig(cooldown=100))
+    assert suite.update(nan_step(0))
+    suite.reset()
+    assert suite.update(nan_step(1)) and suite.summary().steps == 1
+
+
+def test_clean_records_raise_nothing():
+    suite = build_detectors({})
+    records = [rec(i, layer(ts=[1.0] * 20 if i % 10 == 0 else None, dead=0.0, sat=0.0), loss=2.0 * 0.99**i)
+               for i in range(200)]
+    assert [a for r in records for a in suite.update(r)] == []
+    assert "no vanishing or exploding" in suite.summary().headline()
