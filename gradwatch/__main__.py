@@ -1,0 +1,6 @@
+"""`python -m gradwatch ...`: the same as the `gradwatch` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The `gradwatch` command: `run`, `demo`, `plot` and `bench`.
+
+    $ gradwatch demo                                  # see it work in under a minute
+    $ gradwatch run --jsonl run.jsonl train.py --lr 20
+    $ gradwatch plot run.jsonl -o report.png
+
+`main(argv)` is the console-script entry point (also `python -m gradwatch`); it returns the
+exit status. Each command lives in its own module with `add_arguments(parser)` and
+`main(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+from types import ModuleType
+from typing import Sequence
+
+from ..errors import GradwatchError
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = {
+    "run": "run an unmodified training script and watch its recurrent layers",
+    "demo": "a built-in synthetic run showing the live console and the warnings",
+    "plot": "draw a report (heatmap of per-timestep gradient norms, curves, alerts) from a JSONL file",
+    "bench": "benchmarks: overhead, detection quality and clipping efficacy",
+}
+
+
+def _command_module(name: str) -> ModuleType:
+    return import_module(f"{__name__}.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradwatch",
+        description="See where the gradients of your recurrent network vanish or explode.",
+        epilog="Start with `gradwatch demo`; `gradwatch COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        _command_module(name).add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_command_module(args.command).main(args))
+    except GradwatchError as exc:
+        print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,195 @@
+"""Several processes (`torch.distributed`, DistributedDataParallel): every rank sees the same numbers.
+
+    >>> dist.init_process_group("nccl")                 # or gloo; torchrun sets the environment
+    >>> model = DDP(Net().to(rank), device_ids=[rank])
+    >>> monitor = gradwatch.watch(model, optimizer)     # nothing else to do: detected automatically
+
+`watch()` notices an initialised process group with more than one rank and gives the monitor a
+`StepReducer`. At the end of every step the monitor's packed statistics buffer goes through one
+`all_reduce` (SUM, launched asynchronously) before it is read back, so the detectors of every
+rank receive the same `StepStats` and raise the same alerts. Only rank 0 keeps the console,
+JSONL and TensorBoard sinks.
+
+How each number is combined (DDP has already averaged the gradients, and the weights are equal):
+
+* per-timestep norms (gradient and activation): root of the sum of squares over ranks, i.e. the
+  norm over the global batch; a NaN/Inf on any rank therefore shows on every rank;
+* every other value (parameter, gradient and update norms, clip figures, dead/saturated shares):
+  the mean over ranks (equal values stay equal);
+* the loss, when given as a tensor: the mean over ranks (one more one-element `all_reduce`).
+
+Ranks may see sequences of different lengths: per-timestep vectors are padded to the longest
+one, agreed through a small synchronous `all_reduce(MAX)` of the lengths on a CPU (gloo) group,
+which never waits for the accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any, Hashable, Sequence
+
+import torch
+
+from .stream.accumulator import Layout
+from .stream.readback import HOST_MARK, PendingReadback, start_readback
+
+__all__ = ["StepReducer", "is_distributed", "rank", "is_main_process", "reducer_for_current_group"]
+
+log = logging.getLogger("gradwatch")
+
+MISMATCH = ("the ranks measured different statistics this step (different modules ran, or the probe "
+            "schedule differs; call gradwatch.watch with the same options on every rank)")
+CPU_UNDER_NCCL = "the statistics are on the CPU but the process group has no CPU backend (gloo)"
+
+TIMESTEP_KEYS = ("in_act", "out_act", "out_grad", "xgrad", "act")
+"""Layout keys whose segment is a per-timestep vector of L2 norms (combined as root-sum-square)."""
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    dist = torch.distributed
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def rank() -> int:
+    """This process's global rank (0 outside `torch.distributed`)."""
+    return torch.distributed.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0, and in every non-distributed run: the process that prints and writes files."""
+    return rank() == 0
+
+
+def reducer_for_current_group() -> "StepReducer | None":
+    """A `StepReducer` over the default process group when running distributed, else None."""
+    return StepReducer() if is_distributed() else None
+
+
+def _canonical_timestep_keys(modules: Sequence[Any]) -> list[Hashable]:
+    keys: list[Hashable] = []
+    for m in modules:
+        keys += [("in_act", m.name), ("out_act", m.name), ("out_grad", m.name)]
+        for layer in range(m.num_layers):
+            keys += [("xgrad", m.name, layer), ("act", m.name, layer)]
+    return keys
+
+
+def _is_timestep_key(key: Hashable) -> bool:
+    return isinstance(key, tuple) and bool(key) and key[0] in TIMESTEP_KEYS
+
+
+class ReducedReadback(PendingReadback):
+    """The read-back of a buffer whose `all_reduce` may still be running (gloo runs it in the background)."""
+
+    def __init__(self, work: Any, buffer: torch.Tensor, finish: Any) -> None:
+        super().__init__(buffer, None)
+        self._work, self._finish, self._inner = work, finish, None
+
+    def _start(self) -> PendingReadback:
+        if self._inner is None:
+            self._work.wait()
+            self._inner = start_readback(self._finish(self.host))
+        return self._inner
+
+    def ready(self) -> bool:
+        if self._inner is None and not self._work.is_completed():
+            return False
+        return self._start().ready()
+
+    def values(self) -> list[float]:
+        return self._start().values()
+
+
+class StepReducer:
+    """Combines one step's packed statistics across the ranks of a process group.
+
+        >>> reducer = StepReducer()                      # default group; watch() does this for you
+        >>> readback, layout = reducer.start(flat, layout, modules)
+
+    Every rank must call `start` (and `start_loss`) at the same points of its step, which holds
+    when every rank runs the same training loop, as DistributedDataParallel requires anyway.
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        dist = torch.distributed
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.cpu_capable = "gloo" in str(dist.get_backend(group))  # "gloo", or "cpu:gloo,cuda:nccl"
+        # The lengths are host integers: agree on them over CPU so nothing waits for the GPU.
+        self.meta_group = group if self.cpu_capable else dist.new_group(backend="gloo")
+        self._warned = False
+
+    # ------------------------------------------------------------------ statistics buffer
+    def start(self, flat: torch.Tensor, layout: Layout, modules: Sequence[Any]) -> tuple[PendingReadback, Layout]:
+        """Launch the reduction of one step's buffer; returns its read-back and the combined layout."""
+        dist = torch.distributed
+        canonical = _canonical_timestep_keys(modules)
+        sizes = dict(layout)
+        fixed = [(k, n) for k, n in layout if not (_is_timestep_key(k) and k in canonical)]
+        signature = zlib.crc32(repr(fixed).encode())
+        meta = torch.tensor([signature, -signature] + [sizes.get(k, 0) for k in canonical], dtype=torch.int64)
+        dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=self.meta_group)
+        setattr(meta, HOST_MARK, True)
+        agreed = meta.tolist()
+        if agreed[0] != -agreed[1]:
+            return self._local(flat, layout, MISMATCH)
+        lengths = dict(zip(canonical, agreed[2:]))
+        offsets, pos = {}, 0
+        for key, n in layout:
+            offsets[key] = (pos, n)
+            pos += n
+        parts, out_layout, timestep_slices = [], [], []
+        for key, n in fixed:
+            start = offsets[key][0]
+            parts.append(flat[start : start + n])
+            out_layout.append((key, n))
+        cursor = sum(n for _, n in fixed)
+        for key in canonical:
+            total = lengths[key]
+            if total == 0:
+                continue
+            start, n = offsets.get(key, (0, 0))
+            local = flat[start : start + n].square()
+            parts.append(torch.cat([local, flat.new_zeros(total - n)]) if total > n else local)
+            out_layout.append((key, total))
+            timestep_slices.append((cursor, cursor + total))
+            cursor += total
+        buffer = torch.cat(parts) if parts else flat.new_zeros(0)
+        if buffer.device.type == "cpu" and not self.cpu_capable:
+            return self._local(flat, layout, CPU_UNDER_NCCL)
+        work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        fixed_end = sum(n for _, n in fixed)
+
+        def finish(summed: torch.Tensor) -> torch.Tensor:
+            out = summed.clone()
+            out[:fixed_end] /= self.world
+            if timestep_slices:
+                out[fixed_end:] = out[fixed_end:].sqrt()
+            return out
+
+        if buffer.device.type != "cpu":
+            work.wait()  # NCCL: makes the current stream wait; the host does not block
+            return start_readback(finish(buffer)), out_layout
+        return ReducedReadback(work, buffer, finish), out_layout
+
+    def _local(self, flat: torch.Tensor, layout: Layout, why: str) -> tuple[PendingReadback, Layout]:
+        if not self._warned:
+            self._warned = True
+            log.warning("gradwatch: %s, so this step's numbers are this rank's own; alerts may differ "
+                        "between ranks.", why)
+        return start_readback(flat), layout
+
+    # ------------------------------------------------------------------ loss
+    def start_loss(self, value: torch.Tensor) -> PendingReadback:
+        """Launch the mean of a one-element loss tensor over the ranks."""
+        dist = torch.distributed
+        if value.device.type == "cpu" and not self.cpu_capable:
+            return start_readback(value)
+        buffer = value.detach().float().clone()
+        work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        if buffer.device.type != "cpu":
+            work.wait()
+            return start_readback(buffer / self.world)
+        return ReducedReadback(work, buffer, lambda summed: summed / self.world)

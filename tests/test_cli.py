@@ -1,0 +1,274 @@
+"""The `gradwatch` command: help everywhere, `run` on unmodified scripts, `demo`, `bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gradwatch.cli import COMMANDS, main
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+WORD_LM = os.path.join(EXAMPLES, "word_lm.py")
+
+
+def steps_of(path):
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if r["type"] == "step"]
+
+
+def write_script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS], ids=["gradwatch"] + list(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(command + ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gradwatch" + "".join(" " + c for c in command))
+
+
+# ---------------------------------------------------------------------------------------------- run
+def test_run_word_lm_with_manual_updates_matches_clip_grad_norm(tmp_path, capsys):
+    """Steps found from the backward pass: one record per bptt chunk, norms before clipping,
+    and the hand-made update measured between two steps."""
+    jsonl, norms = tmp_path / "run.jsonl", tmp_path / "norms.json"
+    lr, clip, steps = 5.0, 0.25, 24
+    status = main(["run", "--no-live", "--every", "4", "--jsonl", str(jsonl), WORD_LM, "--steps", str(steps),
+                   "--eval-every", "10", "--lr", str(lr), "--clip", str(clip), "--log-norms", str(norms)])
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "done: 24 steps" in captured.out  # the script's own output passes through
+    records = steps_of(jsonl)
+    reference = json.loads(norms.read_text())
+    assert [r["step"] for r in records] == list(range(steps))
+    assert [r["grad_norm"] for r in records] == pytest.approx(reference, rel=1e-5)
+    assert [r["probed"] for r in records] == [s % 4 == 0 for s in range(steps)]
+    for r, total in zip(records, reference):
+        coefficient = min(1.0, clip / (total + 1e-6))  # what clip_grad_norm_ applied
+        for layer in r["layers"].values():
+            assert layer["update_norm"] == pytest.approx(lr * coefficient * layer["grad_norm"], rel=1e-4)
+        assert 0 < r["loss"] < 10
+
+
+OPTIMIZER_SCRIPT = """
+    import json, sys
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 8, num_layers=2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+    model = Tagger()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    norms, losses = [], []
+    for step in range(int(sys.argv[1])):
+        opt.zero_grad()
+        total = 0.0
+        for micro in range(2):  # gradient accumulation: two backward passes per optimizer step
+            x, y = torch.randn(3, 5, 4), torch.randint(0, 3, (3, 5))
+            loss = nn.functional.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1)) / 2
+            loss.backward()
+            total += loss.item()
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
+        losses.append(total)
+        opt.step()
+        with torch.no_grad():
+            model(torch.randn(2, 5, 4))  # an evaluation forward in between
+    json.dump({"norms": norms, "losses": losses}, open(sys.argv[2], "w"))
+"""
+
+
+def test_run_with_an_optimizer_ends_steps_at_optimizer_step(tmp_path):
+    script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
+    jsonl, ref = tmp_path / "run.jsonl", tmp_path / "ref.json"
+    assert main(["run", "--no-live", "--every", "1", "--jsonl", str(jsonl), script, "5", str(ref)]) == 0
+    reference = json.loads(ref.read_text())
+    records = steps_of(jsonl)
+    assert len(records) == 5
+    assert [r["grad_norm"] for r in records] == pytest.approx(reference["norms"], rel=1e-5)
+    assert [r["loss"] for r in records] == pytest.approx(reference["losses"], rel=1e-5)  # summed over backwards
+    # two training forwards per step, both probed: the per-timestep norms cover 5 timesteps
+    assert all(len(r["layers"]["rnn:1"]["timestep_grad_norms"]) == 5 for r in records)
+
+
+SEQ2SEQ_SCRIPT = """
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(4, 6)
+        def forward(self, x):
+            return self.gru(x)[1]
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(4, 6)
+            self.out = nn.Linear(6, 4)
+        def forward(self, h, steps):
+            x, outs = torch.zeros(h.shape[1], 4), []
+            h = h[0]
+            for _ in range(steps):
+                h = self.cell(x, h)
+                x = self.out(h)
+                outs.append(x)
+            return torch.stack(outs)
+
+    encoder, decoder = Encoder(), Decoder()
+    enc_opt = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    dec_opt = torch.optim.SGD(decoder.parameters(), lr=0.1)
+    for step in range(4):
+        src, tgt = torch.randn(7, 2, 4), torch.randn(3, 2, 4)
+        enc_opt.zero_grad(); dec_opt.zero_grad()
+        loss = (decoder(encoder(src), 3) - tgt).pow(2).mean()
+        loss.backward()
+        enc_opt.step(); dec_opt.step()
+    print("trained")
+"""
+
+
+def test_run_clip_acts_before_the_optimizer_step(tmp_path):
+    script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
+    jsonl, ref = tmp_path / "run.jsonl", tmp_path / "ref.json"
+    assert main(["run", "--no-live", "--clip", "0.05", "--jsonl", str(jsonl), script, "3", str(ref)]) == 0
+    reference = json.loads(ref.read_text())["norms"]  # measured by the script before opt.step()
+    records = steps_of(jsonl)
+    assert [r["clip"]["norm_before"] for r in records] == pytest.approx(reference, rel=1e-5)
+    assert [r["grad_norm"] for r in records] == pytest.approx(reference, rel=1e-5)
+    assert all(r["clip"]["norm_after"] == pytest.approx(0.05, rel=1e-4) for r in records)
+
+
+def test_run_clip_is_declined_for_a_script_without_optimizer(tmp_path, capsys):
+    jsonl = tmp_path / "run.jsonl"
+    assert main(["run", "--no-live", "--clip", "0.5", "--jsonl", str(jsonl), WORD_LM, "--steps", "3"]) == 0
+    assert "--clip does not apply" in capsys.readouterr().err
+    assert [r["clip"] for r in steps_of(jsonl)] == [None] * 3
+
+
+def test_run_watches_each_model_of_a_seq2seq_script(tmp_path, capsys):
+    script = write_script(tmp_path, "seq2seq.py", SEQ2SEQ_SCRIPT)
+    jsonl = tmp_path / "run.jsonl"
+    assert main(["run", "--no-live", "--every", "1", "--jsonl", str(jsonl), script]) == 0
+    err = capsys.readouterr().err
+    assert "watching Encoder" in err and "watching Decoder" in err
+    encoder, decoder = steps_of(jsonl), steps_of(tmp_path / "run.Decoder.jsonl")
+    assert len(encoder) == len(decoder) == 4
+    assert list(encoder[0]["layers"]) == ["gru:0"] and list(decoder[0]["layers"]) == ["cell:0"]
+    assert len(decoder[0]["layers"]["cell:0"]["timestep_grad_norms"]) == 3  # one per cell call
+
+
+def test_run_keeps_argv_main_output_and_exit_status(tmp_path, capsys):
+    script = write_script(tmp_path, "args.py", """
+        import sys
+        print("argv", sys.argv[1:], "name", __name__)
+        sys.exit(int(sys.argv[1]))
+    """)
+    assert main(["run", "--no-live", script, "3", "--lr", "0.1"]) == 3
+    assert "argv ['3', '--lr', '0.1'] name __main__" in capsys.readouterr().out
+    assert sys.argv[0] != script  # restored afterwards
+
+
+def test_run_reports_a_failing_script_like_python(tmp_path, capsys):
+    script = write_script(tmp_path, "boom.py", """
+        def train():
+            raise ValueError("bad batch")
+        train()
+    """)
+    assert main(["run", "--no-live", script]) == 1
+    err = capsys.readouterr().err
+    assert "ValueError: bad batch" in err and script in err
+    assert "runpy" not in err and os.path.join("gradwatch", "cli") not in err
+
+
+def test_run_removes_every_hook_and_patch(tmp_path):
+    from torch.nn.modules import module as module_mod
+    from torch.optim import optimizer as optimizer_mod
+
+    before = (dict(module_mod._global_forward_pre_hooks), dict(module_mod._global_forward_hooks),
+              dict(optimizer_mod._global_optimizer_post_hooks))
+    init, backward = torch.optim.Optimizer.__init__, torch.autograd.backward
+    script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
+    assert main(["run", "--no-live", script, "2", str(tmp_path / "ref.json")]) == 0
+    after = (dict(module_mod._global_forward_pre_hooks), dict(module_mod._global_forward_hooks),
+             dict(optimizer_mod._global_optimizer_post_hooks))
+    assert after == before
+    assert torch.optim.Optimizer.__init__ is init and torch.autograd.backward is backward
+
+
+def test_run_rejects_bad_options_before_the_script_starts(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    script = write_script(tmp_path, "touch.py", f"open({str(marker)!r}, 'w').close()\n")
+    assert main(["run", "--every", "0", script]) == 2
+    assert "every" in capsys.readouterr().err and not marker.exists()
+    assert main(["run", str(tmp_path / "missing.py")]) == 2
+    assert "no such script" in capsys.readouterr().err
+
+
+def test_python_dash_m_gradwatch_run_passes_status_and_output(tmp_path):
+    script = write_script(tmp_path, "tiny.py", """
+        import sys, torch
+        from torch import nn
+        rnn = nn.RNN(2, 3)
+        opt = torch.optim.SGD(rnn.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad(); rnn(torch.randn(4, 1, 2))[0].sum().backward(); opt.step()
+        print("finished", sys.argv[1])
+        sys.exit(7)
+    """)
+    jsonl = tmp_path / "tiny.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "gradwatch", "run", "--no-live", "--jsonl", str(jsonl), script, "ok"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    assert "finished ok" in proc.stdout
+    assert len(steps_of(jsonl)) == 3
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@pytest.mark.parametrize("scenario", ["healthy", "vanishing", "exploding"])
+def test_demo_scenarios_show_their_gradient_profile(scenario):
+    from gradwatch.cli.demo import run_demo
+
+    monitor = run_demo(scenario, steps=2, every=1, console=False)
+    profile = monitor.history[0].layers[("rnn", 0)].timestep_grad_norms
+    first, last = profile[0], profile[-1]
+    if scenario == "healthy":
+        assert 0.1 < first / last < 10  # every timestep gets gradient
+    elif scenario == "vanishing":
+        assert first < 1e-6 * last
+    else:
+        assert first > 10 * last  # grows going back in time
+
+
+def test_demo_nan_scenario_locates_the_corrupted_input():
+    from gradwatch.cli.demo import SCENARIOS, run_demo
+
+    at = SCENARIOS["nan"].nan_at_step
+    monitor = run_demo("nan", steps=at + 1, every=50, console=False)
+    bad = monitor.history[at].nonfinite
+    assert (bad.where, bad.module, bad.layer, bad.timestep) == ("forward", "rnn", 0, 17)
+    assert monitor.history[at - 1].nonfinite is None
+
+
+def test_demo_command_writes_a_jsonl_stream(tmp_path, capsys):
+    jsonl = tmp_path / "demo.jsonl"
+    assert main(["demo", "--scenario", "healthy", "--steps", "3", "--no-live", "--jsonl", str(jsonl)]) == 0
+    assert len(steps_of(jsonl)) == 3
+    assert "gradwatch plot" in capsys.readouterr().err
