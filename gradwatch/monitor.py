@@ -47,6 +47,7 @@ class Monitor:
         detectors: Any,
         sinks: list[Any],
         actions: Any = None,
+        reducer: Any = None,
     ) -> None:
         self.model = model
         self.optimizers = list(optimizers)
@@ -59,6 +60,11 @@ class Monitor:
         self._detectors = detectors
         self._sinks = sinks
         self._actions = actions
+        self.reducer = reducer
+        """Combines each step's statistics across processes (`gradwatch.distributed`), or None."""
+        self.external_steps = False
+        """True when a driver (the Lightning callback) ends the steps: the optimizers' step hooks
+        then do nothing, and the driver calls `before_update()` and `end_step()`."""
         self._disabled: set[str] = set()
         self._closed = False
         self._step = 0
@@ -68,24 +74,9 @@ class Monitor:
         self._optimizer_steps = 0
         self._handles: list[Any] = []
         self.session = CaptureSession(self._report_error)
-        self.watched: list[WatchedModule] = find_recurrent(model)
+        self.watched: list[WatchedModule] = []
         self._adapters: list[_Adapter] = []
-        for w in self.watched:
-            if isinstance(w.module.__dict__.get("forward"), _Adapter):
-                raise GradwatchError(
-                    f"module '{w.name}' is already watched by another gradwatch monitor; "
-                    "close() that monitor first (watching the same model twice is not supported)."
-                )
-        for w in self.watched:
-            adapter = ADAPTERS[w.kind](w, self.session)
-            adapter.install()
-            self._adapters.append(adapter)
-        self._modules = [
-            ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
-            for w in self.watched
-        ]
-        self.params = ParameterMap(model, self.watched)
-        self.params.take_snapshot()
+        self._attach(find_recurrent(model))
         for opt in self.optimizers:
             self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre_step))
             self._handles.append(opt.register_step_post_hook(self._on_optimizer_post_step))
@@ -111,6 +102,40 @@ class Monitor:
             self._drain()
         except Exception as exc:
             self._report_error("step", exc)
+
+    def before_update(self) -> None:
+        """Read this step's gradients now and run the clip/skip actions; the step's end uses this read.
+
+        For drivers whose optimizer hooks fire at the wrong moment or not at all: call it after
+        backward and before the parameter update (Lightning's `on_before_optimizer_step`, or
+        `gradwatch run` after each backward of a script that updates parameters by hand).
+        """
+        if self._closed:
+            return
+        self._grad_stats = None
+        self._on_optimizer_pre_step(None, (), {})
+
+    def end_step(self, loss: Any = None) -> None:
+        """End the step now, with or without optimizers (for drivers; see `external_steps`)."""
+        if self._closed:
+            return
+        try:
+            self._end_step(loss)
+        except Exception as exc:
+            self._report_error("end_step", exc)
+
+    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Also end steps on `optimizer.step()` (for drivers that meet optimizers after `watch`)."""
+        if self._closed or any(o is optimizer for o in self.optimizers):
+            return
+        self.optimizers.extend(as_optimizer_list(optimizer))
+        self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre_step))
+        self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post_step))
+
+    @property
+    def detectors(self) -> Any:
+        """The detector suite (`update`, `reset`, `summary()`), or None."""
+        return self._detectors
 
     @property
     def steps(self) -> int:
@@ -145,14 +170,58 @@ class Monitor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ which modules are watched
+    def _attach(self, found: list[WatchedModule]) -> None:
+        """Install adapters on `found` (replacing the current set) and rebuild the parameter map."""
+        for w in found:
+            existing = w.module.__dict__.get("forward")
+            if isinstance(existing, _Adapter) and existing.session is not self.session:
+                raise GradwatchError(
+                    f"module '{w.name}' is already watched by another gradwatch monitor; "
+                    "close() that monitor first (watching the same model twice is not supported)."
+                )
+        kept = {id(a.watched.module): a for a in self._adapters}
+        adapters = []
+        for w in found:
+            adapter = kept.pop(id(w.module), None)
+            if adapter is None or adapter.watched.name != w.name:
+                if adapter is not None:
+                    adapter.remove()
+                adapter = ADAPTERS[w.kind](w, self.session)
+                adapter.install()
+            adapters.append(adapter)
+        for gone in kept.values():
+            gone.remove()
+        self.watched, self._adapters = found, adapters
+        self._modules = [
+            ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
+            for w in found
+        ]
+        self.params = ParameterMap(self.model, found)
+        self.params.take_snapshot()
+
+    def _refresh_modules(self) -> None:
+        """Pick up recurrent modules created (or removed) after `watch()`; runs on probe steps."""
+        try:
+            found = find_recurrent(self.model)
+        except GradwatchError:
+            found = []
+        same = [(w.name, id(w.module)) for w in found] == [(w.name, id(w.module)) for w in self.watched]
+        if not same:
+            self._attach(found)
+
     # ------------------------------------------------------------------ step boundaries
     def _is_probe_step(self, step: int) -> bool:
         return step % self.every == 0
 
     def _on_optimizer_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.external_steps and optimizer is not None:
+            return  # the driver calls before_update() (optimizer=None) at the right moment
         if self._grad_stats is not None:
             return  # a second optimizer in the same step: gradients were already read
         try:
+            if self._actions is not None:
+                self._actions.before_read(self)  # e.g. GradScaler: unscale before measuring
             self._grad_stats = self._read_grads()
             if self._actions is not None:
                 self._grad_stats["action"] = self._actions.before_step(self)
@@ -160,6 +229,8 @@ class Monitor:
             self._report_error("optimizer pre-step", exc)
 
     def _on_optimizer_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.external_steps:
+            return
         self._optimizer_steps += 1
         if self._optimizer_steps < len(self.optimizers):
             return
@@ -188,6 +259,11 @@ class Monitor:
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
         flat, layout = acc.pack(scalars)
+        readback: Any = None
+        if flat is not None and self.reducer is not None:
+            readback, layout = self.reducer.start(flat, layout, self._modules)
+        elif flat is not None:
+            readback = start_readback(flat)
         pending = PendingStep(
             step=self._step,
             layout=layout,
@@ -195,7 +271,7 @@ class Monitor:
             has_grad=grads["has_grad"],
             probed=probed,
             modules=self._modules,
-            readback=start_readback(flat) if flat is not None else None,
+            readback=readback,
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
         )
@@ -203,12 +279,15 @@ class Monitor:
             self._attach_loss(pending, loss)
         self._pending.append(pending)
         self._step += 1
+        if self._is_probe_step(self._step):
+            self._refresh_modules()
         self._drain()
 
     def _attach_loss(self, pending: PendingStep, loss: Any) -> None:
         pending.has_loss = loss is not None
         if isinstance(loss, torch.Tensor):
-            pending.loss_readback = start_readback(loss.detach().reshape(-1)[:1].float())
+            value = loss.detach().reshape(-1)[:1].float()
+            pending.loss_readback = self.reducer.start_loss(value) if self.reducer else start_readback(value)
         elif loss is not None:
             pending.loss = float(loss)
 

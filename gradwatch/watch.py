@@ -10,14 +10,19 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from rich.console import Console
 from torch import nn
 
+from . import distributed
+from .actions import build_actions
 from .capture.modules import unwrap_model
 from .detectors import build_detectors
 from .errors import GradwatchError
 from .monitor import Monitor, as_optimizer_list
+from .sinks.console import RichConsoleSink
 from .sinks.logging_sink import LoggingSink
 
 __all__ = ["watch"]
@@ -32,8 +37,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _console_sinks(console: Any) -> list[Any]:
-    if console is False or console is None:
+    if console is False or console is None or not distributed.is_main_process():
         return []
+    if isinstance(console, Console):
+        return [RichConsoleSink(console)]
+    if console == "rich" or (console in ("auto", True) and _stdout_is_tty()):
+        return [RichConsoleSink()]
     if console in CONSOLE_CHOICES:
         return [LoggingSink()]
     raise GradwatchError(
@@ -42,12 +51,27 @@ def _console_sinks(console: Any) -> list[Any]:
     )
 
 
-def _actions(clip: Any, skip_nonfinite: Any) -> Any:
-    if not isinstance(skip_nonfinite, bool):
-        raise GradwatchError(f"gradwatch.watch(skip_nonfinite=...) must be True or False, got {skip_nonfinite!r}.")
-    if clip is None and not skip_nonfinite:
-        return None
-    raise GradwatchError("gradwatch.watch: clip= and skip_nonfinite= are not available in this build.")
+def _stdout_is_tty() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _actions(clip: Any, skip_nonfinite: Any, scaler: Any, optimizers: list[Any]) -> Any:
+    # Validates clip (None, a positive number, "auto", a policy object) and skip_nonfinite/scaler.
+    return build_actions(clip, skip_nonfinite, scaler, optimizers=optimizers)
+
+
+def _export_sinks(jsonl: Any, tensorboard: Any, every: int) -> list[Any]:
+    out: list[Any] = []
+    if jsonl is not None:
+        from .sinks.jsonl import JsonlSink
+
+        out.append(JsonlSink(jsonl, meta={"every": every}))
+    if tensorboard is not None:
+        from .sinks.tensorboard import TensorBoardSink
+
+        out.append(TensorBoardSink(tensorboard))
+    return out
 
 
 def watch(
@@ -60,6 +84,10 @@ def watch(
     skip_nonfinite: bool = False,
     history: int = 1000,
     strict: bool = False,
+    scaler: Any = None,
+    jsonl: Any = None,
+    tensorboard: Any = None,
+    sinks: Any = (),
     **detector_options: Any,
 ) -> Monitor:
     """Attach gradwatch to every recurrent module of `model` and return the `Monitor`.
@@ -71,18 +99,34 @@ def watch(
             None for manual updates, then `monitor.step(loss)` ends the step.
         every: run the per-timestep probe every `every` steps (1 = every step).
         console: 'auto', 'rich', 'logging', False, or a rich Console.
-        clip: gradient clipping policy (None = off).
-        skip_nonfinite: skip steps whose gradients contain NaN/Inf.
+        clip: gradient clipping, applied just before optimizer.step(): None (off), a positive number
+            (max total L2 norm, exactly `clip_grad_norm_`), "auto" (no tuning, see
+            `gradwatch.actions.auto`), or a policy from `gradwatch.actions` (Norm, Value, AutoClip,
+            ZClip, AGC, Auto).
+        skip_nonfinite: skip (leave parameters and optimizer state untouched) every step whose
+            gradients contain NaN/Inf; costs one host-device sync per step (`gradwatch.actions.guard`).
         history: how many recent `StepStats` stay in `monitor.history`.
         strict: re-raise gradwatch's internal errors instead of disabling the failing part.
+        scaler: the `torch.amp.GradScaler` of a mixed-precision loop, so that gradients are measured
+            and clipped unscaled (order of calls: `gradwatch.actions.amp`).
+        jsonl: path of a JSON Lines file receiving one record per step (see `sinks.jsonl`).
+        tensorboard: a TensorBoard log directory, or a `SummaryWriter` (needs `tensorboard`).
+        sinks: extra sink objects, each with `on_step(stats, alerts)` and `close(monitor)`.
         **detector_options: detector thresholds.
     """
+    sinks_arg = sinks
     inner = unwrap_model(model)
     optimizers = as_optimizer_list(optimizer)
     every = _positive_int("every", every)
     history = _positive_int("history", history)
     sinks = _console_sinks(console)
-    actions = _actions(clip, skip_nonfinite)
+    actions = _actions(clip, skip_nonfinite, scaler, optimizers)
     detectors = build_detectors(detector_options)
+    if distributed.is_main_process():
+        sinks = list(sinks) + _export_sinks(jsonl, tensorboard, every)
+    else:
+        sinks = []  # one copy of the output: rank 0 prints and writes files
+    sinks += list(sinks_arg)
+    reducer = distributed.reducer_for_current_group()
     return Monitor(inner, optimizers, every=every, history=history, strict=bool(strict),
-                   detectors=detectors, sinks=sinks, actions=actions)
+                   detectors=detectors, sinks=sinks, actions=actions, reducer=reducer)

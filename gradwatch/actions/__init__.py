@@ -1,1 +1,145 @@
-"""Actions: gradient clipping policies and the non-finite guard (run before optimizer.step)."""
+"""Actions: what gradwatch does to a step before `optimizer.step()` applies it (clipping, the non-finite guard).
+
+    >>> gradwatch.watch(model, opt, clip="auto", skip_nonfinite=True)
+    >>> gradwatch.watch(model, opt, clip=gradwatch.actions.ZClip(z_threshold=3.0), scaler=scaler)
+
+The monitor calls `actions.before_read(monitor)` at the start of the optimizer's pre-step
+hook (mixed precision: unscale), measures the gradients, then calls
+`actions.before_step(monitor)`, which runs the guard, then the clipping policy, and returns
+{"clip": device tensor [norm_before, norm_after, coefficient, threshold or NaN],
+"policy": name, "skipped": bool} for the step's record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import GradwatchError
+from .alerts import ConstantClipping, constant_clipping
+from .amp import check_scaler, unscale_all_
+from .auto import Auto
+from .batch import GradBatch, optimizer_params
+from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
+from .guard import NonFiniteGuard
+
+__all__ = [
+    "Actions",
+    "build_actions",
+    "as_policy",
+    "Norm",
+    "Value",
+    "AutoClip",
+    "ZClip",
+    "AGC",
+    "Auto",
+    "ClipPolicy",
+    "NonFiniteGuard",
+    "ConstantClipping",
+    "constant_clipping",
+]
+
+_SUPPORTED = (
+    "None (no clipping), a positive number (largest total L2 norm, exactly torch.nn.utils.clip_grad_norm_), "
+    "'auto' (adaptive, no tuning), or a policy from gradwatch.actions: Norm(max_norm), Value(clip_value), "
+    "AutoClip(percentile), ZClip(alpha, z_threshold), AGC(clip_factor), Auto()"
+)
+
+_CLOSURE_OPTIMIZERS = (torch.optim.LBFGS,)
+"""Optimizers that recompute the gradients inside step(): a pre-step hook cannot act on those."""
+
+
+def as_policy(clip: Any) -> ClipPolicy | None:
+    """Turn `watch(clip=...)` into a policy object, or raise a GradwatchError saying what is supported."""
+    if clip is None:
+        return None
+    if isinstance(clip, str):
+        if clip.strip().lower() == "auto":
+            return Auto()
+        raise GradwatchError(f"gradwatch.watch(clip=...) got the string {clip!r}; supported: {_SUPPORTED}.")
+    if isinstance(clip, bool):
+        raise GradwatchError(f"gradwatch.watch(clip=...) got {clip!r}; supported: {_SUPPORTED}.")
+    if isinstance(clip, (int, float)):
+        if not (clip > 0) or math.isinf(clip):
+            raise GradwatchError(f"gradwatch.watch(clip=...) got {clip!r}: a number must be positive and finite. "
+                                 f"Supported: {_SUPPORTED}.")
+        return Norm(float(clip))
+    if callable(getattr(clip, "make", None)) and isinstance(getattr(clip, "name", None), str):
+        return clip
+    raise GradwatchError(f"gradwatch.watch(clip=...) got {type(clip).__name__} {clip!r}; supported: {_SUPPORTED}.")
+
+
+class Actions:
+    """Per-monitor runtime: the optional guard, the optional clipper, the optional GradScaler."""
+
+    def __init__(self, clipper: Clipper | None, guard: NonFiniteGuard | None, scaler: Any = None) -> None:
+        self.clipper = clipper
+        self.guard = guard
+        self.scaler = scaler
+        self._params: list[torch.Tensor] = []
+        self._params_key: tuple = ()
+
+    def _optimizer_params(self, optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
+        # Re-walk the param groups only when they changed (add_param_group, a new optimizer).
+        key = tuple((id(g["params"]), len(g["params"])) for opt in optimizers for g in opt.param_groups)
+        if key != self._params_key:
+            self._params, self._params_key = optimizer_params(optimizers), key
+        return self._params
+
+    def before_read(self, monitor: Any) -> None:
+        """Called before the monitor measures the gradients: unscale them if a GradScaler is in use."""
+        if self.scaler is not None:
+            unscale_all_(self.scaler, monitor.optimizers)
+
+    def before_step(self, monitor: Any) -> dict:
+        """Guard, then clip, the gradients the optimizers are about to apply; return the step's record."""
+        batch = GradBatch.of(monitor.optimizers, self._optimizer_params(monitor.optimizers))
+        if not batch.params:
+            return {}
+        if self.guard is not None and self.guard.should_skip(batch):
+            self.guard.skip_(batch)
+            return {"skipped": True}
+        if self.clipper is None:
+            return {}
+        with torch.no_grad():
+            record = self.clipper.clip_(batch)
+        return {"clip": record, "policy": self.clipper.name}
+
+
+def build_actions(
+    clip: Any,
+    skip_nonfinite: Any,
+    scaler: Any = None,
+    *,
+    optimizers: Sequence[torch.optim.Optimizer] | None = None,
+) -> Actions | None:
+    """The `Actions` for `watch(clip=..., skip_nonfinite=..., scaler=...)`, or None when nothing is asked.
+
+    `optimizers`, when given, is checked: clipping and the guard act in the optimizer's pre-step
+    hook, so they need an optimizer, and not one that recomputes gradients inside step().
+    """
+    if not isinstance(skip_nonfinite, bool):
+        raise GradwatchError(f"gradwatch.watch(skip_nonfinite=...) must be True or False, got {skip_nonfinite!r}.")
+    policy = as_policy(clip)
+    scaler = check_scaler(scaler)
+    if policy is None and not skip_nonfinite and scaler is None:
+        return None
+    if optimizers is not None and (policy is not None or skip_nonfinite):
+        what = "clip=" if policy is not None else "skip_nonfinite=True"
+        if not optimizers:
+            raise GradwatchError(
+                f"gradwatch.watch({what}) acts just before optimizer.step(), so it needs the optimizer: "
+                "pass it as gradwatch.watch(model, optimizer, ...), or clip yourself before a manual update."
+            )
+        for opt in optimizers:
+            if isinstance(opt, _CLOSURE_OPTIMIZERS):
+                raise GradwatchError(
+                    f"gradwatch.watch({what}) cannot act on {type(opt).__name__}: it recomputes the gradients "
+                    "inside step(closure), after gradwatch's pre-step hook. Clip inside your closure instead "
+                    "(torch.nn.utils.clip_grad_norm_ after backward), or use a first-order optimizer."
+                )
+    clipper = policy.make() if policy is not None else None
+    guard = NonFiniteGuard() if skip_nonfinite else None
+    return Actions(clipper, guard, scaler)

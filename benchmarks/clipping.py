@@ -1,0 +1,399 @@
+"""Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 3 seeds.
+
+    python benchmarks/clipping.py            # full run (300 steps per run), prints Markdown tables
+    python benchmarks/clipping.py --quick    # 100 steps per run, for a smoke test
+    >>> from benchmarks.clipping import run_benchmark, to_markdown
+    >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
+
+What it measures, per task and policy, over seeds 0, 1, 2:
+- divergences: runs whose training loss became NaN/Inf, or whose final held-out loss is not
+  below the initial one;
+- final loss: held-out loss (8 fixed batches) averaged over 6 snapshots in the last sixth of
+  training, then over the seeds that did not diverge;
+- how often the policy clipped (share of steps with coefficient < 0.999) and how hard (median
+  coefficient on the clipped steps).
+Then the same for healthy runs (does "auto" stay out of the way?), and the time one clipping
+call takes: "auto" versus `torch.nn.utils.clip_grad_norm_` on the same gradients.
+
+Clipping is applied through `gradwatch.actions.build_actions` (exactly what `gradwatch.watch`
+runs in the optimizer's pre-step hook) without the rest of the monitor, so that the numbers
+measure clipping alone. Everything runs on the CPU with one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradwatch.actions import AGC, AutoClip, ZClip, build_actions  # noqa: E402
+
+Batch = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+FIXED_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+"""Thresholds tried for the fixed-norm policy (clip_grad_norm_)."""
+
+
+# ------------------------------------------------------------------------------------ tasks
+class Recurrent(nn.Module):
+    """One recurrent layer and a linear read-out at every timestep."""
+
+    def __init__(self, rnn: nn.Module, hidden: int, out: int) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+class LM(nn.Module):
+    def __init__(self, vocab: int, cell: type[nn.Module], emb: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(vocab, emb), cell(emb, hidden), nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.emb(x))[0])
+
+
+def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out - y).square().mean()
+
+
+def _delayed_copy(gen: torch.Generator, *, T: int, delay: int = 5, batch: int = 32) -> Batch:
+    """Inputs x_t ~ N(0, 1); target y_t = x_{t−delay} (0 before): memory over `delay` steps."""
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(T, batch, 1, generator=gen)
+        y = torch.roll(x, delay, 0)
+        y[:delay] = 0
+        return x, y
+    return draw
+
+
+def _markov_text(gen: torch.Generator, *, vocab: int = 16, T: int = 30, batch: int = 32) -> Batch:
+    """Token sequences from a fixed random Markov chain; target: the next token."""
+    table = torch.softmax(3 * torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(123)), -1)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.empty(T + 1, batch, dtype=torch.long)
+        x[0] = torch.randint(0, vocab, (batch,), generator=gen)
+        for t in range(1, T + 1):
+            x[t] = torch.multinomial(table[x[t - 1]], 1, generator=gen).squeeze(1)
+        return x[:-1], x[1:]
+    return draw
+
+
+def _irnn(gain: float) -> nn.Module:
+    """ReLU RNN with W_hh = gain · I and zero biases (Le, Jaitly & Hinton 2015, 'IRNN')."""
+    rnn = nn.RNN(1, 64, nonlinearity="relu")
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(gain * torch.eye(64))
+        rnn.bias_hh_l0.zero_()
+        rnn.bias_ih_l0.zero_()
+    return Recurrent(rnn, 64, 1)
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    build: Callable[[int], tuple[nn.Module, torch.optim.Optimizer, Batch, Callable]]
+
+
+def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+def _high_gain(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.1)
+    return model, _sgd(model, 0.01), _delayed_copy(gen, T=50), _mse
+
+
+def _lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 64), 64, 1)
+    return model, _sgd(model, 0.3), _delayed_copy(gen, T=40), _mse
+
+
+def _long_sequence(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.0)
+    return model, _sgd(model, 0.01), _delayed_copy(gen, T=200), _mse
+
+
+def _healthy_rnn_sgd(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 64), 64, 1)
+    return model, _sgd(model, 0.03), _delayed_copy(gen, T=40), _mse
+
+
+def _healthy_lstm_adam(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.LSTM)
+    return model, torch.optim.Adam(model.parameters(), lr=3e-3), _markov_text(gen), _cross_entropy
+
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def _healthy_gru_sgd(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, torch.optim.SGD(model.parameters(), lr=1.0), _markov_text(gen), _cross_entropy
+
+
+def _aggressive_gru_sgd(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, _sgd(model, 0.5), _markov_text(gen), _cross_entropy
+
+
+EXPLODING = [
+    Task("high-gain RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _high_gain),
+    Task("LR too high", "tanh RNN, default init, delayed copy T=40, SGD lr 0.3 m 0.9 (10× the stable lr)", _lr_too_high),
+    Task("long sequence", "ReLU RNN, W_hh = I, delayed copy T=200, SGD lr 0.01 m 0.9", _long_sequence),
+]
+HEALTHY = [
+    Task("tanh RNN + SGD", "tanh RNN, delayed copy T=40, SGD lr 0.03 m 0.9", _healthy_rnn_sgd),
+    Task("LSTM LM + Adam", "LSTM language model on a Markov chain, Adam lr 3e-3", _healthy_lstm_adam),
+    Task("GRU LM + SGD", "GRU language model on a Markov chain, SGD lr 1 (Zaremba-style, no momentum)",
+         _healthy_gru_sgd),
+    Task("GRU LM + fast SGD", "the same with SGD lr 0.5 m 0.9 (lr_eff = lr / (1 − m) = 5)",
+         _aggressive_gru_sgd),
+]
+
+
+def policies() -> list[tuple[str, Any]]:
+    """(label, watch(clip=...) value) for every policy compared."""
+    fixed = [(f"norm {v:g}", v) for v in FIXED_GRID]
+    return [("none", None), *fixed, ("autoclip", AutoClip()), ("zclip", ZClip()), ("agc", AGC()), ("auto", "auto")]
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass
+class Run:
+    initial: float
+    final: float
+    diverged: bool
+    clipped_share: float
+    clipped_coefficient: float | None
+    seconds: float
+
+
+def train(task: Task, clip: Any, seed: int, steps: int) -> Run:
+    """Train one run of `task` with `clip`; the loss is read on the host only for the record."""
+    torch.manual_seed(seed)
+    model, opt, draw, loss_fn = task.build(seed)
+    actions = build_actions(clip, False)
+    monitor = types.SimpleNamespace(optimizers=[opt])
+    held_out = [draw() for _ in range(8)]
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            return statistics.fmean(float(loss_fn(model(x), y)) for x, y in held_out)
+
+    initial, coefs, late, start = evaluate(), [], [], time.perf_counter()
+    tail = max(steps // 6, 1)
+    for step in range(1, steps + 1):
+        x, y = draw()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if actions is not None:
+            coefs.append(float(actions.before_step(monitor)["clip"][2]))
+        opt.step()
+        if not math.isfinite(float(loss.detach())):
+            return Run(initial, math.nan, True, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
+        if step > steps - tail and (steps - step) % max(tail // 5, 1) == 0:
+            late.append(evaluate())
+    final = statistics.fmean(late)  # the last sixth of training, 6 snapshots: less SGD jitter than one
+    diverged = not math.isfinite(final) or final >= initial
+    return Run(initial, final, diverged, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
+
+
+def _share(coefs: list[float]) -> float:
+    return sum(c < 0.999 for c in coefs) / len(coefs) if coefs else 0.0
+
+
+def _median_clipped(coefs: list[float]) -> float | None:
+    clipped = [c for c in coefs if c < 0.999]
+    return statistics.median(clipped) if clipped else None
+
+
+def _summary(runs: list[Run]) -> dict[str, Any]:
+    ok = [r.final for r in runs if not r.diverged]
+    coefs = [r.clipped_coefficient for r in runs if r.clipped_coefficient is not None]
+    return {
+        "divergences": sum(r.diverged for r in runs),
+        "seeds": len(runs),
+        "final_loss": statistics.fmean(ok) if ok else None,
+        "final_losses": [r.final for r in runs],
+        "clipped_share": statistics.fmean(r.clipped_share for r in runs),
+        "clipped_coefficient": statistics.median(coefs) if coefs else None,
+    }
+
+
+def efficacy(tasks: list[Task], labelled: list[tuple[str, Any]], *, seeds: int, steps: int,
+             log: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        out[task.name] = {}
+        for label, clip in labelled:
+            out[task.name][label] = _summary([train(task, clip, seed, steps) for seed in range(seeds)])
+            log(f"{task.name:>16} | {label:>9} | {out[task.name][label]['final_loss']}")
+    return out
+
+
+def verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task: best fixed threshold (no divergence, lowest mean loss) and how 'auto' compares."""
+    out = {}
+    for task, by_policy in results.items():
+        fixed = {k: v for k, v in by_policy.items() if k.startswith("norm ") and v["divergences"] == 0}
+        best = min(fixed, key=lambda k: fixed[k]["final_loss"]) if fixed else None
+        auto = by_policy.get("auto", {})
+        ratio = (auto["final_loss"] / fixed[best]["final_loss"]
+                 if best and auto.get("final_loss") is not None else None)
+        out[task] = {"best_fixed": best, "best_fixed_loss": fixed[best]["final_loss"] if best else None,
+                     "auto_loss": auto.get("final_loss"), "auto_over_best": ratio,
+                     "auto_divergences": auto.get("divergences")}
+    return out
+
+
+# ------------------------------------------------------------------------------------ timing
+TIMING_MODELS = {"small": (None, 0, 0), "medium": (5000, 256, 512), "large": (10000, 512, 1024)}
+"""size: (vocab, embedding, hidden) of an LSTM language model; "small" is the benchmark's RNN."""
+
+
+def _timing_model(size: str) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
+    if size == "small":
+        model: nn.Module = Recurrent(nn.RNN(1, 64), 64, 1)
+        x = torch.randn(40, 32, 1)
+        return model, lambda: model(x).square().mean()
+    vocab, emb, hidden = TIMING_MODELS[size]
+    model = LM(vocab, nn.LSTM, emb=emb, hidden=hidden)
+    tokens = torch.randint(0, vocab, (20, 8))
+    return model, lambda: model(tokens).logsumexp(-1).mean()
+
+
+def _interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, blocks: int = 15) -> dict[str, float]:
+    """Microseconds per call of each contender: median over `blocks` rounds, contenders taking turns
+    within each round, so that a slow moment of a shared machine hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(blocks):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times[name].append((time.perf_counter() - start) / repeats * 1e6)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timing(*, quick: bool) -> dict[str, dict[str, float]]:
+    """Microseconds per clipping call on the same gradients: clip_grad_norm_ vs gradwatch's policies."""
+    out = {}
+    for size in (("small", "medium") if quick else tuple(TIMING_MODELS)):
+        model, loss = _timing_model(size)
+        loss().backward()
+        params = [p for p in model.parameters()]
+        contenders: dict[str, Callable[[], Any]] = {
+            "clip_grad_norm_": lambda: nn.utils.clip_grad_norm_(params, 1e9)}
+        for label, clip, opt_cls in (("norm", 1e9, torch.optim.SGD), ("auto (SGD)", "auto", torch.optim.SGD),
+                                     ("auto (Adam)", "auto", torch.optim.Adam)):
+            # lr tiny and a constant norm: "auto" never actually clips, so the gradients stay as they are
+            actions = build_actions(clip, False)
+            monitor = types.SimpleNamespace(optimizers=[opt_cls(params, lr=1e-9)])
+            for _ in range(30):
+                actions.before_step(monitor)  # type: ignore[union-attr]
+            contenders[label] = lambda a=actions, m=monitor: a.before_step(m)
+        repeats = {"small": 100, "medium": 5, "large": 2}[size] // (2 if quick else 1) or 1
+        out[size] = {"parameters": float(sum(p.numel() for p in params)), **_interleaved(contenders, repeats)}
+    return out
+
+
+# ---------------------------------------------------------------------------------- reporting
+def run_benchmark(*, quick: bool = False, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Everything, as a JSON-ready dict: settings, efficacy, healthy runs, verdict, timing."""
+    torch.set_num_threads(1)
+    steps, seeds = (100 if quick else 300), 3
+    labelled = policies()
+    exploding = efficacy(EXPLODING, labelled, seeds=seeds, steps=steps, log=log)
+    healthy_policies = [p for p in labelled if p[0] in ("none", "zclip", "autoclip", "auto")]
+    healthy = efficacy(HEALTHY, healthy_policies, seeds=seeds, steps=steps, log=log)
+    return {
+        "settings": {"steps": steps, "seeds": seeds, "fixed_grid": list(FIXED_GRID), "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "quick": quick},
+        "tasks": {t.name: t.description for t in EXPLODING + HEALTHY},
+        "exploding": exploding,
+        "healthy": healthy,
+        "verdict": verdict(exploding),
+        "timing_us": timing(quick=quick),
+    }
+
+
+def _fmt(x: float | None, spec: str = ".4g") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    lines = [f"Clipping benchmark: {s['steps']} steps, seeds 0–{s['seeds'] - 1}, torch {s['torch']}, "
+             f"{s['threads']} thread(s), CPU.", ""]
+    for section, title in (("exploding", "Exploding tasks"), ("healthy", "Healthy runs")):
+        tasks = list(results[section])
+        lines += [f"### {title}: final held-out loss (divergences / 3), share of steps clipped", "",
+                  "| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        labels = list(next(iter(results[section].values())))
+        for label in labels:
+            cells = []
+            for task in tasks:
+                r = results[section][task][label]
+                cells.append(f"{_fmt(r['final_loss'])} ({r['divergences']}/{r['seeds']}), "
+                             f"{100 * r['clipped_share']:.0f}% clipped"
+                             + (f" ×{r['clipped_coefficient']:.2g}" if r["clipped_coefficient"] is not None else ""))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### 'auto' against the best fixed threshold", "",
+              "| task | best fixed | its loss | auto loss | auto / best | auto divergences |", "|---|---|---|---|---|---|"]
+    for task, v in results["verdict"].items():
+        lines.append(f"| {task} | {v['best_fixed']} | {_fmt(v['best_fixed_loss'])} | {_fmt(v['auto_loss'])} | "
+                     f"{_fmt(v['auto_over_best'], '.3f')} | {v['auto_divergences']} |")
+    lines += ["", "### Time per clipping call (µs, same gradients)", "",
+              "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD) / clip_grad_norm_ |",
+              "|---|---|---|---|---|---|---|"]
+    for size, row in results["timing_us"].items():
+        lines.append(f"| {size} | {row['parameters']:.3g} | {row['clip_grad_norm_']:.1f} | {row['norm']:.1f} | "
+                     f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | "
+                     f"{row['auto (SGD)'] / row['clip_grad_norm_']:.2f} |")
+    lines.append("")
+    lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
+                 "its loss became NaN/Inf or its final held-out loss was not below the initial one.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 steps per run instead of 300")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    results = run_benchmark(quick=args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(to_markdown(results))
+    if args.json:
+        import json
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""`clip="auto"`: clipping that needs no tuning, protects from the first step, and stays out of the way.
+
+    >>> gradwatch.watch(model, opt, clip="auto")                # same as clip=gradwatch.actions.Auto()
+    >>> gradwatch.watch(model, opt, clip=Auto(max_update=0.01))   # a stricter update bound
+
+The total L2 norm ‖g‖ is clipped (one global coefficient, like clip_grad_norm_) to the smaller
+of two thresholds:
+
+1. **Update bound, from step 0** (SGD-like optimizers: `SGD`, `ASGD`). A gradient g moves the
+   weights by lr · g, and with momentum μ by lr_eff · g in total over the following steps,
+   lr_eff = lr · (1 − dampening) / (1 − μ). The bound keeps that displacement below
+   `max_update` = 3% of the weights' own norm:
+
+       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂      (each param group with its own lr_eff)
+
+   The ratio is dimensionless, so it needs no history: a gradient that explodes on the very
+   first step (a high-gain recurrent matrix, a bad init, a learning rate far too high) is cut
+   at once; and it follows the loss scale and the learning rate exactly as SGD does (loss ×
+   1000 with lr / 1000 gives the same bound). Why 3%: healthy training moves the weights by
+   about 0.1% per step (update/weight ratio ≈ 1e-3, the cs231n rule of thumb), i.e. about 1%
+   over a momentum-0.9 lifetime, so 3% leaves room for early and aggressive steps; on the classic
+   recipe it lands where people tuned by hand: Zaremba et al. (2014)'s medium PTB LSTM (SGD lr 1,
+   init U(±0.05), ‖θ‖ ≈ 128 by our count) clipped at 5, this bound gives 0.03 · 128 ≈ 3.8; and on
+   the exploding tasks of `benchmarks/clipping.py` 3% matched the best threshold of a fixed
+   grid where 4% was already 10% worse on one task (see that benchmark's table).
+   ‖θ‖ is re-measured on steps 0, 1, 3, 7, 15, 31, then every `refresh` steps (weights change
+   slowly: at most 3% per momentum lifetime under this bound). Each weight matrix counts as at least the
+   norm of PyTorch's default `nn.Linear` init of its shape, √(rows/3), so that zero-initialised
+   layers can start moving.
+   Scale-invariant optimizers (Adam, AdamW, RMSprop, Adagrad, Adadelta, …) get no update bound:
+   their step hardly depends on the gradient's scale (Adam's first step is ±lr per coordinate
+   however large the gradient), so a first-step explosion cannot throw their weights away, and
+   a bound from the weights would only clip healthy runs that use a large loss scale.
+
+2. **Spike bound, from step 1** (every optimizer). m and s², the exponential moving mean and
+   variance of log(clipped norm) (decay `alpha` = 0.97 as in ZClip, ~33 steps; a plain mean
+   over the first steps), give the threshold exp(m + `spike` · s) with spike = 3. Working on
+   logs makes the rule scale-free and matches the multiplicative way gradient norms fluctuate.
+   s is held in [0.1, 0.5], so a spike is a norm 1.35× to 4.5× the typical one, and s = 0.5
+   during the first `warmup` = 10 steps while the variance is unknown. The statistics are fed the
+   clipped norm: a sustained explosion cannot drag the threshold up faster than about
+   exp((1 − alpha) · spike · 0.5) = +4.6% per step, while a genuine change of gradient scale is
+   followed within tens of steps. Non-finite norms leave the statistics as they were.
+
+What it costs: the norm pass and the in-place multiply of clip_grad_norm_, ~12 scalar kernels
+for the statistics (a constant few tens of µs on a CPU, a few kernel launches on a GPU), and a
+weight-norm pass every `refresh` steps (SGD-like optimizers only). No host-device sync:
+thresholds and statistics are 0-d tensors on the gradients' device.
+
+Benchmark (`benchmarks/clipping.py`): no divergence on the exploding tasks, final loss within a
+few % of the best fixed threshold of a grid; on healthy Adam runs it never clips, on healthy
+SGD runs it clips early or aggressive steps gently (see the benchmark's table).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import GradwatchError
+from .batch import GradBatch, clip_record, scale_
+
+__all__ = ["Auto", "effective_lr", "SGD_LIKE"]
+
+SGD_LIKE: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.SGD, torch.optim.ASGD)
+"""Optimizers whose step is proportional to the gradient (lr · g): the update bound applies to them."""
+
+
+@dataclass(frozen=True)
+class Auto:
+    """The recommended policy when you do not want to tune a threshold (`clip="auto"`).
+
+        >>> gradwatch.watch(model, opt, clip="auto")
+
+    See the module docstring for the algorithm and the reasons behind each default.
+    """
+
+    max_update: float = 0.03
+    """Largest ‖lr_eff · g‖ / ‖θ‖ allowed for SGD-like optimizers (3% of the weights' norm)."""
+    spike: float = 3.0
+    """Clip norms above exp(m + spike · s), m and s the EMA mean and std of log norms."""
+    alpha: float = 0.97
+    """EMA decay of the log-norm statistics (ZClip's default)."""
+    min_std: float = 0.1
+    """Lower bound on s: the spike threshold is at least exp(spike · min_std) × typical (1.35×)."""
+    max_std: float = 0.5
+    """Upper bound on s (and s during warm-up): the threshold is at most exp(spike · max_std) × typical (4.5×)."""
+    warmup: int = 10
+    """Steps during which s is fixed at max_std."""
+    refresh: int = 50
+    """Re-measure ‖θ‖ every this many steps (after steps 0, 1, 3, 7, 15, 31)."""
+    name: ClassVar[str] = "auto"
+
+    def __post_init__(self) -> None:
+        for field_name in ("max_update", "spike", "min_std", "max_std"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive finite number, got {value!r}.")
+        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
+            raise GradwatchError(f"gradwatch.actions.Auto(alpha=...) must be in (0, 1), got {self.alpha!r}.")
+        if self.min_std > self.max_std:
+            raise GradwatchError(f"gradwatch.actions.Auto: min_std ({self.min_std}) must not exceed max_std ({self.max_std}).")
+        for field_name in ("warmup", "refresh"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive integer, got {value!r}.")
+
+    def make(self) -> "_AutoClipper":
+        return _AutoClipper(self)
+
+
+def effective_lr(optimizer: torch.optim.Optimizer, group: dict) -> float:
+    """How far one gradient eventually moves the weights per unit of gradient; 0 for scale-invariant optimizers."""
+    if not isinstance(optimizer, SGD_LIKE):
+        return 0.0
+    lr = float(group["lr"])
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    if 0 < momentum < 1:
+        lr *= (1.0 - float(group.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)
+    return lr
+
+
+def _on_device(values: list[float], device: torch.device) -> Tensor:
+    """A float32 vector from host numbers, copied without making the host wait (pinned memory on CUDA)."""
+    host = torch.tensor(values, dtype=torch.float32)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _floor(p: Tensor) -> float:
+    """Norm of PyTorch's default nn.Linear init for a matrix of this shape (√(rows/3)); 0 for vectors."""
+    return math.sqrt(p.shape[0] / 3.0) if p.ndim >= 2 else 0.0
+
+
+class _UpdateBound:
+    """The update bound's inputs: ‖θ‖ (re-measured on steps 0, 1, 3, 7, 15, 31, then every `refresh`
+    steps, and whenever the set of parameters changes) and the learning rates (re-read every step:
+    a scheduler may change them at any time, which costs no weight pass).
+
+    `limit` (0-d) is the largest allowed total gradient norm when every parameter is bounded with
+    one shared lr_eff; otherwise `weights` (per gradient, in `batch.norms` order) holds
+    lr_eff² / ‖θ‖² and the threshold is max_update · ‖g‖ / √(Σ weight · ‖g_i‖²).
+    """
+
+    def __init__(self, max_update: float, refresh: int) -> None:
+        self.max_update, self.refresh = max_update, refresh
+        self.structure: tuple = ()
+        self.lrs_key: tuple = ()
+        self.age = 0
+        self.interval = 1
+        self.theta: Tensor | None = None
+        self.group_of: list[int] = []
+        """For each gradient in `batch.norms` order, the index of its param group (flattened)."""
+        self.limit: Tensor | None = None
+        self.weights: Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.limit is not None or self.weights is not None
+
+    def _measure(self, batch: GradBatch, group_lrs: tuple[float, ...], device: torch.device) -> None:
+        group_index: dict[int, int] = {}
+        flat = 0
+        for opt in batch.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    group_index.setdefault(id(p), flat)
+                flat += 1
+        position = {id(g): i for i, g in enumerate(batch.grads)}
+        ordered = [batch.params[position[id(g)]] for group in batch.groups for g in group]  # norms order
+        self.group_of = [group_index[id(p)] for p in ordered]
+        bounded = [p.detach() for p, gi in zip(ordered, self.group_of) if group_lrs[gi] > 0]
+        if not bounded:
+            self.theta = None
+            return
+        w_norms = torch.stack([n.float().to(device) for n in torch._foreach_norm(bounded)])
+        floors = _on_device([_floor(p) for p in bounded], device)
+        self.theta = torch.maximum(w_norms, floors).square().sum().sqrt()
+
+    def update(self, batch: GradBatch, device: torch.device) -> None:
+        """Called once per step before `threshold`; host-side bookkeeping plus, when due, one weight pass."""
+        group_lrs = tuple(effective_lr(opt, g) for opt in batch.optimizers for g in opt.param_groups)
+        structure = (tuple(lr > 0 for lr in group_lrs), len(batch.params), id(batch.params[0]), id(batch.params[-1]))
+        if structure != self.structure:
+            self.structure, self.age, self.interval = structure, 0, 1
+        if self.age == 0:
+            self._measure(batch, group_lrs, device)
+            self.lrs_key = ()
+        self.age += 1
+        if self.age >= self.interval:
+            self.age, self.interval = 0, min(2 * self.interval, self.refresh)
+        if group_lrs == self.lrs_key:
+            return
+        self.lrs_key = group_lrs
+        self.limit = self.weights = None
+        if self.theta is None:
+            return
+        lrs = [group_lrs[gi] for gi in self.group_of]
+        if len(set(lrs)) == 1:
+            self.limit = self.max_update * self.theta / lrs[0]
+        else:
+            self.weights = _on_device([lr * lr for lr in lrs], device) / self.theta.square()
+
+    def threshold(self, norms: Tensor, total: Tensor) -> Tensor:
+        """The largest allowed total norm for this step's gradients."""
+        if self.limit is not None:
+            return self.limit
+        assert self.weights is not None
+        return self.max_update * total / (self.weights * norms.square()).sum().sqrt()
+
+
+class _AutoClipper:
+    name = Auto.name
+
+    def __init__(self, cfg: Auto) -> None:
+        self.cfg = cfg
+        self.t = 0
+        self.bound = _UpdateBound(cfg.max_update, cfg.refresh)
+        self.mean: Tensor | None = None
+        self.var: Tensor | None = None
+        self.spike_limit: Tensor | None = None
+
+    def _start(self, device: torch.device) -> None:
+        self.t = 0
+        self.mean = torch.zeros((), device=device)
+        self.var = torch.zeros((), device=device)
+        self.spike_limit = torch.full((), math.inf, device=device)
+
+    def _learn(self, clipped: Tensor) -> None:
+        """Feed log(clipped norm) to the EMA statistics and set next step's spike threshold."""
+        cfg, t = self.cfg, self.t
+        assert self.mean is not None and self.var is not None
+        keep = 0.0 if t == 0 else min(cfg.alpha, t / (t + 1.0))  # bias correction: plain mean at first
+        # A non-finite norm contributes a zero deviation, i.e. leaves the mean as it is.
+        dev = torch.nan_to_num(clipped.log() - self.mean, nan=0.0, posinf=0.0, neginf=0.0)
+        self.mean = torch.add(self.mean, dev, alpha=1.0 - keep)
+        self.var = torch.addcmul(self.var, dev, dev, value=1.0 - keep).mul_(keep)
+        if t + 1 >= cfg.warmup:
+            std = self.var.sqrt().clamp_(cfg.min_std, cfg.max_std)
+            self.spike_limit = torch.add(self.mean, std, alpha=cfg.spike).exp_()
+        else:
+            self.spike_limit = torch.exp(self.mean + cfg.spike * cfg.max_std)
+        self.t += 1
+
+    def clip_(self, batch: GradBatch) -> Tensor:
+        norm = batch.total_norm()
+        n = norm.float()
+        if self.mean is None or self.mean.device != n.device:
+            self._start(n.device)
+        assert self.spike_limit is not None
+        self.bound.update(batch, n.device)
+        if not self.bound.active:
+            limit = self.spike_limit
+        elif self.bound.limit is not None:
+            limit = torch.minimum(self.spike_limit, self.bound.limit)
+        else:
+            norms = torch.stack([x.float().to(n.device) for x in batch.norms])
+            limit = torch.minimum(self.spike_limit, self.bound.threshold(norms, n))
+        coef = torch.clamp(limit / (n + 1e-6), max=1.0)
+        scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
+        after = norm * coef
+        self._learn(after if after.dtype == torch.float32 else after.float())
+        return clip_record(norm, after, coef, limit)

@@ -1,0 +1,569 @@
+"""Clipping policies against plain reference implementations, written here from the papers' rules."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch import GradwatchError
+from gradwatch.actions import AGC, Auto, AutoClip, Norm, Value, ZClip, build_actions
+from gradwatch.actions.alerts import ConstantClipping, constant_clipping
+from gradwatch.records import ClipEvent, StepStats
+from models import SeqClassifier, lm_batch
+
+
+# ------------------------------------------------------------------------------------ helpers
+class Net(nn.Module):
+    """A recurrent layer, a matrix and a vector: the shapes the policies treat differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 5)
+        self.head = nn.Linear(5, 2)
+        self.scale = nn.Parameter(torch.ones(2))
+
+
+def set_grads(params, scale: float, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = scale * torch.randn(p.shape, generator=gen)
+    return [p.grad.clone() for p in params]
+
+
+def total(tensors) -> float:
+    return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
+
+
+def monitor_of(*optimizers):
+    return types.SimpleNamespace(optimizers=list(optimizers))
+
+
+def run_policy(policy, params, scales, opt=None):
+    """Feed one gradient per scale to the policy; yield (grads before, grads after, record)."""
+    opt = opt or torch.optim.SGD(params, lr=0.1)
+    actions = build_actions(policy, False)
+    for step, scale in enumerate(scales):
+        before = set_grads(params, scale, step)
+        out = actions.before_step(monitor_of(opt))
+        yield before, [p.grad.clone() for p in params], out["clip"]
+
+
+SCALES = [1.0, 1.2, 0.8, 1.1, 0.9, 50.0, 1.0, 0.95, 1.05, 1e3, 1.0, 1.0, 0.9, 1.1, 1.0, 20.0, 1.0, 0.9] * 3
+"""Ordinary steps with spikes of 20×, 50×, 1000×."""
+
+
+def assert_scaled(before, after, coef: float, rtol: float = 1e-5) -> None:
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a, b * coef, rtol=rtol, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- Norm: clip_grad_norm_
+@pytest.mark.parametrize("max_norm", [0.05, 1.0, 1e6], ids=["clips", "near", "never"])
+@pytest.mark.parametrize("cls,kw", [(nn.LSTM, {}), (nn.GRU, {"bidirectional": True}), (nn.LSTM, {"proj_size": 4})],
+                         ids=["lstm", "gru-bidir", "lstm-proj"])
+def test_norm_is_bit_identical_to_clip_grad_norm(cls, kw, max_norm):
+    torch.manual_seed(0)
+    model = SeqClassifier(cls, **kw)
+    x, y = lm_batch()
+    out = model(x)
+    nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    for rp, g in zip(ref_params, ref):
+        rp.grad = g
+    ref_norm = nn.utils.clip_grad_norm_(ref_params, max_norm)
+    out = build_actions(max_norm, False).before_step(monitor_of(torch.optim.SGD(model.parameters(), lr=0.1)))
+    for p, rp in zip(model.parameters(), ref_params):
+        assert torch.equal(p.grad, rp.grad)
+    before, after, coef, threshold = out["clip"].tolist()
+    assert before == pytest.approx(float(ref_norm), rel=1e-6)
+    assert after == pytest.approx(before * coef, rel=1e-6) and threshold == pytest.approx(max_norm, rel=1e-6)
+    assert out["policy"] == "norm" and out["clip"].dtype == torch.float32
+
+
+def _train_with_clip(clip_in_watch: bool, steps: int = 6):
+    """Two optimizers, two param groups in the first, a frozen embedding: clip_grad_norm_ over what they update."""
+    torch.manual_seed(1)
+    model = SeqClassifier(nn.LSTM)
+    model.emb.weight.requires_grad_(False)
+    lstm = list(model.rnn.parameters())
+    opt1 = torch.optim.SGD([{"params": lstm[:4]}, {"params": lstm[4:], "lr": 0.3}, {"params": [model.emb.weight]}],
+                           lr=0.5, momentum=0.9)
+    opt2 = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    monitor = (gradwatch.watch(model, [opt1, opt2], clip=0.2, console=False, strict=True) if clip_in_watch else None)
+    for _ in range(steps):
+        x, y = lm_batch()
+        out = model(x)
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        opt1.zero_grad()
+        opt2.zero_grad()
+        loss.backward()
+        if not clip_in_watch:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 0.2)
+        opt1.step()
+        opt2.step()
+        if monitor is not None:
+            monitor.step(loss)
+    if monitor is not None:
+        monitor.close()
+    return model, monitor
+
+
+def test_watch_clips_groups_two_optimizers_and_frozen_params_like_clip_grad_norm():
+    ref, _ = _train_with_clip(False)
+    got, monitor = _train_with_clip(True)
+    for a, b in zip(ref.parameters(), got.parameters()):
+        assert torch.equal(a, b)
+    assert got.emb.weight.grad is None
+    assert len(monitor.history) == 6
+    assert all(isinstance(s.clip, ClipEvent) and s.clip.policy == "norm" for s in monitor.history)
+    assert any(s.clip.coefficient < 1 for s in monitor.history)
+
+
+# ----------------------------------------------------------------------- Value: clip_grad_value_
+def test_value_equals_clip_grad_value():
+    params = list(Net().parameters())
+    ref = [nn.Parameter(p.detach().clone()) for p in params]
+    for before, after, record in run_policy(Value(0.3), params, [1.0, 0.1]):
+        for rp, b in zip(ref, before):
+            rp.grad = b.clone()
+        nn.utils.clip_grad_value_(ref, 0.3)
+        for a, rp in zip(after, ref):
+            assert torch.equal(a, rp.grad)
+        assert record[0].item() == pytest.approx(total(before), rel=1e-5)
+        assert record[1].item() == pytest.approx(total(after), rel=1e-5)
+        assert record[2].item() == pytest.approx(total(after) / total(before), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ AutoClip
+@pytest.mark.parametrize("percentile,history", [(10, 10_000), (50, 5), (90, None)], ids=["p10", "p50-window5", "p90-all"])
+def test_autoclip_matches_numpy_percentile_of_history(percentile, history):
+    params = list(Net().parameters())
+    seen: list[float] = []
+    for before, after, record in run_policy(AutoClip(percentile, history), params, SCALES):
+        n = total(before)
+        seen.append(n)
+        window = seen if history is None else seen[-history:]
+        threshold = float(np.percentile(window, percentile))
+        coef = min(1.0, threshold / (n + 1e-6))
+        assert record[3].item() == pytest.approx(threshold, rel=1e-5)
+        assert_scaled(before, after, coef)
+
+
+def test_autoclip_keeps_nonfinite_norms_out_of_its_history():
+    params = list(Net().parameters())
+    actions = build_actions(AutoClip(50), False)
+    opt = torch.optim.SGD(params, lr=0.1)
+    set_grads(params, 1.0, 0)
+    actions.before_step(monitor_of(opt))
+    params[0].grad = torch.full_like(params[0], math.nan)
+    actions.before_step(monitor_of(opt))
+    before = set_grads(params, 2.0, 2)
+    record = actions.before_step(monitor_of(opt))["clip"]
+    first = total(set_grads(params, 1.0, 0))
+    assert record[3].item() == pytest.approx((first + total(before)) / 2, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------- ZClip
+class RefZClip:
+    """The published algorithm with Python floats (Kumar et al. 2025, reference code's zscore mode)."""
+
+    def __init__(self, alpha=0.97, z_thresh=2.5, warmup=25, max_norm=None):
+        self.alpha, self.z, self.warmup, self.max_norm = alpha, z_thresh, warmup, max_norm
+        self.buffer, self.mean, self.var = [], None, None
+
+    def coefficient(self, n: float) -> float:
+        if self.mean is None:
+            self.buffer.append(n)
+            if len(self.buffer) == self.warmup:
+                self.mean = sum(self.buffer) / len(self.buffer)
+                self.var = sum((x - self.mean) ** 2 for x in self.buffer) / len(self.buffer)
+            cap = self.max_norm if self.max_norm is not None else math.inf
+            return min(1.0, cap / (n + 1e-6))
+        std = self.var ** 0.5
+        z = (n - self.mean) / (std + 1e-6)
+        clip_val = self.mean + (self.z * std) / (z / self.z) if z > self.z else None
+        limit = clip_val if clip_val is not None else math.inf
+        if self.max_norm is not None:
+            limit = min(limit, self.max_norm)
+        x = clip_val if clip_val is not None else n
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * x
+        self.var = self.alpha * self.var + (1 - self.alpha) * (x - self.mean) ** 2
+        return min(1.0, limit / (n + 1e-6))
+
+
+@pytest.mark.parametrize("kw", [{}, {"warmup": 5, "z_threshold": 2.0}, {"max_norm": 3.0, "alpha": 0.9}],
+                         ids=["defaults", "short-warmup", "capped"])
+def test_zclip_matches_reference(kw):
+    params = list(Net().parameters())
+    ref = RefZClip(kw.get("alpha", 0.97), kw.get("z_threshold", 2.5), kw.get("warmup", 25), kw.get("max_norm"))
+    clipped = 0
+    for before, after, _ in run_policy(ZClip(**kw), params, SCALES):
+        coef = ref.coefficient(total(before))
+        clipped += coef < 1
+        assert_scaled(before, after, coef, rtol=1e-4)
+    assert clipped >= 2  # the spikes after the warm-up were caught
+
+
+# ----------------------------------------------------------------------------------------- AGC
+def ref_agc(p: torch.Tensor, g: torch.Tensor, factor: float, eps: float) -> torch.Tensor:
+    """timm-style unit-wise clipping with torch.where (Brock et al. 2021)."""
+    def unit(x):
+        return x.norm() if x.ndim <= 1 else x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+    max_norm = unit(p).clamp(min=eps) * factor
+    gn = unit(g)
+    return torch.where(gn < max_norm, g, g * (max_norm / gn.clamp(min=1e-6)))
+
+
+@pytest.mark.parametrize("factor,eps", [(0.01, 1e-3), (0.5, 1e-3), (1e3, 1e-3)], ids=["default", "loose", "never"])
+def test_agc_matches_unitwise_reference(factor, eps):
+    net = Net()
+    with torch.no_grad():
+        net.head.bias.zero_()  # a zero unit: its limit comes from eps
+    params = list(net.parameters())
+    for before, after, record in run_policy(AGC(factor, eps), params, [1.0, 30.0]):
+        for p, b, a in zip(params, before, after):
+            torch.testing.assert_close(a, ref_agc(p.detach(), b, factor, eps), rtol=1e-6, atol=1e-9)
+        assert record[0].item() == pytest.approx(total(before), rel=1e-5)
+        assert record[1].item() == pytest.approx(total(after), rel=1e-5)
+        assert math.isnan(record[3].item())
+
+
+# ---------------------------------------------------------------------------------------- Auto
+class RefAuto:
+    """The documented "auto" algorithm with Python floats (see gradwatch/actions/auto.py)."""
+
+    def __init__(self, max_update=0.03, spike=3.0, alpha=0.97, min_std=0.1, max_std=0.5, warmup=10):
+        self.max_update, self.spike, self.alpha = max_update, spike, alpha
+        self.min_std, self.max_std, self.warmup = min_std, max_std, warmup
+        self.t, self.mean, self.var, self.spike_limit, self.theta = 0, 0.0, 0.0, math.inf, None
+
+    @staticmethod
+    def measures_weights(t: int) -> bool:
+        return t in (0, 1, 3, 7, 15, 31) or (t >= 63 and (t - 63) % 50 == 0)
+
+    def coefficient(self, n: float, params, lr_eff: float | None) -> tuple[float, float]:
+        if lr_eff is not None and self.measures_weights(self.t):
+            self.theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0.0) ** 2
+                                       for p in params))
+        bound = self.max_update * self.theta / lr_eff if lr_eff is not None else math.inf
+        limit = min(self.spike_limit, bound)
+        coef = min(1.0, limit / (n + 1e-6))
+        keep = 0.0 if self.t == 0 else min(self.alpha, self.t / (self.t + 1))
+        x = math.log(n * coef) if math.isfinite(n * coef) and n * coef > 0 else None
+        dev = x - self.mean if x is not None else 0.0
+        self.mean += (1 - keep) * dev
+        self.var = keep * (self.var + (1 - keep) * dev * dev)
+        std = min(max(math.sqrt(self.var), self.min_std), self.max_std) if self.t + 1 >= self.warmup else self.max_std
+        self.spike_limit = math.exp(self.mean + self.spike * std)
+        self.t += 1
+        return coef, limit
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "sgd-plain", "adam"])
+def test_auto_matches_reference(opt_name):
+    params = list(Net().parameters())
+    if opt_name == "adam":
+        opt, lr_eff = torch.optim.Adam(params, lr=1e-3), None
+    elif opt_name == "sgd-plain":
+        opt, lr_eff = torch.optim.SGD(params, lr=0.05), 0.05
+    else:
+        opt, lr_eff = torch.optim.SGD(params, lr=0.05, momentum=0.9), 0.5
+    actions, ref = build_actions("auto", False), RefAuto()
+    for step, scale in enumerate([0.5 * s for s in SCALES] * 2):
+        with torch.no_grad():
+            for p in params:
+                p.mul_(1.02)  # the weights grow: the reference re-measures them on the same steps
+        before = set_grads(params, scale, step)
+        record = actions.before_step(monitor_of(opt))["clip"]
+        coef, limit = ref.coefficient(total(before), params, lr_eff)
+        assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
+        assert record[3].item() == pytest.approx(limit, rel=1e-4)
+
+
+def test_auto_follows_a_learning_rate_schedule_without_waiting():
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    actions, ref = build_actions("auto", False), RefAuto()
+    for step in range(12):
+        opt.param_groups[0]["lr"] = 0.1 / (step + 1)
+        before = set_grads(params, 30.0, step)
+        record = actions.before_step(monitor_of(opt))["clip"]
+        coef, limit = ref.coefficient(total(before), params, 0.1 / (step + 1))
+        assert record[3].item() == pytest.approx(limit, rel=1e-4)
+        assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
+
+
+def test_auto_bounds_a_first_step_explosion_by_the_weights():
+    torch.manual_seed(0)
+    net = Net()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    set_grads(params, 1e4, 0)  # no history at all
+    out = build_actions("auto", False).before_step(monitor_of(opt))
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in params))
+    displacement = 0.1 * total([p.grad for p in params])  # lr_eff = 0.01 / (1 - 0.9)
+    assert displacement == pytest.approx(0.03 * theta, rel=1e-4)  # moves the weights by max_update = 3%
+    assert out["clip"][2].item() < 1e-3
+
+
+def test_auto_bounds_each_groups_update_with_its_own_learning_rate():
+    net = Net()
+    rnn, rest = list(net.rnn.parameters()), list(net.head.parameters()) + [net.scale]
+    opt = torch.optim.SGD([{"params": rnn, "lr": 0.1}, {"params": rest, "lr": 0.001}], lr=0.1)
+    set_grads(rnn + rest, 1e3, 0)
+    build_actions(Auto(max_update=0.05), False).before_step(monitor_of(opt))
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in rnn + rest))
+    update = math.sqrt(0.1 ** 2 * total([p.grad for p in rnn]) ** 2 + 0.001 ** 2 * total([p.grad for p in rest]) ** 2)
+    assert update == pytest.approx(0.05 * theta, rel=1e-4)
+
+
+def test_auto_rarely_and_gently_clips_healthy_noise():
+    params = list(Net().parameters())
+    gen = np.random.default_rng(0)
+    scales = list(np.exp(gen.normal(0.0, 0.25, 400)) * np.linspace(1.0, 0.3, 400))  # noisy, slowly decaying
+    coefs = [rec[2].item() for _, _, rec in run_policy("auto", params, scales, opt=torch.optim.Adam(params))]
+    clipped = [c for c in coefs if c < 0.999]
+    assert len(clipped) / len(coefs) < 0.02
+    assert min(coefs) > 0.7
+
+
+def test_auto_clips_spikes_for_adam_after_one_step():
+    params = list(Net().parameters())
+    records = [rec for _, _, rec in run_policy("auto", params, [1.0] * 30 + [100.0], opt=torch.optim.Adam(params))]
+    first, spike = records[0], records[-1]
+    assert first[2].item() == 1.0  # nothing to compare the first step with (Adam: no update bound)
+    assert spike[1].item() < 1.5 * records[-2][0].item()  # back to about the usual norm (limit 1.35×)
+
+
+def test_auto_statistics_survive_a_nan_step():
+    params = list(Net().parameters())
+    opt = torch.optim.Adam(params)
+    actions = build_actions("auto", False)
+    for step in range(15):
+        set_grads(params, 1.0, step)
+        actions.before_step(monitor_of(opt))
+    params[0].grad.fill_(math.nan)
+    actions.before_step(monitor_of(opt))
+    before = set_grads(params, 1.0, 99)
+    record = actions.before_step(monitor_of(opt))["clip"]
+    assert math.isfinite(record[3].item()) and record[2].item() == 1.0
+    assert all(torch.isfinite(p.grad).all() for p in params) and torch.equal(params[1].grad, before[1])
+
+
+# -------------------------------------------------------------------------- no host-device sync
+def _forbid(*_args, **_kw):
+    raise AssertionError("a host-device sync (item/tolist/bool/float) in the clipping path")
+
+
+@pytest.mark.parametrize("policy", [1.0, Value(0.1), AutoClip(), ZClip(warmup=3), AGC(), "auto"],
+                         ids=["norm", "value", "autoclip", "zclip", "agc", "auto"])
+def test_clipping_never_reads_a_tensor_on_the_host(policy, monkeypatch):
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    actions = build_actions(policy, False)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, _forbid)
+    for step, scale in enumerate(SCALES[:12]):
+        set_grads(params, scale, step)
+        actions.before_step(monitor_of(opt))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("policy", [1.0, Value(0.1), AutoClip(), ZClip(warmup=3), AGC(), "auto"],
+                         ids=["norm", "value", "autoclip", "zclip", "agc", "auto"])
+def test_clipping_does_not_synchronize_on_cuda(policy):
+    params = [p.cuda() for p in Net().parameters()]
+    params = [nn.Parameter(p.detach()) for p in params]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    actions = build_actions(policy, False)
+    for step, scale in enumerate(SCALES[:12]):
+        for p in params:
+            p.grad = scale * torch.randn_like(p)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            actions.before_step(monitor_of(opt))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+# --------------------------------------------------------------------------- watch(clip=...) input
+@pytest.mark.parametrize("clip", [True, 0, -1.0, math.inf, math.nan, "fast", [1.0], object()],
+                         ids=["bool", "zero", "negative", "inf", "nan", "unknown-name", "list", "object"])
+def test_watch_rejects_bad_clip_values_saying_what_is_supported(clip):
+    model = SeqClassifier()
+    with pytest.raises(GradwatchError, match="(?i)supported"):
+        gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), clip=clip, console=False)
+
+
+@pytest.mark.parametrize("make", [lambda: Norm(0), lambda: Value(-1), lambda: AutoClip(percentile=0),
+                                  lambda: ZClip(alpha=1.0), lambda: AGC(clip_factor=math.inf), lambda: Auto(warmup=0)],
+                         ids=["norm", "value", "autoclip", "zclip", "agc", "auto"])
+def test_policies_reject_bad_settings(make):
+    with pytest.raises(GradwatchError):
+        make()
+
+
+def test_clip_needs_an_optimizer_and_not_lbfgs():
+    model = SeqClassifier()
+    with pytest.raises(GradwatchError, match="needs the optimizer"):
+        gradwatch.watch(model, clip=1.0, console=False)
+    with pytest.raises(GradwatchError, match="LBFGS"):
+        gradwatch.watch(model, torch.optim.LBFGS(model.parameters()), clip="auto", console=False)
+
+
+def test_watch_auto_records_every_clip_event():
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.RNN)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradwatch.watch(model, opt, clip="auto", console=False, strict=True)
+    for _ in range(4):
+        x, y = lm_batch()
+        out = model(x)
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss)
+    monitor.close()
+    events = [s.clip for s in monitor.history]
+    assert all(e is not None and e.policy == "auto" and e.threshold is not None for e in events)
+    assert all(e.norm_after == pytest.approx(e.norm_before * e.coefficient, rel=1e-5) for e in events)
+    assert events[0].norm_before == pytest.approx(monitor.history[0].grad_norm, rel=1e-5)
+
+
+# ---------------------------------------------------------------------- constant-clipping alert
+def _records(coefs, policy="norm"):
+    return [StepStats(step=i, loss=None, grad_norm=2.0, layers={},
+                      clip=ClipEvent(policy, 2.0, 2.0 * c, c, 1.0)) for i, c in enumerate(coefs)]
+
+
+@pytest.mark.parametrize("share,coef,severity", [(1.0, 0.3, "warning"), (0.95, 0.5, "warning"), (1.0, 0.9, "info"),
+                                                (0.6, 0.1, "info"), (0.3, 0.1, None)],
+                         ids=["always-hard", "95pct-halved", "always-gentle", "60pct", "30pct"])
+def test_constant_clipping_alert(share, coef, severity):
+    n = round(share * 100)
+    alert = constant_clipping(_records([coef] * n + [1.0] * (100 - n)))
+    if severity is None:
+        assert alert is None
+    else:
+        assert alert.severity == severity and alert.sign == "constant_clipping"
+        assert alert.value == pytest.approx(share) and "learning rate" in alert.message
+
+
+def test_constant_clipping_needs_a_full_window_and_ignores_unclipped_policies():
+    assert constant_clipping(_records([0.2] * 99)) is None
+    assert constant_clipping(_records([1.0] * 200)) is None
+
+
+def test_constant_clipping_detector_is_debounced_and_escalates():
+    detector = ConstantClipping(window=10)
+    coefs = [0.2] * 6 + [1.0] * 4 + [0.2] * 30
+    fired = [a for s in _records(coefs) for a in detector.update(s)]
+    assert [a.severity for a in fired][:2] == ["info", "warning"]
+    assert len(fired) <= 4
+    detector.reset()
+    assert detector.update(_records([0.5])[0]) == []
+
+
+# ------------------------------------------------------------------------------ mixed precision
+def _amp_run(use_watch: bool, *, fused: bool = False, two: bool = False, clip=0.05, steps: int = 4):
+    """GradScaler on the CPU: gradwatch must measure and clip the unscaled gradients."""
+    torch.manual_seed(2)
+    model = SeqClassifier(nn.LSTM, dropout=0.0)
+    if two:
+        opts = [torch.optim.SGD(model.rnn.parameters(), lr=0.5, momentum=0.9),
+                torch.optim.SGD(list(model.emb.parameters()) + list(model.head.parameters()), lr=0.5)]
+    else:
+        opts = [torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    monitor = (gradwatch.watch(model, opts, clip=clip, scaler=scaler, console=False, strict=True)
+               if use_watch else None)
+    norms = []
+    for _ in range(steps):
+        x, y = lm_batch()
+        out = model(x)
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        for o in opts:
+            o.zero_grad()
+        scaler.scale(loss).backward()
+        if not use_watch:
+            for o in opts:
+                scaler.unscale_(o)
+            norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        for o in opts:
+            scaler.step(o)
+        scaler.update()
+        if monitor is not None:
+            monitor.step(loss)
+    if monitor is not None:
+        monitor.close()
+        norms = [s.grad_norm for s in monitor.history]
+    return model, norms
+
+
+@pytest.mark.parametrize("kw", [{}, {"fused": True}, {"two": True}], ids=["adam", "adam-fused", "two-sgd-optimizers"])
+def test_grad_scaler_gradients_are_measured_and_clipped_unscaled(kw):
+    ref, ref_norms = _amp_run(False, **kw)
+    got, got_norms = _amp_run(True, **kw)
+    for a, b in zip(ref.parameters(), got.parameters()):
+        assert torch.equal(a, b)
+    assert got_norms == pytest.approx(ref_norms, rel=1e-5)  # StepStats.grad_norm: unscaled
+    assert max(ref_norms) > 0.05  # the clipping mattered
+
+
+def test_grad_scaler_skipped_inf_step_changes_nothing():
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.GRU, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    monitor = gradwatch.watch(model, opt, clip="auto", scaler=scaler, console=False, strict=True)
+    x, y = lm_batch()
+    before = [p.detach().clone() for p in model.parameters()]
+    out = model(x)
+    loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)) * math.inf
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # the scaler finds Inf and does not call opt.step()
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    monitor.close()
+
+
+def test_bfloat16_autocast_clipping_equals_clip_grad_norm():
+    def run(use_watch):
+        torch.manual_seed(3)
+        model = SeqClassifier(nn.LSTM, dropout=0.0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        monitor = gradwatch.watch(model, opt, clip=0.05, console=False, strict=True) if use_watch else None
+        for _ in range(3):
+            x, y = lm_batch()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+                loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+            if not use_watch:
+                nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+            if monitor is not None:
+                monitor.step(loss)
+        if monitor is not None:
+            monitor.close()
+        return model
+
+    for a, b in zip(run(False).parameters(), run(True).parameters()):
+        assert torch.equal(a, b)
+
+
+def test_scaler_must_be_a_grad_scaler():
+    model = SeqClassifier()
+    with pytest.raises(GradwatchError, match="GradScaler"):
+        gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), scaler=object(), console=False)
