@@ -91,7 +91,7 @@ class ParameterMap:
             if any(s.device != c.device or s.dtype != c.dtype for s, c in zip(self.snapshot, current)):
                 self.snapshot = [s.to(device=c.device, dtype=c.dtype) for s, c in zip(self.snapshot, current)]
             if not current:
-                empty = torch.zeros(len(self.groups))
+                empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
             device = current[0].device
             index = self._index(list(range(len(self.params))), device)
@@ -109,4 +109,4 @@ def total_grad_sumsq(model: nn.Module) -> torch.Tensor | None:
         return None
     device = grads[0].device
     norms = torch._foreach_norm(grads)
-    return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]).square().sum()
+    return torch.stack([n.to(device=device, dtype=torch.float64) for n in norms]).square().sum()
