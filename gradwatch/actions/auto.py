@@ -114,7 +114,11 @@ class Auto:
 
 
 def effective_lr(optimizer: torch.optim.Optimizer, group: dict) -> float:
-    """How far one gradient eventually moves the weights per unit of gradient; 0 for scale-invariant optimizers."""
+    """How far one gradient eventually moves the weights per unit of gradient; 0 for scale-invariant optimizers.
+
+    Read on the host every step (a scheduler may change it). A learning rate held as a CUDA tensor
+    would cost a sync here; the usual float (or CPU tensor) costs nothing.
+    """
     if not isinstance(optimizer, SGD_LIKE):
         return 0.0
     lr = float(group["lr"])
