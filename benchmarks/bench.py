@@ -77,14 +77,16 @@ def _detection(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     from benchmarks import scenarios
 
     progress("detection scenarios")
-    return scenarios.run_suite(quick=quick)
+    result = scenarios.run_suite(quick=quick, progress=progress)
+    result["table"] = scenarios.markdown(result)
+    return result
 
 
 def _clipping(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     from benchmarks import clipping
 
     progress("clipping efficacy")
-    return clipping.run_benchmark(quick=quick)
+    return clipping.run_benchmark(quick=quick, log=progress)
 
 
 def _plot_overhead(result: dict[str, Any], out: Path) -> list[str]:
