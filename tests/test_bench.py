@@ -1,0 +1,28 @@
+"""`gradwatch bench --quick` runs end to end and writes its tables and plots (a smoke run, not a measurement)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def test_bench_quick_writes_results_tables_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "gradwatch", "bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400)
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"overhead", "detection", "clipping"} <= set(results)
+    md = (out / "results.md").read_text()
+    for heading in ("## Overhead", "## Detection quality", "## Clipping efficacy"):
+        assert heading in md
+    for plot in ("overhead_vs_T.png", "overhead_vs_size.png", "clipping_final_loss.png",
+                 "heatmap_vanishing.png", "heatmap_exploding.png"):
+        assert (out / plot).stat().st_size > 10_000, plot
+    rows = results["overhead"]["rows"]
+    assert all("default" in r["result"] and r["result"]["default"]["ratio"] > 0 for r in rows)
+    assert elapsed < 300, f"--quick took {elapsed:.0f} s"
