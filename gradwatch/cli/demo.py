@@ -150,7 +150,9 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # a tiny network: extra threads only add overhead
     delay = args.delay if args.delay is not None else (0.05 if sys.stderr.isatty() and not args.no_live else 0.0)
     print(f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps.", file=sys.stderr)
-    with plain_log_lines() if args.no_live else contextlib.nullcontext():
+    # away from a terminal the alerts go through `logging`: show them (INFO included) as plain lines
+    plain = args.no_live or not sys.stdout.isatty()
+    with plain_log_lines() if plain else contextlib.nullcontext():
         monitor = run_demo(args.scenario, steps=args.steps, every=args.every,
                            console="logging" if args.no_live else "auto", delay=delay,
                            jsonl=args.jsonl, tensorboard=args.tensorboard, seed=args.seed)
