@@ -163,6 +163,10 @@ class Monitor:
             self.params.snapshot = None
             for sink in self._sinks:
                 self._call(f"sink {type(sink).__name__}", sink.close, self)
+            # A closed monitor is kept for its records only: let go of the model and its tensors.
+            self.model = None  # type: ignore[assignment]
+            self.optimizers, self.watched, self._actions = [], [], None
+            self.params = ParameterMap(None, [])  # type: ignore[arg-type]
 
     def __enter__(self) -> "Monitor":
         return self
@@ -219,6 +223,9 @@ class Monitor:
             return  # the driver calls before_update() (optimizer=None) at the right moment
         if self._grad_stats is not None:
             return  # a second optimizer in the same step: gradients were already read
+        closure = args[1] if len(args) > 1 else (kwargs or {}).get("closure")  # args[0] is the optimizer
+        if optimizer is not None and closure is not None:
+            return  # LBFGS & co. recompute gradients inside step(): read them when it returns
         try:
             if self._actions is not None:
                 self._actions.before_read(self)  # e.g. GradScaler: unscale before measuring

@@ -190,3 +190,27 @@ def test_eval_train_switching_and_no_grad_eval():
     mon.close()
     assert mon.steps == 3
     assert all(len(s.layers[("rnn", 0)].timestep_grad_norms) == 12 for s in mon.history)
+
+
+def test_lbfgs_gradient_norm_is_the_last_closure_gradient():
+    torch.manual_seed(0)
+    m = nn.GRU(3, 4)
+    opt = torch.optim.LBFGS(m.parameters(), lr=0.5, max_iter=3)
+    mon = gradwatch.watch(m, opt, console=False, strict=True)
+    x = torch.randn(6, 2, 3)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = m(x)[0].pow(2).mean()
+        loss.backward()
+        seen.append(float(torch.nn.utils.clip_grad_norm_(m.parameters(), float("inf"))))
+        return loss
+
+    for _ in range(2):
+        seen.clear()
+        opt.step(closure)
+        mon.step()
+        mon.flush()
+        assert mon.history[-1].grad_norm == pytest.approx(seen[-1], rel=1e-5)
+    mon.close()

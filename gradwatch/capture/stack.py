@@ -13,6 +13,7 @@ way, and inter-layer dropout draws from the RNG in the same order).
 from __future__ import annotations
 
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from .probe import timestep_probe, timestep_sumsq
 from .session import CaptureSession
 from ..stats.tensor_stats import unit_activity
 
-__all__ = ["StackForward", "CellForward", "plain_forward"]
+__all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward"]
 
 
 def plain_forward(module: nn.Module) -> Any:
@@ -33,7 +34,15 @@ def plain_forward(module: nn.Module) -> Any:
 
 
 class _Adapter:
-    """Common part of the forward adapters: install, remove, pickle as the plain forward."""
+    """Common part of the forward adapters: install, remove, pickle as the plain forward.
+
+    `nn.DataParallel` on several GPUs runs replicas of the module, made by
+    `_replicate_for_data_parallel`, which copies the module's `__dict__`, where the adapter
+    lives, still bound to the original module. So the adapter also installs `PlainReplicas`:
+    replicas run their class's plain forward with their own parameters. Replicas give no
+    per-timestep or activation statistics; parameter statistics are unaffected (replica
+    gradients flow back to the original parameters, which gradwatch reads).
+    """
 
     def __init__(self, watched: WatchedModule, session: CaptureSession) -> None:
         self.watched = watched
@@ -41,12 +50,20 @@ class _Adapter:
         self.previous = watched.module.__dict__.get("forward")
         self.original = self.previous if self.previous is not None else plain_forward(watched.module)
         self.failed = False
+        self.owns_replicas = False
 
     def install(self) -> None:
-        self.watched.module.forward = self  # type: ignore[method-assign]
+        module = self.watched.module
+        module.forward = self  # type: ignore[method-assign]
+        if "_replicate_for_data_parallel" not in module.__dict__:  # a pickled watched module keeps its own
+            module._replicate_for_data_parallel = PlainReplicas(module)  # type: ignore[method-assign]
+            self.owns_replicas = True
 
     def remove(self) -> None:
         module = self.watched.module
+        if self.owns_replicas and isinstance(module.__dict__.get("_replicate_for_data_parallel"), PlainReplicas):
+            del module.__dict__["_replicate_for_data_parallel"]
+            self.owns_replicas = False
         if module.__dict__.get("forward") is self:
             if self.previous is None:
                 del module.__dict__["forward"]
@@ -68,6 +85,42 @@ class _Adapter:
     def fail(self, exc: BaseException) -> None:
         self.failed = True
         self.session.report_error(f"forward capture of '{self.watched.name}'", exc)
+
+
+class PlainReplicas:
+    """A watched module's `_replicate_for_data_parallel`: replicas without gradwatch's forward.
+
+        >>> replica = lstm._replicate_for_data_parallel()   # what nn.DataParallel does per GPU
+        >>> "forward" in replica.__dict__                    # False: LSTM.forward, own parameters
+
+    It stays in pickled and deep-copied watched modules (whose `forward` entry unpickles to the
+    plain forward bound to the copy) so that their replicas do not call the copy's forward.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+
+    def __call__(self) -> nn.Module:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("gradwatch: replicating a module that no longer exists")
+        replica = type(module)._replicate_for_data_parallel(module)
+        del replica.__dict__["_replicate_for_data_parallel"]
+        forward = replica.__dict__.get("forward")
+        if isinstance(forward, _Adapter):
+            forward = forward.previous  # what the unwatched module would have copied
+        if forward is None or _is_plain_forward(forward, module):
+            replica.__dict__.pop("forward", None)
+        else:
+            replica.__dict__["forward"] = forward
+        return replica
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return PlainReplicas, (self._module(),)
+
+
+def _is_plain_forward(forward: Any, module: nn.Module) -> bool:
+    return getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward
 
 
 def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor | None) -> int | None:

@@ -97,6 +97,12 @@ def _check_step(path: str, number: int, record: dict[str, Any]) -> dict[str, Any
     return record
 
 
+def text_line_of(path: str, offset: int) -> int:
+    """1-based line number of byte `offset` in the file at `path`."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
 def load_run(path: str) -> Run:
     """Read a JSONL stream; raises `GradwatchError` naming the first line that is not a valid record."""
     try:
@@ -104,6 +110,10 @@ def load_run(path: str) -> Run:
             text = f.read()
     except OSError as exc:
         raise GradwatchError(f"cannot read {path}: {exc.strerror}.") from exc
+    except UnicodeDecodeError as exc:
+        line = text_line_of(path, exc.start)
+        raise _bad(path, line, "not UTF-8 text: this is a binary file, not a JSONL stream written by "
+                               "watch(jsonl=...) or gradwatch run --jsonl.") from exc
     lines = text.split("\n")
     run = Run(path=path, header=None, steps=[])
     for number, line in enumerate(lines, start=1):
@@ -111,6 +121,8 @@ def load_run(path: str) -> Run:
             continue
         try:
             record = json.loads(line)
+        except RecursionError as exc:
+            raise _bad(path, number, "JSON nested too deeply to be a gradwatch record.") from exc
         except json.JSONDecodeError as exc:
             cut = number == len(lines) and not text.endswith("\n")
             hint = (" The line is cut short: the run was interrupted while writing it. Delete that line "
@@ -249,6 +261,14 @@ def _positive(values: list[float]) -> list[float]:
     return [v if (math.isfinite(v) and v > 0) else math.nan for v in values]
 
 
+def _log_scale_if_positive(ax: Any) -> None:
+    """Log scale when the axis has a positive finite value to show (all-zero update ratios of a frozen run do not)."""
+    import numpy as np
+
+    if any(np.isfinite(np.asarray(line.get_ydata(), dtype=float)).any() for line in ax.get_lines()):
+        ax.set_yscale("log")
+
+
 def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
     steps = [r["step"] for r in run.steps]
     ax_norm.plot(steps, _positive([r["grad_norm"] for r in run.steps]), color="black", lw=1.4, label="whole model")
@@ -260,10 +280,10 @@ def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
         ax_ratio.plot([s for s, _ in rows], _positive([l["update_ratio"] for _, l in rows]), lw=0.9, label=label)
     for s in (r["step"] for r in run.steps if not math.isfinite(r["grad_norm"])):
         ax_norm.axvspan(s - 0.5, s + 0.5, color="magenta", alpha=0.25, lw=0)
-    ax_norm.set_yscale("log")
+    _log_scale_if_positive(ax_norm)
     ax_norm.set_ylabel("gradient norm")
     ax_norm.legend(fontsize=7, loc="upper right", ncol=2)
-    ax_ratio.set_yscale("log")
+    _log_scale_if_positive(ax_ratio)
     ax_ratio.set_ylabel("update ratio\n‖Δθ‖/‖θ‖")
     losses = [(r["step"], r["loss"]) for r in run.steps if r.get("loss") is not None]
     if losses:
@@ -291,6 +311,11 @@ def _mark_alerts(axes: list[Any], alerts: list[dict[str, Any]]) -> None:
 def render(run: Run, output: str, *, title: str | None = None, dpi: int = 110) -> None:
     """Draw `run` to the image file `output` (format from its extension)."""
     plt = _require_matplotlib()
+    with plt.rc_context({"text.parse_math": False}):  # module names are text, never mathtext
+        _render(plt, run, output, title=title, dpi=dpi)
+
+
+def _render(plt, run: Run, output: str, *, title: str | None, dpi: int) -> None:
     maps = heatmaps(run)
     shown = maps[:MAX_HEATMAPS]
     n = len(shown) + 3

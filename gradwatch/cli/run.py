@@ -171,11 +171,15 @@ class ScriptWatcher:
             setattr(owner, name, original)
         self._restore.clear()
 
-    def finish(self) -> None:
-        """End the step in progress of manually updated models, close every monitor, remove hooks."""
+    def finish(self, *, complete: bool = True) -> None:
+        """End the step in progress of manually updated models, close every monitor, remove hooks.
+
+        When the script was interrupted or crashed (`complete=False`), that step is ended only if
+        its update was applied: a step stopped between backward() and the update is left out.
+        """
         try:
             for m in self.models:
-                if m.backward_done and not m.monitor.optimizers:
+                if m.backward_done and not m.monitor.optimizers and (complete or _updated(m.monitor)):
                     self._guard(self._end_manual_step, m)
         finally:
             self.uninstall()
@@ -315,6 +319,16 @@ class ScriptWatcher:
         m.loss, m.forwarded, m.backward_done = None, False, False
 
 
+def _updated(monitor: Monitor) -> bool:
+    """Whether a watched parameter changed since the monitor's last step ended (syncs: end of run only)."""
+    snapshot, params = monitor.params.snapshot, monitor.params.params
+    if snapshot is None:
+        return True
+    with torch.no_grad():
+        return any(s.shape != p.shape or not torch.equal(s.to(device=p.device, dtype=p.dtype), p)
+                   for s, p in zip(snapshot, params))
+
+
 def _holds_parameters_of(opt: torch.optim.Optimizer, module: nn.Module) -> bool:
     ids = {id(p) for p in module.parameters()}
     return any(id(p) in ids for group in opt.param_groups for p in group["params"])
@@ -373,22 +387,22 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
         sys.path.insert(0, os.path.dirname(path))
     watcher = ScriptWatcher(watch_options)
     watcher.install()
-    status = 0
+    status, failure = 0, None
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
         status = _exit_status(exc)
     except KeyboardInterrupt as exc:
-        _print_script_traceback(exc, path)
-        status = 130
+        status, failure = 130, exc  # the shell's status for a command ended by Ctrl-C
     except BaseException as exc:  # noqa: BLE001 - reported like Python does, as the script's failure
-        _print_script_traceback(exc, path)
-        status = 1
+        status, failure = 1, exc
     finally:
         try:
-            watcher.finish()
+            watcher.finish(complete=failure is None)  # also stops the live display and flushes the JSONL file
         finally:
             sys.argv = saved_argv
             if saved_path0 is not None:
                 sys.path[0] = saved_path0
+    if failure is not None:
+        _print_script_traceback(failure, path)  # last, as Python prints it, on the restored terminal
     return status

@@ -12,14 +12,24 @@
   (share ≥ `dead_share` on the latest probe), or negligible updates (median update ratio <
   `tiny_update_ratio`). A stalled loss without such evidence is not a vanishing-gradient
   problem and raises nothing; a loss that fell (even to a tiny value) never does.
-* oscillation (exploding): over the last `oscillation_window` finite losses, the 3-step
-  running median of the loss moves up and down in alternation at least `oscillation_legs`
-  times by a swing of at least max(`oscillation_swing` × the window's median loss,
-  `oscillation_noise` × its median step-to-step change), and the window is not settling
-  (the median of its second half is not 10 % below that of its first half). Mini-batch
-  noise is independent from step to step, so the running median flattens it and the noise
-  term keeps it below one swing; a learning rate that is too high makes the loss climb for
-  several steps and fall back, again and again.
+* oscillation (exploding): a learning rate that is too high makes the loss climb for several
+  steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
+  log(loss) when they are all positive (mini-batch noise grows with the loss level; the
+  loss itself otherwise), all four must hold:
+  1. swings: the 3-step running median moves up and down in alternation at least
+     `oscillation_legs` times, each move at least max(log(1 + `oscillation_swing`),
+     `oscillation_noise` × the median step-to-step change) — a move of 10 % and well above
+     the batch-to-batch noise;
+  2. not settling: the median of the window's second half is not 10 % below its first half;
+  3. persistence: the lag-1 autocorrelation around the window's straight trend is at least
+     `oscillation_persistence`. Every step draws a fresh batch, so mini-batch noise is
+     independent from step to step (about 0) however large or skewed it is, while swings
+     driven by the optimizer last several steps (towards 1);
+  4. large steps: the median update ratio of the most-moved watched layer over the window
+     is at least `oscillation_update_ratio` (skipped when no layer's ratio was measured).
+  Noise around a downward trend or a plateau, from small batches or a correlated drift of
+  Adam's small steps, fails 3 or 4; a converged run's tiny loss fails 1 (its relative noise
+  is large).
 
 Without a loss (`monitor.step()` with no argument) both stay silent.
 """
@@ -29,6 +39,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
+from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
@@ -36,7 +47,15 @@ from .base import LossProgress, fmt, make_alert, median, where
 from .config import DetectorConfig
 from .temporal import analysable, temporal_profile
 
-__all__ = ["SlowProgressDetector", "OscillationDetector", "zigzag_legs", "running_median"]
+__all__ = [
+    "SlowProgressDetector",
+    "OscillationDetector",
+    "Swings",
+    "measure_swings",
+    "zigzag_legs",
+    "running_median",
+    "lag1_autocorrelation",
+]
 
 _SETTLING = 0.9
 """The second half of the window below this fraction of the first half means it is settling."""
@@ -166,8 +185,72 @@ def zigzag_legs(values: list[float], swing: float) -> int:
     return legs
 
 
+def lag1_autocorrelation(values: list[float]) -> float:
+    """Lag-1 autocorrelation of `values` after removing their least-squares line (0 when flat).
+
+    Independent noise around any straight trend gives about 0 (±1/√n); a series that
+    stays above or below its trend for several steps in a row gives values towards 1; a
+    straight line (up to rounding) gives 0.
+    """
+    n = len(values)
+    if n < 3:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
+    resid = [y - mean_y - slope * (x - mean_x) for x, y in enumerate(values)]
+    power = sum(r * r for r in resid)
+    if power <= 1e-24 * sum(v * v for v in values):  # a straight line up to rounding: no residual to judge
+        return 0.0
+    return sum(a * b for a, b in zip(resid, resid[1:])) / power
+
+
+@dataclass(frozen=True)
+class Swings:
+    """What `OscillationDetector` measured over one full window of losses."""
+
+    log: bool
+    """Measured on log(loss) (every loss in the window positive) or on the loss itself."""
+    legs: int
+    """Alternating moves of at least `swing` made by the 3-step running median."""
+    swing: float
+    """Smallest move that counted (log units when `log`)."""
+    noise: float
+    """Median step-to-step change of the (log) loss."""
+    persistence: float
+    """`lag1_autocorrelation` of the (log) loss."""
+    low: float
+    high: float
+    """Extremes of the running median, as losses."""
+    first: float
+    second: float
+    """Median loss of the first and second half of the window."""
+
+
+def measure_swings(losses: list[float], *, swing: float, noise: float) -> Swings:
+    """The window statistics the oscillation rule judges (see the module docstring)."""
+    log = min(losses) > 0
+    values = [math.log(v) for v in losses] if log else list(losses)
+    step_noise = statistics.median(abs(b - a) for a, b in zip(values, values[1:]))
+    floor = math.log1p(swing) if log else swing * abs(statistics.median(losses))
+    least = max(floor, noise * step_noise)
+    smooth = running_median(values)
+    half = len(losses) // 2
+    back = math.exp if log else (lambda v: v)
+    return Swings(
+        log=log,
+        legs=zigzag_legs(smooth, least) if least > 0 else 0,
+        swing=least,
+        noise=step_noise,
+        persistence=lag1_autocorrelation(values),
+        low=back(min(smooth)),
+        high=back(max(smooth)),
+        first=statistics.median(losses[:half]),
+        second=statistics.median(losses[half:]),
+    )
+
+
 class OscillationDetector:
-    """The loss swings up and down instead of settling."""
+    """The loss swings up and down instead of settling, because the steps are too large."""
 
     signs = ("oscillation",)
 
@@ -176,42 +259,73 @@ class OscillationDetector:
         self.reset()
 
     def reset(self) -> None:
-        self._losses: collections.deque[float] = collections.deque(maxlen=self.config.oscillation_window)
+        window = self.config.oscillation_window
+        self._losses: collections.deque[float] = collections.deque(maxlen=window)
+        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        """Update ratio of each layer on the steps of `_losses` (NaN where it had none)."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if stats.loss is None or not math.isfinite(stats.loss):
             return []
         self._losses.append(stats.loss)
+        for key in set(self._ratios) | set(stats.layers):
+            ls = stats.layers.get(key)
+            ratio = ls.update_ratio if ls is not None and ls.has_grad else math.nan
+            self._ratios.setdefault(key, collections.deque(maxlen=c.oscillation_window)).append(ratio)
         if len(self._losses) < c.oscillation_window:
             return []
         losses = list(self._losses)
-        level = statistics.median(losses)
-        noise = statistics.median(abs(b - a) for a, b in zip(losses, losses[1:]))
-        swing = max(c.oscillation_swing * abs(level), c.oscillation_noise * noise)
-        half = len(losses) // 2
-        first, second = statistics.median(losses[:half]), statistics.median(losses[half:])
-        if second < _SETTLING * first or not swing > 0:
+        m = measure_swings(losses, swing=c.oscillation_swing, noise=c.oscillation_noise)
+        if m.second < _SETTLING * m.first or m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
             return []
-        smooth = running_median(losses)
-        legs = zigzag_legs(smooth, swing)
-        if legs < c.oscillation_legs:
+        step = self._largest_steps()
+        if step is not None and step[1] < c.oscillation_update_ratio:
             return []
-        evidence = (
-            f"over the last {len(losses)} steps the loss (3-step running median) went up and down {legs} times by at "
-            f"least {fmt(swing)} (the larger of {c.oscillation_swing * 100:.0f} % of its median {fmt(level)} and "
-            f"{fmt(c.oscillation_noise)}× its median step-to-step change {fmt(noise)}; threshold {c.oscillation_legs} "
-            f"moves), between {fmt(min(smooth))} and {fmt(max(smooth))}, without settling (median {fmt(first)} in the "
-            f"first half, {fmt(second)} in the second)"
-        )
         return [
             make_alert(
                 "oscillation",
                 "warning",
                 stats.step,
-                evidence=evidence + ".",
+                evidence=self._evidence(m, step) + ".",
                 remedy=remedies.oscillation() + ".",
-                value=float(legs),
+                value=float(m.legs),
                 threshold=float(c.oscillation_legs),
             )
         ]
+
+    def _largest_steps(self) -> tuple[LayerKey, float] | None:
+        """The layer with the largest median update ratio over the window, or None if none was measured."""
+        medians = {k: median(v) for k, v in self._ratios.items()}
+        medians = {k: v for k, v in medians.items() if math.isfinite(v)}
+        if not medians:
+            return None
+        key = max(medians, key=medians.__getitem__)
+        return key, medians[key]
+
+    def _evidence(self, m: Swings, step: tuple[LayerKey, float] | None) -> str:
+        c = self.config
+        n = len(self._losses)
+        if m.log:
+            size = (
+                f"by a factor of at least {fmt(math.exp(m.swing))} (the larger of {fmt(1 + c.oscillation_swing)} and "
+                f"{fmt(c.oscillation_noise)}× its median step-to-step change of {fmt(m.noise)} in log(loss))"
+            )
+        else:
+            size = (
+                f"by at least {fmt(m.swing)} (the larger of {c.oscillation_swing * 100:.0f} % of its median and "
+                f"{fmt(c.oscillation_noise)}× its median step-to-step change {fmt(m.noise)})"
+            )
+        text = (
+            f"over the last {n} steps the loss (3-step running median) went up and down {m.legs} times {size}, "
+            f"between {fmt(m.low)} and {fmt(m.high)}, without settling (median {fmt(m.first)} in the first half, "
+            f"{fmt(m.second)} in the second; threshold {c.oscillation_legs} moves); the swings last several steps "
+            f"(lag-1 autocorrelation {m.persistence:.2f} around the trend, threshold {fmt(c.oscillation_persistence)}; "
+            f"independent mini-batch noise gives about 0)"
+        )
+        if step is None:
+            return text + "; no update ratio was measured to confirm that the steps are too large"
+        return text + (
+            f"; and the steps are large: median update ratio ‖Δθ‖/‖θ‖ of {where(*step[0])} is {fmt(step[1])} "
+            f"(threshold {fmt(c.oscillation_update_ratio)}; rule of thumb ~1e-3)"
+        )

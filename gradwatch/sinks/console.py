@@ -11,7 +11,9 @@ level per decade below the row's maximum, so a vanishing gradient fades out to t
 an exploding one peaks there), the update ratio, the dead/saturated share and a coloured
 status. The panel is rebuilt by rich's own refresh thread from the records collected here
 (never from inside a hook), so training is not slowed by drawing. Alerts of warning level
-or worse print above the panel; `close()` prints the one-screen summary.
+or worse print above the panel; `close()` prints the one-screen summary. An uncaught exception
+(Ctrl-C) or the end of the program without `close()` stops the display first: cursor back,
+traceback below the panel.
 
 `console="auto"` picks this sink when stdout is a terminal and `LoggingSink` otherwise.
 Under `torch.distributed` only rank 0 gets a console sink (`gradwatch.distributed.is_main_process`).
@@ -19,8 +21,10 @@ Under `torch.distributed` only rank 0 gets a console sink (`gradwatch.distribute
 
 from __future__ import annotations
 
+import atexit
 import collections
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,11 +212,27 @@ class RichConsoleSink:
             self.live = False
             return
         self._live = live
+        # Ctrl-C or a crash without close(): stop the display before Python prints the traceback,
+        # so the cursor comes back and the traceback lands below the panel, not inside it.
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+        atexit.register(self._stop_live)
+
+    def _excepthook(self, *exc_info: Any) -> None:
+        self._stop_live()
+        self._previous_excepthook(*exc_info)
+
+    def _stop_live(self) -> None:
+        live, self._live = self._live, None
+        atexit.unregister(self._stop_live)
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook
+        if live is not None:
+            live.stop()
 
     def close(self, monitor: Any) -> None:
         if self._live is not None:
-            self._live.stop()
-            self._live = None
+            self._stop_live()
         elif self._view.step is not None and not self.live:
             self.console.print(self.panel())
         summary = run_summary(monitor)

@@ -13,6 +13,7 @@ and the README.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -65,7 +66,7 @@ class JsonlSink:
         self._alerts = 0
         from .. import __version__  # imported late: no import cycle with the package __init__
 
-        self._write({
+        header = {
             "schema": SCHEMA_VERSION,
             "type": "run",
             "gradwatch": __version__,
@@ -73,13 +74,28 @@ class JsonlSink:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": list(sys.argv),
             **(meta or {}),
-        })
+        }
+        try:
+            self._write(header)
+        except OSError as exc:
+            raise GradwatchError(
+                f"gradwatch cannot write the JSONL stream to {self.path!r} ({exc.strerror}). "
+                "Free some space or pass jsonl= a path on another disk."
+            ) from exc
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
-        self._file.flush()  # a crash later loses nothing already measured
+        try:
+            self._file.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+            self._file.flush()  # a crash later loses nothing already measured
+        except OSError:
+            # Full disk, lost mount: stop writing and close now, so that no half-written buffer is
+            # flushed later (or fails again when the file is collected). The monitor reports it once.
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            raise
 
     def on_step(self, stats: StepStats, alerts: list[Alert]) -> None:
         self._write(step_record(stats, alerts))
