@@ -251,6 +251,24 @@ def healthy_delayed_copy(sc: Scenario, seed: int, options: dict, keep: bool) -> 
     return _train(sc.name, seed, model, opt, batch_at, _ce_all, steps=200, options=options, keep_history=keep)
 
 
+def healthy_small_batch_sgd(sc: Scenario, seed: int, options: dict, keep: bool) -> RunRecord:
+    """GRU regression at batch 8 (SGD 0.05, momentum 0.9): skewed, heavy mini-batch noise around a falling loss."""
+    gen = _generator(seed)
+    model = SeqModel(nn.GRU(4, 32, batch_first=True), 32, 1, last=True)
+    batch_at = _noise_task(gen, batch=8, steps=30, features=4, target=lambda x: x[:, -3:, :1].sum(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return _train(sc.name, seed, model, opt, batch_at, F.mse_loss, steps=300, options=options, keep_history=keep)
+
+
+def healthy_noisy_plateau(sc: Scenario, seed: int, options: dict, keep: bool) -> RunRecord:
+    """LSTM regression, Adam 1e-3, batch 32, 300 steps: the loss reaches a plateau and wanders on it."""
+    gen = _generator(seed)
+    model = SeqModel(nn.LSTM(4, 32, batch_first=True), 32, 1, last=True)
+    batch_at = _noise_task(gen, batch=32, steps=30, features=4, target=lambda x: x[:, -3:, :1].sum(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return _train(sc.name, seed, model, opt, batch_at, F.mse_loss, steps=300, options=options, keep_history=keep)
+
+
 def vanishing_long_tanh(sc: Scenario, seed: int, options: dict, keep: bool) -> RunRecord:
     """Vanilla tanh RNN, T=100, label = sign of the first input: the signal cannot travel 100 steps back."""
     gen = _generator(seed)
@@ -361,6 +379,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("healthy_short_memory", "healthy", (), "2-layer GRU, T=60, label from the last 4 inputs",
              healthy_short_memory),
     Scenario("healthy_delayed_copy", "healthy", (), "2-layer LSTM copy-5-back, Adam 1e-2", healthy_delayed_copy),
+    Scenario("healthy_small_batch_sgd", "healthy", (), "GRU regression, batch 8, SGD 0.05+momentum: noisy loss",
+             healthy_small_batch_sgd, quick=True),
+    Scenario("healthy_noisy_plateau", "healthy", (), "LSTM regression, Adam 1e-3, batch 32: noise on a plateau",
+             healthy_noisy_plateau),
     Scenario("vanishing_long_tanh", "vanishing", ("temporal_decay", "slow_progress"),
              "tanh RNN, T=100, label = first input", vanishing_long_tanh, quick=True),
     Scenario("vanishing_dead_relu", "vanishing", ("dead_neurons", "slow_progress"),

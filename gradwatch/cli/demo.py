@@ -55,7 +55,7 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "healthy": Scenario("LSTM", 40, 1.0, 1e-2, dense_target=True,
+    "healthy": Scenario("LSTM", 40, 1.0, 1e-2, dense_target=True, batch=32,
                         blurb="an LSTM predicting a running sum at every timestep: gradients reach every timestep"),
     "vanishing": Scenario("RNN_TANH", 80, 0.5, 3e-4,
                           blurb="a tanh RNN whose recurrent weights halve the signal each timestep, 80 timesteps"),

@@ -269,10 +269,7 @@ class OscillationDetector:
         if stats.loss is None or not math.isfinite(stats.loss):
             return []
         self._losses.append(stats.loss)
-        for key in set(self._ratios) | set(stats.layers):
-            ls = stats.layers.get(key)
-            ratio = ls.update_ratio if ls is not None and ls.has_grad else math.nan
-            self._ratios.setdefault(key, collections.deque(maxlen=c.oscillation_window)).append(ratio)
+        self._collect_ratios(stats)
         if len(self._losses) < c.oscillation_window:
             return []
         losses = list(self._losses)
@@ -294,6 +291,16 @@ class OscillationDetector:
             )
         ]
 
+    def _collect_ratios(self, stats: StepStats) -> None:
+        """Append this step's update ratio of every layer seen (NaN if absent); forget layers gone for a window."""
+        for key in list(self._ratios) + [k for k in stats.layers if k not in self._ratios]:
+            ls = stats.layers.get(key)
+            ratio = ls.update_ratio if ls is not None and ls.has_grad else math.nan
+            trail = self._ratios.setdefault(key, collections.deque(maxlen=self.config.oscillation_window))
+            trail.append(ratio)
+            if ls is None and len(trail) == trail.maxlen and not any(math.isfinite(r) for r in trail):
+                del self._ratios[key]
+
     def _largest_steps(self) -> tuple[LayerKey, float] | None:
         """The layer with the largest median update ratio over the window, or None if none was measured."""
         medians = {k: median(v) for k, v in self._ratios.items()}
@@ -305,21 +312,20 @@ class OscillationDetector:
 
     def _evidence(self, m: Swings, step: tuple[LayerKey, float] | None) -> str:
         c = self.config
-        n = len(self._losses)
         if m.log:
             size = (
-                f"by a factor of at least {fmt(math.exp(m.swing))} (the larger of {fmt(1 + c.oscillation_swing)} and "
-                f"{fmt(c.oscillation_noise)}× its median step-to-step change of {fmt(m.noise)} in log(loss))"
+                f"by at least ×{fmt(math.exp(m.swing))} each (the larger of ×{fmt(1 + c.oscillation_swing)} and "
+                f"{fmt(c.oscillation_noise)}× the median step-to-step change of log(loss), {fmt(m.noise)})"
             )
         else:
             size = (
-                f"by at least {fmt(m.swing)} (the larger of {c.oscillation_swing * 100:.0f} % of its median and "
-                f"{fmt(c.oscillation_noise)}× its median step-to-step change {fmt(m.noise)})"
+                f"by at least {fmt(m.swing)} each (the larger of {c.oscillation_swing * 100:.0f} % of its median and "
+                f"{fmt(c.oscillation_noise)}× its median step-to-step change, {fmt(m.noise)})"
             )
         text = (
-            f"over the last {n} steps the loss (3-step running median) went up and down {m.legs} times {size}, "
-            f"between {fmt(m.low)} and {fmt(m.high)}, without settling (median {fmt(m.first)} in the first half, "
-            f"{fmt(m.second)} in the second; threshold {c.oscillation_legs} moves); the swings last several steps "
+            f"over the last {len(self._losses)} steps the loss (3-step running median) went up and down {m.legs} "
+            f"times (threshold {c.oscillation_legs}) {size}, between {fmt(m.low)} and {fmt(m.high)}, without settling "
+            f"(median {fmt(m.first)} in the first half, {fmt(m.second)} in the second); the swings last several steps "
             f"(lag-1 autocorrelation {m.persistence:.2f} around the trend, threshold {fmt(c.oscillation_persistence)}; "
             f"independent mini-batch noise gives about 0)"
         )
