@@ -160,7 +160,8 @@ def test_early_growth_is_not_a_spike():
                          ids=["below", "warning", "critical"])
 def test_spike_against_recent_history(factor, severity):
     det = NormSpikeDetector(CFG)
-    records = steady(25) + [rec(25, layer(grad=factor), grad=factor)]
+    # plain SGD: the step grows with the gradient (update ratio 1e-3 -> factor x 1e-3)
+    records = steady(25) + [rec(25, layer(grad=factor, ratio=1e-3 * factor), grad=factor)]
     alerts = feed(det, records)
     if severity is None:
         assert alerts == []
@@ -169,6 +170,16 @@ def test_spike_against_recent_history(factor, severity):
     assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 25, "rnn", 0)
     assert a.threshold == CFG.spike_factor and a.value == pytest.approx(factor / 1.1, rel=0.01)
     assert "its median" in a.message and "clip=" in a.message
+
+
+@pytest.mark.parametrize("factor, severity", [(30.0, "info"), (300.0, "critical")], ids=["absorbed", "critical"])
+def test_spike_absorbed_by_an_adaptive_optimiser_is_info(factor, severity):
+    # Adam: the gradient jumps but the step stays its usual size -> info unless the jump is huge
+    records = steady(25) + [rec(25, layer(grad=factor, ratio=1.5e-3), grad=factor)]
+    (a,) = feed(NormSpikeDetector(CFG), records)
+    assert (a.sign, a.severity) == ("norm_spike", severity)
+    if severity == "info":
+        assert "the update itself stayed small" in a.message
 
 
 def test_noisy_history_needs_a_jump_over_its_maximum():

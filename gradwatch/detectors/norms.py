@@ -55,6 +55,8 @@ class NormSpikeDetector:
         self._layers: dict[LayerKey, collections.deque[float]] = {}
         self._calm: float | None = None
         """Median norm of the first full window: the run's typical size before any jump."""
+        self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
+        """Largest layer update ratio of recent steps: did a gradient spike become a large step?"""
 
     def update(self, stats: StepStats) -> list[Alert]:
         alerts = self._absolute(stats)
@@ -74,6 +76,9 @@ class NormSpikeDetector:
         for key, ls in stats.layers.items():
             if ls.has_grad and _usable(ls.grad_norm):
                 self._layers.setdefault(key, collections.deque(maxlen=self.config.spike_window)).append(ls.grad_norm)
+        step = _largest_update(stats)
+        if step is not None:
+            self._steps.append(step)
         return alerts
 
     # ------------------------------------------------------------------ rules
@@ -115,9 +120,16 @@ class NormSpikeDetector:
         if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
             return None
         key, detail = self._located(stats)
+        severity = "critical" if ratio >= c.spike_critical_factor else "warning"
+        step, usual = _largest_update(stats), (median(self._steps) if self._steps else None)
+        if severity == "warning" and step is not None and usual and step < c.spike_step_factor * usual:
+            # An adaptive optimiser (Adam) absorbs the jump: the step stayed its usual size.
+            severity = "info"
+            detail += (f"; the update itself stayed small ({fmt(step)} of the weights, {fmt(step / usual)}× its "
+                       f"recent median; info below {fmt(c.spike_step_factor)}×)")
         return make_alert(
             "norm_spike",
-            "critical" if ratio >= c.spike_critical_factor else "warning",
+            severity,
             stats.step,
             evidence=(
                 f"total gradient norm {fmt(stats.grad_norm)} is {fmt(ratio)}× its median {fmt(base)} and "
@@ -174,3 +186,9 @@ class NormSpikeDetector:
         return key, (
             f"; largest jump in {where(*key)}: {fmt(stats.layers[key].grad_norm)}, {fmt(jumps[key])}× its own recent median"
         )
+
+
+def _largest_update(stats: StepStats) -> float | None:
+    """Largest finite update ratio over the step's layers, or None when none was measured."""
+    ratios = [ls.update_ratio for ls in stats.layers.values() if ls.has_grad and _usable(ls.update_ratio)]
+    return max(ratios) if ratios else None
