@@ -567,3 +567,17 @@ def test_scaler_must_be_a_grad_scaler():
     model = SeqClassifier()
     with pytest.raises(GradwatchError, match="GradScaler"):
         gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), scaler=object(), console=False)
+
+
+def test_constant_clipping_is_reported_through_the_detector_suite():
+    torch.manual_seed(0)
+    m = nn.GRU(3, 4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mon = gradwatch.watch(m, opt, clip=1e-4, console=False, strict=True)
+    x = torch.randn(5, 2, 3)
+    for _ in range(110):  # the rule looks at the last 100 clipped steps
+        loss = m(x)[0].pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step(); mon.step(loss)
+    mon.close()
+    found = [a for a in mon.alerts if a.sign == "constant_clipping"]
+    assert found and found[-1].severity == "warning" and found[-1].problem == "exploding"

@@ -77,6 +77,8 @@ def constant_clipping(
 class ConstantClipping:
     """Debounced `constant_clipping`: alerts once, again only after `window` more steps or on escalation."""
 
+    signs: tuple[str, ...] = ("constant_clipping",)
+
     def __init__(self, *, window: int = 100, info_share: float = 0.5, warning_share: float = 0.9,
                  hard: float = 0.5) -> None:
         self.window, self.info_share, self.warning_share, self.hard = window, info_share, warning_share, hard

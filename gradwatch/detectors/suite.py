@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..actions.alerts import ConstantClipping
 from ..records import Alert, StepStats
 from .activity import DeadNeuronsDetector
 from .base import REMEDY, Detector
@@ -41,6 +42,7 @@ def default_detectors(config: DetectorConfig) -> list[Detector]:
         LargeUpdatesDetector(config),
         TemporalGrowthDetector(config),
         OscillationDetector(config),
+        ConstantClipping(),  # lives with the clipping policies; silent when clipping is off
         TemporalDecayDetector(config),
         DeadNeuronsDetector(config),
         TinyUpdatesDetector(config),
