@@ -11,6 +11,11 @@ a tensor or a hook, so it can be tested with hand-written records.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import DetectorConfig
+
 import collections
 import math
 import statistics
@@ -102,6 +107,11 @@ class LossProgress:
     def __init__(self, *, steps: int, window: int, min_improvement: float) -> None:
         self.steps, self.window, self.min_improvement = steps, window, min_improvement
         self.reset()
+
+    @classmethod
+    def from_config(cls, config: "DetectorConfig") -> "LossProgress":
+        """The progress tracker every loss-aware detector uses (`progress_*` options)."""
+        return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min)
 
     def reset(self) -> None:
         self.count = 0

@@ -118,9 +118,7 @@ class TemporalDecayDetector:
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
-        self.progress = LossProgress(
-            steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min
-        )
+        self.progress = LossProgress.from_config(config)
 
     def reset(self) -> None:
         self.progress.reset()
