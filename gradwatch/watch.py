@@ -37,7 +37,7 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _console_sinks(console: Any) -> list[Any]:
-    if console is False or console is None or not distributed.is_main_process():
+    if console is False or console is None:
         return []
     if isinstance(console, Console):
         return [RichConsoleSink(console)]

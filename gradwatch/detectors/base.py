@@ -11,18 +11,13 @@ a tensor or a hook, so it can be tested with hand-written records.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import DetectorConfig
-
 import collections
 import math
 import statistics
 from typing import Iterable, Literal, Protocol
 
 from ..records import Alert, StepStats
-from .config import PROBLEM_OF
+from .config import PROBLEM_OF, DetectorConfig
 
 __all__ = ["Detector", "make_alert", "LossProgress", "median", "fmt", "where", "REMEDY"]
 
@@ -109,7 +104,7 @@ class LossProgress:
         self.reset()
 
     @classmethod
-    def from_config(cls, config: "DetectorConfig") -> "LossProgress":
+    def from_config(cls, config: DetectorConfig) -> "LossProgress":
         """The progress tracker every loss-aware detector uses (`progress_*` options)."""
         return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min)
 
