@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .capture.modules import WatchedModule, find_recurrent, unwrap_model
+from .capture.modules import WatchedModule, find_recurrent
 from .capture.params import ParameterMap, total_grad_sumsq
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, _Adapter

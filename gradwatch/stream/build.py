@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Hashable
 
 from ..capture.params import GroupKey
@@ -42,7 +42,6 @@ class PendingStep:
     has_loss: bool = False
     clip_policy: str | None = None
     skipped: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def split_values(layout: Layout, flat: list[float]) -> dict[Hashable, list[float]]:
