@@ -266,8 +266,19 @@ class RefAuto:
         return coef, limit
 
 
+def auto_actions(host: bool, policy=None):
+    """"auto" with its statistics as host floats (what CPU gradients get) or as device tensors (CUDA's path)."""
+    actions = build_actions(policy or Auto(), False)
+    actions.clipper.host = host
+    return actions
+
+
+HOST_OR_DEVICE = pytest.mark.parametrize("host", [True, False], ids=["host-floats", "device-tensors"])
+
+
+@HOST_OR_DEVICE
 @pytest.mark.parametrize("opt_name", ["sgd-momentum", "sgd-plain", "adam"])
-def test_auto_matches_reference(opt_name):
+def test_auto_matches_reference(opt_name, host):
     params = list(Net().parameters())
     if opt_name == "adam":
         opt, lr_eff = torch.optim.Adam(params, lr=1e-3), None
@@ -275,7 +286,7 @@ def test_auto_matches_reference(opt_name):
         opt, lr_eff = torch.optim.SGD(params, lr=0.05), 0.05
     else:
         opt, lr_eff = torch.optim.SGD(params, lr=0.05, momentum=0.9), 0.5
-    actions, ref = build_actions("auto", False), RefAuto()
+    actions, ref = auto_actions(host), RefAuto()
     for step, scale in enumerate([0.5 * s for s in SCALES] * 2):
         with torch.no_grad():
             for p in params:
@@ -287,10 +298,11 @@ def test_auto_matches_reference(opt_name):
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
 
 
-def test_auto_follows_a_learning_rate_schedule_without_waiting():
+@HOST_OR_DEVICE
+def test_auto_follows_a_learning_rate_schedule_without_waiting(host):
     params = list(Net().parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    actions, ref = build_actions("auto", False), RefAuto()
+    actions, ref = auto_actions(host), RefAuto()
     for step in range(12):
         opt.param_groups[0]["lr"] = 0.1 / (step + 1)
         before = set_grads(params, 30.0, step)
@@ -313,12 +325,13 @@ def test_auto_bounds_a_first_step_explosion_by_the_weights():
     assert out["clip"][2].item() < 1e-3
 
 
-def test_auto_bounds_each_groups_update_with_its_own_learning_rate():
+@HOST_OR_DEVICE
+def test_auto_bounds_each_groups_update_with_its_own_learning_rate(host):
     net = Net()
     rnn, rest = list(net.rnn.parameters()), list(net.head.parameters()) + [net.scale]
     opt = torch.optim.SGD([{"params": rnn, "lr": 0.1}, {"params": rest, "lr": 0.001}], lr=0.1)
     set_grads(rnn + rest, 1e3, 0)
-    build_actions(Auto(max_update=0.05), False).before_step(monitor_of(opt))
+    auto_actions(host, Auto(max_update=0.05)).before_step(monitor_of(opt))
     theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in rnn + rest))
     update = math.sqrt(0.1 ** 2 * total([p.grad for p in rnn]) ** 2 + 0.001 ** 2 * total([p.grad for p in rest]) ** 2)
     assert update == pytest.approx(0.05 * theta, rel=1e-4)
@@ -342,10 +355,11 @@ def test_auto_clips_spikes_for_adam_after_one_step():
     assert spike[1].item() < 1.5 * records[-2][0].item()  # back to about the usual norm (limit 1.35×)
 
 
-def test_auto_statistics_survive_a_nan_step():
+@HOST_OR_DEVICE
+def test_auto_statistics_survive_a_nan_step(host):
     params = list(Net().parameters())
     opt = torch.optim.Adam(params)
-    actions = build_actions("auto", False)
+    actions = auto_actions(host)
     for step in range(15):
         set_grads(params, 1.0, step)
         actions.before_step(monitor_of(opt))
@@ -355,6 +369,16 @@ def test_auto_statistics_survive_a_nan_step():
     record = actions.before_step(monitor_of(opt))["clip"]
     assert math.isfinite(record[3].item()) and record[2].item() == 1.0
     assert all(torch.isfinite(p.grad).all() for p in params) and torch.equal(params[1].grad, before[1])
+
+
+@pytest.mark.parametrize("device,kind", [("cpu", "_HostLogStats"), ("meta", "_DeviceLogStats")])
+def test_auto_keeps_statistics_where_the_gradients_live(device, kind):
+    """CPU gradients: host floats (cheap, reading a CPU tensor is no sync); any other device: device tensors."""
+    p = nn.Parameter(torch.randn(4, 3, device=device))
+    p.grad = torch.randn(4, 3, device=device)
+    actions = build_actions("auto", False)
+    record = actions.before_step(monitor_of(torch.optim.SGD([p], lr=0.1)))["clip"]
+    assert type(actions.clipper.stats).__name__ == kind and record.device.type == device
 
 
 # -------------------------------------------------------------------------- no host-device sync
@@ -368,6 +392,8 @@ def test_clipping_never_reads_a_tensor_on_the_host(policy, monkeypatch):
     params = list(Net().parameters())
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     actions = build_actions(policy, False)
+    if policy == "auto":
+        actions.clipper.host = False  # the path non-CPU gradients take (on CPU, "auto" reads CPU tensors: no sync)
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, _forbid)
     for step, scale in enumerate(SCALES[:12]):
