@@ -1,6 +1,6 @@
 """`python -m gradwatch ...`: the same as the `gradwatch` command."""
 
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -4,14 +4,16 @@
     $ gradwatch run --jsonl run.jsonl train.py --lr 20
     $ gradwatch plot run.jsonl -o report.png
 
-`main(argv)` is the console-script entry point (also `python -m gradwatch`); it returns the
-exit status. Each command lives in its own module with `add_arguments(parser)` and
+`main(argv)` runs a command and returns its exit status; `entry()`, the console script (also
+`python -m gradwatch`), exits with it. Each command lives in its own module with `add_arguments(parser)` and
 `main(args) -> int`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from importlib import import_module
 from types import ModuleType
@@ -19,7 +21,7 @@ from typing import Sequence
 
 from ..errors import GradwatchError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
 
 COMMANDS = {
     "run": "run an unmodified training script and watch its recurrent layers",
@@ -60,3 +62,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradwatchError as exc:
         print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def entry() -> None:
+    """The `gradwatch` console script and `python -m gradwatch`: exit with `main()`'s status.
+
+    When `gradwatch run`'s script was ended by Ctrl-C, this process ends by SIGINT, as Python
+    itself does for an uncaught KeyboardInterrupt: the shell then sees "killed by SIGINT" (not a
+    plain exit status 130) and stops a loop or a `&&` chain around the command.
+    """
+    from .run import ScriptInterrupted
+
+    try:
+        status = main()
+    except ScriptInterrupted:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.name == "posix":
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        status = 130
+    sys.exit(status)

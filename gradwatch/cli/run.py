@@ -373,8 +373,18 @@ def _check_options(options: dict[str, Any]) -> None:
                                  "pip install 'gradwatch[tensorboard]'.") from exc
 
 
+class ScriptInterrupted(KeyboardInterrupt):
+    """The script ended by Ctrl-C (an uncaught KeyboardInterrupt), after gradwatch finished its
+    output and printed the script's traceback. The `gradwatch` command then ends by SIGINT, as
+    `python script.py` does, so that a shell loop around it stops too."""
+
+
 def run_script(script: str, args: list[str], **watch_options: Any) -> int:
-    """Run `script` with `args` as `python script args` would, watching it; returns its exit status."""
+    """Run `script` with `args` as `python script args` would, watching it; returns its exit status.
+
+    A script ended by Ctrl-C raises `ScriptInterrupted` (a KeyboardInterrupt) once gradwatch's
+    output is complete and the script's traceback printed.
+    """
     path = os.path.abspath(script)
     if not os.path.isfile(path):
         raise GradwatchError(f"gradwatch run: no such script {script!r} (looked for {path}).")
@@ -405,4 +415,6 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
                 sys.path[0] = saved_path0
     if failure is not None:
         _print_script_traceback(failure, path)  # last, as Python prints it, on the restored terminal
+    if isinstance(failure, KeyboardInterrupt):
+        raise ScriptInterrupted(f"{script} was interrupted") from None
     return status
