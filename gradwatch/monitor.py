@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .capture.modules import WatchedModule, find_recurrent
-from .capture.params import ParameterMap, total_grad_sumsq
+from .capture.params import ParameterMap
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, _Adapter
 from .errors import GradwatchError
@@ -248,8 +248,8 @@ class Monitor:
             self._report_error("optimizer post-step", exc)
 
     def _read_grads(self) -> dict:
-        gsq, has_grad = self.params.grad_sumsq()
-        return {"gsq": gsq, "has_grad": has_grad, "total": total_grad_sumsq(self.model)}
+        gsq, has_grad, total = self.params.grad_sumsq()
+        return {"gsq": gsq, "has_grad": has_grad, "total": total}
 
     def _end_step(self, loss: Any = None) -> None:
         grads = self._grad_stats if self._grad_stats is not None else self._read_grads()

@@ -1,8 +1,8 @@
 """Which parameter belongs to which (module, layer, direction), and the per-step reads of them.
 
     >>> pmap = ParameterMap(model, watched)
-    >>> grad_sq, has_grad = pmap.grad_sumsq()          # per group, on the device
-    >>> update_sq = pmap.update_sumsq_and_snapshot()   # ‖θ_now − θ_snapshot‖² per group
+    >>> grad_sq, has_grad, total_sq = pmap.grad_sumsq()        # per group and over the whole model
+    >>> weight_sq, update_sq = pmap.weight_and_update_sumsq()  # ‖θ_before‖², ‖θ_now − θ_before‖² per group
 """
 
 from __future__ import annotations
@@ -47,27 +47,42 @@ class ParameterMap:
                 self.params.append(p)
         self.groups = list(keys)
         self.group_of = group_of
+        self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
+        self._weight_update_slots = tuple(group_of) + tuple(g + len(keys) for g in group_of)
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
 
-    def _index(self, positions: list[int], device: torch.device) -> torch.Tensor:
-        """Group index of the parameters at `positions`, cached per device (copied without a sync)."""
-        key = (device, tuple(positions) if len(positions) != len(self.params) else None)
+    def _index(self, slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """`slots` (a group per tensor) as an index tensor, cached per device (copied without a sync)."""
+        key = (device, slots)
         if key not in self._index_cache:
-            cpu = torch.tensor([self.group_of[i] for i in positions])
+            if len(self._index_cache) > 64:  # the set of parameters with a gradient keeps changing
+                self._index_cache.clear()
+            cpu = torch.tensor(slots, dtype=torch.long)
             self._index_cache[key] = cpu.to(device, non_blocking=True) if device.type != "cpu" else cpu
         return self._index_cache[key]
 
-    def grad_sumsq(self) -> tuple[torch.Tensor | None, list[bool]]:
-        """Per-group Σ grad², and which groups received any gradient (known on the host)."""
-        positions = [i for i, p in enumerate(self.params) if p.grad is not None]
-        has_grad = [False] * len(self.groups)
-        for i in positions:
-            has_grad[self.group_of[i]] = True
-        if not positions:
-            return None, has_grad
-        grads = [self.params[i].grad for i in positions]
-        return group_sumsq(grads, self._index(positions, grads[0].device), len(self.groups)), has_grad  # type: ignore[arg-type]
+    def grad_sumsq(self) -> tuple[torch.Tensor | None, list[bool], torch.Tensor | None]:
+        """Per-group Σ grad² (None when no watched parameter has a gradient), which groups received
+        any gradient (known on the host), and Σ grad² over every parameter of the model that has
+        one (clip_grad_norm_'s total, squared; None when none has). One norm kernel serves both:
+        the gradients outside the watched groups go to one extra slot."""
+        groups = len(self.groups)
+        grads: list[torch.Tensor] = []
+        slots: list[int] = []
+        has_grad = [False] * groups
+        for p in self.model.parameters():
+            if p.grad is None:
+                continue
+            group = self._group_by_id.get(id(p), groups)
+            if group < groups:
+                has_grad[group] = True
+            grads.append(p.grad)
+            slots.append(group)
+        if not grads:
+            return None, has_grad, None
+        sums = group_sumsq(grads, self._index(tuple(slots), grads[0].device), groups + 1)
+        return (sums[:groups] if any(has_grad) else None), has_grad, sums.sum()
 
     def take_snapshot(self) -> None:
         """Copy the current parameters; the next update is measured against this copy."""
@@ -93,20 +108,10 @@ class ParameterMap:
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
-            device = current[0].device
-            index = self._index(list(range(len(self.params))), device)
-            weight = group_sumsq(self.snapshot, index, len(self.groups))
+            groups = len(self.groups)
             delta = torch._foreach_sub(current, self.snapshot)
-            update = group_sumsq(delta, index, len(self.groups))
+            # weights in slots [0, groups), updates in [groups, 2·groups): one norm kernel for both
+            sums = group_sumsq([*self.snapshot, *delta], self._index(self._weight_update_slots, current[0].device),
+                               2 * groups)
             torch._foreach_copy_(self.snapshot, current)
-        return weight, update
-
-
-def total_grad_sumsq(model: nn.Module) -> torch.Tensor | None:
-    """Σ grad² over every parameter of the model that has a gradient (clip_grad_norm_'s total, squared)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return None
-    device = grads[0].device
-    norms = torch._foreach_norm(grads)
-    return torch.stack([n.to(device=device, dtype=torch.float64) for n in norms]).square().sum()
+        return sums[:groups], sums[groups:]

@@ -139,9 +139,8 @@ class SlowProgressDetector:
             return key, state, (
                 f"{share * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
-        tiny = {
-            k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window and median(v) < c.tiny_update_ratio
-        }
+        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
+        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
             return key, "tiny_updates", (
@@ -270,12 +269,17 @@ class OscillationDetector:
         self._collect_ratios(stats)
         if len(self._losses) < c.oscillation_window:
             return []
-        losses = list(self._losses)
-        m = measure_swings(losses, swing=c.oscillation_swing, noise=c.oscillation_noise)
-        if m.second < _SETTLING * m.first or m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
-            return []
+        # The cheap conditions first (every condition must hold): most healthy runs take small
+        # steps or settle, and never pay for the swing measurement.
         step = self._largest_steps()
         if step is not None and step[1] < c.oscillation_update_ratio:
+            return []
+        losses = list(self._losses)
+        half = len(losses) // 2
+        if statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half]):
+            return []
+        m = measure_swings(losses, swing=c.oscillation_swing, noise=c.oscillation_noise)
+        if m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
             return []
         return [
             make_alert(

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-__all__ = ["group_sumsq", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "float64_vector", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -15,6 +17,15 @@ SATURATION_LEVEL = 0.99
 """|h| at or above this counts as pinned at the end of tanh's range."""
 SATURATION_SHARE = 0.9
 """A unit is saturated when pinned in at least this share of (sample, timestep) positions."""
+
+
+def float64_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
+    """0-d tensors as one float64 vector on the first one's device: one stack and one cast when
+    they share a device (the usual case), not one cast per tensor."""
+    device = scalars[0].device
+    if all(x.device == device for x in scalars):
+        return torch.stack(list(scalars)).double()
+    return torch.stack([x.to(device=device, dtype=torch.float64) for x in scalars])
 
 
 def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -> torch.Tensor:
@@ -27,7 +38,7 @@ def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -
     """
     if not tensors:
         return torch.zeros(groups, device=index.device, dtype=torch.float64)
-    norms = torch.stack([n.double() for n in torch._foreach_norm(tensors)])
+    norms = float64_vector(torch._foreach_norm(tensors))
     zeros = torch.zeros(groups, device=norms.device, dtype=torch.float64)
     return zeros.index_add_(0, index.to(norms.device), norms.square())
 
