@@ -70,6 +70,9 @@ class Monitor:
         self._step = 0
         self._pending: collections.deque[PendingStep] = collections.deque()
         self._pending_loss: Any = None
+        self._updated_since_loss = False
+        """An optimizer step ended a step since the last `step(loss)`; when not, that loss belongs to
+        an update that never happened (GradScaler found Inf and skipped `optimizer.step()`)."""
         self._grad_stats: dict | None = None
         self._optimizer_steps = 0
         self._handles: list[Any] = []
@@ -87,6 +90,9 @@ class Monitor:
         """Feed the loss of the step that just ended; without an optimizer, end the step.
 
         `loss` may be a tensor (read back asynchronously, never synchronised) or a float.
+        A loss fed when no `optimizer.step()` ran since the previous `step(loss)` belongs to a
+        skipped update (GradScaler found Inf): it is dropped, so that it does not stand for the
+        next step's loss.
         """
         if self._closed:
             return
@@ -94,6 +100,11 @@ class Monitor:
             if not self.optimizers:
                 self._end_step(loss)
                 return
+            if not self._updated_since_loss and not self.external_steps:
+                self._pending_loss = None
+                self._drain()
+                return
+            self._updated_since_loss = False
             waiting = self._pending[-1] if self._pending else None
             if waiting is not None and not waiting.has_loss:
                 self._attach_loss(waiting, loss)
@@ -242,6 +253,7 @@ class Monitor:
         if self._optimizer_steps < len(self.optimizers):
             return
         try:
+            self._updated_since_loss = True
             self._end_step(self._pending_loss)
             self._pending_loss = None
         except Exception as exc:

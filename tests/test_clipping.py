@@ -562,6 +562,34 @@ def test_grad_scaler_skipped_inf_step_changes_nothing():
     monitor.close()
 
 
+def test_losses_stay_with_their_steps_after_a_grad_scaler_skip():
+    """A skipped update (no optimizer.step()) must not lend its loss to the next step's record."""
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.GRU, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    monitor = gradwatch.watch(model, opt, scaler=scaler, console=False, strict=True)
+    stepped_losses, stepped_grad_norms = [], []
+    for i in range(6):
+        x, y = lm_batch()
+        out = model(x)
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)) + 10.0 * i
+        if i in (0, 2):
+            loss = loss * math.inf  # the scaler skips this update (also the very first one)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        if i not in (0, 2):
+            stepped_losses.append(float(loss.detach()))
+            scale = float(scaler.get_scale())
+            stepped_grad_norms.append(total([p.grad for p in model.parameters()]) / scale)
+        scaler.step(opt)
+        scaler.update()
+        monitor.step(loss)
+    monitor.close()
+    assert [s.loss for s in monitor.history] == pytest.approx(stepped_losses)
+    assert [s.grad_norm for s in monitor.history] == pytest.approx(stepped_grad_norms, rel=1e-5)
+
+
 def test_bfloat16_autocast_clipping_equals_clip_grad_norm():
     def run(use_watch):
         torch.manual_seed(3)
