@@ -239,7 +239,7 @@ def test_agc_matches_unitwise_reference(factor, eps):
 class RefAuto:
     """The documented "auto" algorithm with Python floats (see gradwatch/actions/auto.py)."""
 
-    def __init__(self, max_update=0.03, spike=3.0, alpha=0.97, min_std=0.1, max_std=0.5, warmup=10):
+    def __init__(self, max_update=0.04, spike=3.0, alpha=0.97, min_std=0.1, max_std=0.5, warmup=10):
         self.max_update, self.spike, self.alpha = max_update, spike, alpha
         self.min_std, self.max_std, self.warmup = min_std, max_std, warmup
         self.t, self.mean, self.var, self.spike_limit, self.theta = 0, 0.0, 0.0, math.inf, None
@@ -321,7 +321,7 @@ def test_auto_bounds_a_first_step_explosion_by_the_weights():
     out = build_actions("auto", False).before_step(monitor_of(opt))
     theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in params))
     displacement = 0.1 * total([p.grad for p in params])  # lr_eff = 0.01 / (1 - 0.9)
-    assert displacement == pytest.approx(0.03 * theta, rel=1e-4)  # moves the weights by max_update = 3%
+    assert displacement == pytest.approx(0.04 * theta, rel=1e-4)  # moves the weights by max_update = 4%
     assert out["clip"][2].item() < 1e-3
 
 
