@@ -22,7 +22,7 @@ from torch import nn
 from .capture.modules import WatchedModule, find_recurrent
 from .capture.params import ParameterMap
 from .capture.session import CaptureSession
-from .capture.stack import ADAPTERS, _Adapter
+from .capture.stack import ADAPTERS, _Adapter, installed_adapter
 from .errors import GradwatchError
 from .records import Alert, StepStats
 from .stream.build import ModuleInfo, PendingStep, build_step_stats
@@ -189,8 +189,8 @@ class Monitor:
     def _attach(self, found: list[WatchedModule]) -> None:
         """Install adapters on `found` (replacing the current set) and rebuild the parameter map."""
         for w in found:
-            existing = w.module.__dict__.get("forward")
-            if isinstance(existing, _Adapter) and existing.session is not self.session:
+            existing = installed_adapter(w.module)
+            if existing is not None and existing.session is not self.session:
                 raise GradwatchError(
                     f"module '{w.name}' is already watched by another gradwatch monitor; "
                     "close() that monitor first (watching the same model twice is not supported)."

@@ -25,12 +25,18 @@ from .probe import timestep_probe, timestep_sumsq
 from .session import CaptureSession
 from ..stats.tensor_stats import unit_activity
 
-__all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward"]
+__all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward", "installed_adapter"]
 
 
 def plain_forward(module: nn.Module) -> Any:
     """The module's class forward bound to it: what a pickled watched module unpickles to."""
     return types.MethodType(type(module).forward, module)
+
+
+def installed_adapter(module: nn.Module) -> "_Adapter | None":
+    """The gradwatch forward adapter installed on `module` (it is being watched), or None."""
+    forward = module.__dict__.get("forward")
+    return forward if isinstance(forward, _Adapter) else None
 
 
 class _Adapter:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..capture.modules import RECURRENT_KINDS, find_recurrent
-from ..capture.stack import _Adapter
+from ..capture.stack import installed_adapter
 from ..errors import GradwatchError
 from ..monitor import Monitor
 
@@ -232,7 +232,7 @@ class ScriptWatcher:
         watched = {id(w.module) for m in self.models for w in m.monitor.watched}
         if any(id(w.module) in watched for w in found):
             return None  # a part of, or a wrapper around, a model already watched
-        if any(isinstance(w.module.__dict__.get("forward"), _Adapter) for w in found):
+        if any(installed_adapter(w.module) is not None for w in found):
             return None  # the script watches this model itself with gradwatch.watch
         from ..watch import watch
 
