@@ -420,6 +420,22 @@ def test_clipping_does_not_synchronize_on_cuda(policy):
             torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_starts_afresh_on_the_device_the_model_moved_to():
+    net = Net()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    actions = build_actions("auto", False)
+    for step in range(3):
+        set_grads(params, 1.0, step)
+        actions.before_step(monitor_of(opt))
+    net.cuda()  # the same Parameter objects, now on the GPU
+    for p in params:
+        p.grad = torch.randn_like(p)
+    record = actions.before_step(monitor_of(opt))["clip"]
+    assert record.device.type == "cuda" and actions.clipper.bound.theta.device.type == "cuda"
+
+
 # --------------------------------------------------------------------------- watch(clip=...) input
 @pytest.mark.parametrize("clip", [True, 0, -1.0, math.inf, math.nan, "fast", [1.0], object()],
                          ids=["bool", "zero", "negative", "inf", "nan", "unknown-name", "list", "object"])

@@ -296,10 +296,11 @@ class _AutoClipper:
 
     def clip_(self, batch: GradBatch) -> Tensor:
         norm = batch.total_norm()
-        if norm.device != self.device:  # first call, or the model moved: start the statistics afresh
+        if norm.device != self.device:  # first call, or the model moved: start afresh on the new device
             self.device = norm.device
             on_host = self.host if self.host is not None else norm.device.type == "cpu"
             self.stats = _HostLogStats(self.cfg) if on_host else _DeviceLogStats(self.cfg, norm.device)
+            self.bound = _UpdateBound(self.cfg.max_update, self.cfg.refresh)
         self.bound.update(batch, norm.device)
         if isinstance(self.stats, _HostLogStats):
             return self._clip_on_host(batch, norm, self.stats)
