@@ -48,7 +48,6 @@ class ParameterMap:
         self.groups = list(keys)
         self.group_of = group_of
         self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
-        self._weight_update_slots = tuple(group_of) + tuple(g + len(keys) for g in group_of)
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
 
@@ -108,10 +107,10 @@ class ParameterMap:
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
-            groups = len(self.groups)
-            delta = torch._foreach_sub(current, self.snapshot)
-            # weights in slots [0, groups), updates in [groups, 2·groups): one norm kernel for both
-            sums = group_sumsq([*self.snapshot, *delta], self._index(self._weight_update_slots, current[0].device),
-                               2 * groups)
+            index = self._index(tuple(self.group_of), current[0].device)
+            weight = group_sumsq(self.snapshot, index, len(self.groups))
+            # θ_before − θ_now in place: no parameter-sized temporary (its norm is the update's)
+            torch._foreach_sub_(self.snapshot, current)
+            update = group_sumsq(self.snapshot, index, len(self.groups))
             torch._foreach_copy_(self.snapshot, current)
-        return sums[:groups], sums[groups:]
+        return weight, update
