@@ -380,7 +380,7 @@ def to_markdown(results: dict[str, Any]) -> str:
              f"{s['threads']} thread(s), CPU.", ""]
     for section, title in (("exploding", "Exploding tasks"), ("healthy", "Healthy runs")):
         tasks = list(results[section])
-        lines += [f"### {title}: final held-out loss (divergences / 3), share of steps clipped", "",
+        lines += [f"### {title}: final held-out loss (divergences / {s['seeds']}), share of steps clipped", "",
                   "| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         labels = list(next(iter(results[section].values())))
         for label in labels:

@@ -7,7 +7,8 @@ Method: for each repetition the configurations run one block each, in an order r
 repetition (A B C, B C A, ...), on the same model and data; a block is `block` optimizer steps
 (a multiple of the probe interval, so the probe's cost is amortised as in real training). The
 reported overhead is the median over repetitions of (monitored block time / plain block time
-of the same repetition), with the 25th-75th percentile spread.
+of the same repetition), with the 25th-75th percentile spread. On a CPU the block time is the
+process's CPU time, so that other tenants of a shared machine do not count; on CUDA, wall time.
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ class _Model(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
-def _block(model, opt, x, y, steps: int, factory) -> float:
+def _block(model, opt, x, y, steps: int, factory, clock: Callable[[], float] = time.perf_counter) -> float:
     monitor = factory(model, opt) if factory else None
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         loss = nn.functional.mse_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -157,7 +158,7 @@ def _block(model, opt, x, y, steps: int, factory) -> float:
         opt.step()
         if monitor is not None:
             monitor.step(loss)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if monitor is not None:
         monitor.close()
     return elapsed
@@ -165,7 +166,13 @@ def _block(model, opt, x, y, steps: int, factory) -> float:
 
 def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, block: int = 10,
             device: str = "cpu", on_rep: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
-    """Median and spread of block-time ratios against 'plain' for each configuration."""
+    """Median and spread of block-time ratios against 'plain' for each configuration.
+
+    Block time is the process's CPU time on a CPU device (time spent descheduled by other
+    tenants of a shared machine does not count; every thread of the process does) and wall
+    time on CUDA, where the GPU's work would not show in CPU time.
+    """
+    clock = time.process_time if device == "cpu" else time.perf_counter
     torch.manual_seed(0)
     model = _Model(case).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -185,7 +192,7 @@ def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, b
         for name in order:
             if device == "cuda":
                 torch.cuda.synchronize()
-            times[name].append(_block(model, opt, x, y, block, configs[name]))
+            times[name].append(_block(model, opt, x, y, block, configs[name], clock))
             if device == "cuda":
                 torch.cuda.synchronize()
         if on_rep:
