@@ -371,6 +371,30 @@ def test_auto_statistics_survive_a_nan_step(host):
     assert all(torch.isfinite(p.grad).all() for p in params) and torch.equal(params[1].grad, before[1])
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam], ids=["sgd", "adam"])
+def test_auto_host_floats_and_device_tensors_agree_through_a_nonfinite_step(bad, opt_cls):
+    """Same records and gradients from both representations, NaN/Inf steps included."""
+    def run(host):
+        params = list(Net().parameters())
+        opt, actions = opt_cls(params, lr=0.1), auto_actions(host)
+        torch.manual_seed(0)
+        records, grads = [], []
+        for step, scale in enumerate(SCALES[:20]):
+            set_grads(params, scale, step)
+            if step == 14:
+                params[1].grad[0, 0] = bad
+            records.append(actions.before_step(monitor_of(opt))["clip"])
+            grads.append([p.grad.clone() for p in params])
+        return torch.stack(records), grads
+
+    (host_records, host_grads), (device_records, device_grads) = run(True), run(False)
+    torch.testing.assert_close(host_records, device_records, rtol=1e-5, atol=0, equal_nan=True)
+    for a, b in zip(host_grads, device_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0, equal_nan=True)
+    assert not math.isfinite(host_records[14, 0]) and math.isfinite(host_records[15, 3])
+
+
 @pytest.mark.parametrize("device,kind", [("cpu", "_HostLogStats"), ("meta", "_DeviceLogStats")])
 def test_auto_keeps_statistics_where_the_gradients_live(device, kind):
     """CPU gradients: host floats (cheap, reading a CPU tensor is no sync); any other device: device tensors."""
