@@ -26,3 +26,16 @@ def test_bench_quick_writes_results_tables_and_plots(tmp_path):
     rows = results["overhead"]["rows"]
     assert all("default" in r["result"] and r["result"]["default"]["ratio"] > 0 for r in rows)
     assert elapsed < 300, f"--quick took {elapsed:.0f} s"
+
+
+def test_hook_time_benchmark_runs_and_restores_the_monitor(tmp_path):
+    """`benchmarks/hook_time.py` (a smoke run): it times the monitor's hooks and puts them back."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import hook_time
+    from gradwatch.monitor import Monitor
+
+    before = {name: getattr(Monitor, name) for name in hook_time.TIMED}
+    assert hook_time.measure(8, blocks=7, block=2) > 0
+    assert {name: getattr(Monitor, name) for name in hook_time.TIMED} == before
