@@ -75,6 +75,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GradwatchError
+from ..stats.tensor_stats import stack_scalars
 from .batch import GradBatch, clip_record, scale_
 
 __all__ = ["Auto", "effective_lr", "SGD_LIKE"]
@@ -195,7 +196,7 @@ class _UpdateBound:
         if not bounded:
             self.theta = None
             return
-        w_norms = torch.stack([n.float().to(device) for n in torch._foreach_norm(bounded)])
+        w_norms = stack_scalars(torch._foreach_norm(bounded), dtype=torch.float32, device=device)
         floors = _on_device([_floor(p) for p in bounded], device)
         self.theta = torch.maximum(w_norms, floors).square().sum().sqrt()
 
@@ -312,7 +313,7 @@ class _AutoClipper:
     def _bound_threshold(self, batch: GradBatch, n: Tensor) -> Tensor | None:
         if self.bound.limit is not None or not self.bound.active:
             return self.bound.limit
-        norms = torch.stack([x.float().to(n.device) for x in batch.norms])
+        norms = stack_scalars(batch.norms, dtype=torch.float32, device=n.device)
         return self.bound.threshold(norms, n)
 
     def _clip_on_host(self, batch: GradBatch, norm: Tensor, stats: _HostLogStats) -> Tensor:

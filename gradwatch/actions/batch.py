@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..stats.tensor_stats import stack_scalars
+
 __all__ = ["GradBatch", "optimizer_params", "by_device_dtype", "scale_", "clip_record"]
 
 
@@ -110,7 +112,4 @@ class GradBatch:
 
     def total_norm(self) -> Tensor:
         """Total L2 norm over all gradients, bit-identical to `torch.nn.utils.clip_grad_norm_`'s."""
-        if len(self.groups) == 1:
-            return torch.linalg.vector_norm(torch.stack(self.norms))
-        device = self.grads[0].device
-        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in self.norms]))
+        return torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device

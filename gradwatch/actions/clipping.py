@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GradwatchError
+from ..stats.tensor_stats import stack_scalars
 from .batch import GradBatch, clip_record, per_tensor_norms, scale_
 
 __all__ = ["ClipPolicy", "Clipper", "Norm", "Value", "AutoClip", "ZClip", "AGC"]
@@ -136,7 +137,7 @@ class _ValueClipper:
         for group in batch.groups:
             torch._foreach_clamp_min_(group, -self.clip_value)
             torch._foreach_clamp_max_(group, self.clip_value)
-        after = torch.linalg.vector_norm(torch.stack([n.to(before.device) for n in per_tensor_norms(batch.grads)]))
+        after = torch.linalg.vector_norm(stack_scalars(per_tensor_norms(batch.grads), device=before.device))
         coef = torch.where(before > 0, after / before, torch.ones_like(before))
         return clip_record(before, after, coef, self.clip_value)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stats.tensor_stats import stack_scalars
 from .batch import GradBatch, per_tensor_norms
 
 __all__ = ["NonFiniteGuard", "grads_nonfinite"]
@@ -42,8 +43,7 @@ def grads_nonfinite(batch: GradBatch) -> Tensor:
         norms = per_tensor_norms(grads, dtype=torch.float32)  # half-precision norms overflow at 65504
     else:
         norms = batch.norms  # shared with the clipping policy: one pass over the gradients
-    device = grads[0].device
-    total = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]).sum()
+    total = stack_scalars(norms, dtype=torch.float32).sum()  # on the first gradient's device
     return (~torch.isfinite(total)).float()
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["group_sumsq", "float64_vector", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -19,13 +19,19 @@ SATURATION_SHARE = 0.9
 """A unit is saturated when pinned in at least this share of (sample, timestep) positions."""
 
 
-def float64_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
-    """0-d tensors as one float64 vector on the first one's device: one stack and one cast when
-    they share a device (the usual case), not one cast per tensor."""
-    device = scalars[0].device
+def stack_scalars(
+    scalars: Sequence[torch.Tensor], *, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """0-d tensors (per-tensor norms, say) as one vector on `device` (the first one's if None), in
+    `dtype` (None: the type `torch.stack` promotes them to). When they already share the device,
+    as usual, that is one stack and at most one cast, not one conversion per tensor."""
+    device = scalars[0].device if device is None else device
     if all(x.device == device for x in scalars):
-        return torch.stack(list(scalars)).double()
-    return torch.stack([x.to(device=device, dtype=torch.float64) for x in scalars])
+        stacked = torch.stack(list(scalars))
+        # dtype by keyword: with the positional Tensor.to(dtype), tests/test_long_run.py saw ~60-byte
+        # objects from this line pile up (about one every two steps); the keyword form leaves none.
+        return stacked if dtype is None else stacked.to(dtype=dtype)
+    return torch.stack([x.to(device=device, dtype=dtype) for x in scalars])
 
 
 def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -> torch.Tensor:
@@ -38,7 +44,7 @@ def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -
     """
     if not tensors:
         return torch.zeros(groups, device=index.device, dtype=torch.float64)
-    norms = float64_vector(torch._foreach_norm(tensors))
+    norms = stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64)
     zeros = torch.zeros(groups, device=norms.device, dtype=torch.float64)
     return zeros.index_add_(0, index.to(norms.device), norms.square())
 
