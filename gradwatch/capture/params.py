@@ -46,7 +46,8 @@ class ParameterMap:
                 group_of.append(keys.setdefault(key, len(keys)))
                 self.params.append(p)
         self.groups = list(keys)
-        self.group_of = group_of
+        self.group_of = tuple(group_of)
+        """The group of each parameter in `params`, as a tuple: also the key of its cached index tensor."""
         self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
@@ -107,7 +108,7 @@ class ParameterMap:
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
-            index = self._index(tuple(self.group_of), current[0].device)
+            index = self._index(self.group_of, current[0].device)
             weight = group_sumsq(self.snapshot, index, len(self.groups))
             # θ_before − θ_now in place: no parameter-sized temporary (its norm is the update's)
             torch._foreach_sub_(self.snapshot, current)
