@@ -236,6 +236,12 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf
 
 
+def _keep(cfg: Auto, t: int) -> float:
+    """Weight of the old statistics when the t-th norm arrives: 0 at first, then a plain mean
+    (t / (t + 1), the bias correction) until it reaches the EMA decay `alpha`."""
+    return 0.0 if t == 0 else min(cfg.alpha, t / (t + 1.0))
+
+
 class _HostLogStats:
     """EMA mean and variance of log(clipped norm) as Python floats, and the spike threshold they give.
 
@@ -251,7 +257,7 @@ class _HostLogStats:
 
     def feed(self, clipped: float) -> None:
         cfg, t = self.cfg, self.t
-        keep = 0.0 if t == 0 else min(cfg.alpha, t / (t + 1.0))  # bias correction: plain mean at first
+        keep = _keep(cfg, t)
         # A non-finite norm (or a zero one, whose log is -inf) leaves the mean as it is.
         dev = math.log(clipped) - self.mean if 0.0 < clipped < math.inf else 0.0
         self.mean += (1.0 - keep) * dev
@@ -273,7 +279,7 @@ class _DeviceLogStats:
 
     def feed(self, clipped: Tensor) -> None:
         cfg, t = self.cfg, self.t
-        keep = 0.0 if t == 0 else min(cfg.alpha, t / (t + 1.0))
+        keep = _keep(cfg, t)
         dev = torch.nan_to_num(clipped.log() - self.mean, nan=0.0, posinf=0.0, neginf=0.0)
         self.mean = torch.add(self.mean, dev, alpha=1.0 - keep)
         self.var = torch.addcmul(self.var, dev, dev, value=1.0 - keep).mul_(keep)
