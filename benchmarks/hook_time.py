@@ -29,17 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradwatch  # noqa: E402
 from gradwatch.monitor import Monitor  # noqa: E402
 
+from overhead import Case, _Model  # noqa: E402  (the overhead benchmark's model and data shapes)
+
 TIMED = ("_on_optimizer_pre_step", "_on_optimizer_post_step", "step")
 """The monitor's entry points that run at the end of each training step."""
-
-
-class _Net(nn.Module):
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.rnn, self.head = nn.LSTM(32, hidden, num_layers=2), nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][-1])
 
 
 def _timed(fn: Callable[..., Any], spent: list[int]) -> Callable[..., Any]:
@@ -55,9 +48,11 @@ def _timed(fn: Callable[..., Any], spent: list[int]) -> Callable[..., Any]:
 def measure(hidden: int, *, every: int = 10, blocks: int = 30, block: int = 10) -> float:
     """Median CPU µs per step spent in the monitor's end-of-step code (the first 5 blocks warm up)."""
     torch.manual_seed(0)
-    model = _Net(hidden)
+    case = Case(hidden=hidden, seq_len=32, batch=32, features=32)
+    model = _Model(case)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    x, y = torch.randn(32, 32, 32), torch.randn(32, 1)
+    x = torch.randn(case.seq_len, case.batch, case.features)
+    y = torch.randn_like(x)
     spent = [0]
     originals = {name: getattr(Monitor, name) for name in TIMED}
     try:
@@ -86,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=10)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, every={args.every}; 2-layer LSTM, input 32, T=32, batch 32")
+    print(f"torch {torch.__version__}, 1 thread, every={args.every}; 2-layer LSTM, input 32, T=32, batch 32 "
+          "(overhead.py's model)")
     for hidden in (64, 256):
         print(f"hidden {hidden}: {measure(hidden, every=args.every):.0f} µs of CPU per step in gradwatch's hooks")
 
