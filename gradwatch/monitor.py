@@ -8,11 +8,28 @@
 The monitor owns every hook it registers and removes them all in `close()`. Hooks only
 record device tensors; numbers reach Python once a step's single buffer has been copied to
 the host, and only then do detectors and sinks see the step.
+
+When a step ends (the step-boundary rule):
+
+* no optimizer: at each `monitor.step(loss)`;
+* one optimizer: at the end of each `optimizer.step()` (the outermost call: a subclass whose
+  `step()` calls `super().step()` is one update);
+* several optimizers: when every one of them has stepped since the previous step ended, or at
+  `monitor.step(loss)` if some but not all of them have (an optimizer that steps every other
+  iteration, or one stepping twice per iteration, still gives one record per iteration);
+* `add_optimizer(new)` with an optimizer holding parameters of a watched one replaces it.
+
+`monitor.step(loss)` right after a step ended gives that step its loss; with no update since
+the previous `monitor.step()` (GradScaler skipped `optimizer.step()`), the loss is dropped.
+
+Fault isolation: a failing detector, sink, clipping policy or capture adapter is reported once
+and switched off; a failure in the step accounting itself is reported once and stops all
+measuring (every hook returns at once, the forward adapters call the plain forward). Training
+goes on either way; with `strict=True` every such error is raised instead.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -20,12 +37,15 @@ import torch
 from torch import nn
 
 from .capture.modules import WatchedModule, find_recurrent
+from .capture.optimizer_hooks import OptimizerHooks
 from .capture.params import ParameterMap
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, _Adapter, installed_adapter
 from .errors import GradwatchError
 from .records import Alert, StepStats
 from .stream.build import ModuleInfo, PendingStep, build_step_stats
+from .stream.history import History
+from .stream.loss import checked_loss
 from .stream.readback import PendingReadback, start_readback
 
 __all__ = ["Monitor"]
@@ -50,11 +70,9 @@ class Monitor:
         reducer: Any = None,
     ) -> None:
         self.model = model
-        self.optimizers = list(optimizers)
         self.every = every
         self.strict = strict
-        self.history: collections.deque[StepStats] = collections.deque(maxlen=history)
-        """The most recent finished steps (at most `history`); older ones went to the sinks."""
+        self._history = History(history)
         self.alerts: list[Alert] = []
         """Every alert raised so far, in order."""
         self._detectors = detectors
@@ -66,53 +84,56 @@ class Monitor:
         """True when a driver (the Lightning callback) ends the steps: the optimizers' step hooks
         then do nothing, and the driver calls `before_update()` and `end_step()`."""
         self._disabled: set[str] = set()
+        self._reported: set[str] = set()
+        self._measuring = True
+        """False once the step accounting itself failed: every entry point returns at once."""
         self._closed = False
         self._step = 0
-        self._pending: collections.deque[PendingStep] = collections.deque()
-        self._pending_loss: Any = None
+        self._pending: list[PendingStep] = []
         self._updated_since_loss = False
-        """An optimizer step ended a step since the last `step(loss)`; when not, that loss belongs to
+        """A step ended by the optimizers since the last `step(loss)`; when not, that loss belongs to
         an update that never happened (GradScaler found Inf and skipped `optimizer.step()`)."""
+        self._stepped: set[int] = set()
+        """ids of the optimizers that finished an update in the step in progress."""
         self._grad_stats: dict | None = None
-        self._optimizer_steps = 0
         self._handles: list[Any] = []
+        self._hooks = OptimizerHooks(before=self._on_update_start, after=self._on_update_end)
+        for opt in optimizers:
+            self._hooks.add(opt, replace=False)  # optimizers given together are all kept
         self.session = CaptureSession(self._report_error)
         self.watched: list[WatchedModule] = []
         self._adapters: list[_Adapter] = []
         self._attach(find_recurrent(model))
-        for opt in self.optimizers:
-            self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre_step))
-            self._handles.append(opt.register_step_post_hook(self._on_optimizer_post_step))
         self.session.begin_step(probe=self._is_probe_step(0))
 
     # ------------------------------------------------------------------ public API
     def step(self, loss: Any = None) -> None:
         """Feed the loss of the step that just ended; without an optimizer, end the step.
 
-        `loss` may be a tensor (read back asynchronously, never synchronised) or a float.
+        `loss` is one number: a one-element tensor (read back asynchronously, never synchronised)
+        or a float. Anything else is refused with one warning (a GradwatchError under
+        `strict=True`) and the step is recorded without a loss. With several optimizers, a call
+        made when some but not all of them have stepped ends the step (see the module docstring).
         A loss fed when no `optimizer.step()` ran since the previous `step(loss)` belongs to a
         skipped update (GradScaler found Inf): it is dropped, so that it does not stand for the
         next step's loss.
         """
-        if self._closed:
+        if self._closed or not self._measuring:
             return
+        loss = self._checked_loss(loss)
         try:
-            if not self.optimizers:
-                self._end_step(loss)
+            if not self.optimizers or (self._stepped and not self.external_steps):
+                self._updated_since_loss = False
+                self._end_step(loss, loss_fed=True)
                 return
-            if not self._updated_since_loss and not self.external_steps:
-                self._pending_loss = None
-                self._drain()
-                return
-            self._updated_since_loss = False
-            waiting = self._pending[-1] if self._pending else None
-            if waiting is not None and not waiting.has_loss:
-                self._attach_loss(waiting, loss)
-            else:
-                self._pending_loss = loss
+            if self._updated_since_loss or self.external_steps:
+                self._updated_since_loss = False
+                waiting = self._pending[-1] if self._pending else None
+                if waiting is not None and not waiting.loss_fed:
+                    self._attach_loss(waiting, loss)
             self._drain()
         except Exception as exc:
-            self._report_error("step", exc)
+            self._stop_measuring("step", exc)
 
     def before_update(self) -> None:
         """Read this step's gradients now and run the clip/skip actions; the step's end uses this read.
@@ -121,27 +142,46 @@ class Monitor:
         backward and before the parameter update (Lightning's `on_before_optimizer_step`, or
         `gradwatch run` after each backward of a script that updates parameters by hand).
         """
-        if self._closed:
+        if self._closed or not self._measuring:
             return
         self._grad_stats = None
-        self._on_optimizer_pre_step(None, (), {})
+        self._read_before_update()
 
     def end_step(self, loss: Any = None) -> None:
         """End the step now, with or without optimizers (for drivers; see `external_steps`)."""
+        if self._closed or not self._measuring:
+            return
+        loss = self._checked_loss(loss)
+        try:
+            self._end_step(loss, loss_fed=True)
+        except Exception as exc:
+            self._stop_measuring("end_step", exc)
+
+    def add_optimizer(self, optimizer: Any) -> None:
+        """Also end steps on `optimizer.step()`: for an optimizer created after `watch()`.
+
+        An optimizer that holds parameters of a watched optimizer replaces it (re-created to
+        switch Adam -> SGD, or to include parameters after unfreezing): the old one is no longer
+        watched, and steps no longer wait for it. Adding a watched optimizer again does nothing.
+        """
         if self._closed:
             return
-        try:
-            self._end_step(loss)
-        except Exception as exc:
-            self._report_error("end_step", exc)
+        for opt in as_optimizer_list(optimizer):
+            for old in self._hooks.add(opt):
+                self._stepped.discard(id(old))
+                log.info("gradwatch: %s replaces %s (they share parameters); steps no longer wait for the old one.",
+                         type(opt).__name__, type(old).__name__)
 
-    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Also end steps on `optimizer.step()` (for drivers that meet optimizers after `watch`)."""
-        if self._closed or any(o is optimizer for o in self.optimizers):
-            return
-        self.optimizers.extend(as_optimizer_list(optimizer))
-        self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre_step))
-        self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post_step))
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The watched optimizers (see `add_optimizer`)."""
+        return list(self._hooks.optimizers)
+
+    @property
+    def history(self) -> History:
+        """The most recent finished steps (at most `watch(history=...)`), oldest first; older ones went
+        to the sinks. Safe to read from another thread: iteration walks a snapshot."""
+        return self._history
 
     @property
     def detectors(self) -> Any:
@@ -155,7 +195,10 @@ class Monitor:
 
     def flush(self) -> None:
         """Wait for every finished step's numbers and run detectors and sinks on them (may sync)."""
-        self._drain(force=True)
+        try:
+            self._drain(force=True)
+        except Exception as exc:
+            self._stop_measuring("flush", exc)
 
     def close(self) -> None:
         """Flush, remove every hook and patch, and let sinks print their summaries. Idempotent."""
@@ -167,6 +210,7 @@ class Monitor:
             self._closed = True
             for adapter in self._adapters:
                 adapter.remove()
+            self._hooks.close()
             for handle in self._handles:
                 handle.remove()
             self._adapters.clear()
@@ -176,7 +220,7 @@ class Monitor:
                 self._call(f"sink {type(sink).__name__}", sink.close, self)
             # A closed monitor is kept for its records only: let go of the model and its tensors.
             self.model = None  # type: ignore[assignment]
-            self.optimizers, self.watched, self._actions = [], [], None
+            self.watched, self._actions = [], None
             self.params = ParameterMap(None, [])  # type: ignore[arg-type]
 
     def __enter__(self) -> "Monitor":
@@ -229,43 +273,57 @@ class Monitor:
     def _is_probe_step(self, step: int) -> bool:
         return step % self.every == 0
 
-    def _on_optimizer_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.external_steps and optimizer is not None:
-            return  # the driver calls before_update() (optimizer=None) at the right moment
+    def _on_update_start(self, optimizer: torch.optim.Optimizer, closure: Any) -> None:
+        """Before an outermost `optimizer.step()`: the first update of a step reads the gradients."""
+        if self.external_steps or not self._measuring or self._closed:
+            return  # a driver calls before_update() at the right moment
         if self._grad_stats is not None:
-            return  # a second optimizer in the same step: gradients were already read
-        closure = args[1] if len(args) > 1 else (kwargs or {}).get("closure")  # args[0] is the optimizer
-        if optimizer is not None and closure is not None:
+            return  # a second optimizer (or update) in the same step: gradients were already read
+        if closure is not None:
             return  # LBFGS & co. recompute gradients inside step(): read them when it returns
-        try:
-            if self._actions is not None:
-                self._actions.before_read(self)  # e.g. GradScaler: unscale before measuring
-            self._grad_stats = self._read_grads()
-            if self._actions is not None:
-                self._grad_stats["action"] = self._actions.before_step(self)
-        except Exception as exc:
-            self._report_error("optimizer pre-step", exc)
+        self._read_before_update()
 
-    def _on_optimizer_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.external_steps:
-            return
-        self._optimizer_steps += 1
-        if self._optimizer_steps < len(self.optimizers):
+    def _on_update_end(self, optimizer: torch.optim.Optimizer) -> None:
+        """After an outermost `optimizer.step()`: the step ends once every optimizer has stepped."""
+        if self.external_steps or not self._measuring or self._closed:
             return
         try:
-            self._updated_since_loss = True
-            self._end_step(self._pending_loss)
-            self._pending_loss = None
+            self._stepped.add(id(optimizer))
+            if all(id(o) in self._stepped for o in self._hooks.optimizers):
+                self._updated_since_loss = True
+                self._end_step()
         except Exception as exc:
-            self._report_error("optimizer post-step", exc)
+            self._stop_measuring("optimizer step hook", exc)
+
+    def _read_before_update(self) -> None:
+        """Measure the gradients about to be applied, with the clip/skip actions around the read."""
+        if self._actions is not None:
+            self._act("before_read")  # e.g. GradScaler: unscale before measuring
+        try:
+            self._grad_stats = self._read_grads()
+        except Exception as exc:
+            self._stop_measuring("gradient read", exc)
+            return
+        if self._actions is not None:
+            self._grad_stats["action"] = self._act("before_step") or {}
+
+    def _act(self, method: str) -> Any:
+        """Call an action method; a failing action (clipping, guard, unscaling) is reported and switched off."""
+        try:
+            return getattr(self._actions, method)(self)
+        except Exception as exc:
+            self._actions = None
+            self._report_error("clip/skip actions", exc, consequence="no more clipping or skipping; training continues")
+            return None
 
     def _read_grads(self) -> dict:
         gsq, has_grad, total = self.params.grad_sumsq()
         return {"gsq": gsq, "has_grad": has_grad, "total": total}
 
-    def _end_step(self, loss: Any = None) -> None:
+    def _end_step(self, loss: Any = None, *, loss_fed: bool = False) -> None:
         grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
-        self._grad_stats, self._optimizer_steps = None, 0
+        self._grad_stats = None
+        self._stepped = set()
         weight, update = self.params.weight_and_update_sumsq()
         scalars: dict = {("wsq",): weight, ("usq",): update}
         if grads["gsq"] is not None:
@@ -294,7 +352,7 @@ class Monitor:
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
         )
-        if loss is not None:
+        if loss_fed:
             self._attach_loss(pending, loss)
         self._pending.append(pending)
         self._step += 1
@@ -302,10 +360,21 @@ class Monitor:
             self._refresh_modules()
         self._drain()
 
+    def _checked_loss(self, loss: Any) -> Any:
+        """`loss` if it is one number; otherwise None, with one warning (raised under strict=True)."""
+        try:
+            return checked_loss(loss)
+        except GradwatchError as exc:
+            if self.strict:
+                raise
+            self._warn_once("loss", str(exc))
+            return None
+
     def _attach_loss(self, pending: PendingStep, loss: Any) -> None:
-        pending.has_loss = loss is not None
+        """Give `pending` its loss (a one-element tensor, a float, or None for none)."""
+        pending.loss_fed = True
         if isinstance(loss, torch.Tensor):
-            value = loss.detach().reshape(-1)[:1].float()
+            value = loss.detach().reshape(1).float()
             pending.loss_readback = self.reducer.start_loss(value) if self.reducer else start_readback(value)
         elif loss is not None:
             pending.loss = float(loss)
@@ -314,16 +383,16 @@ class Monitor:
     def _ready(self, pending: PendingStep, is_last: bool, force: bool) -> bool:
         if force:
             return True
-        if self.optimizers and not pending.has_loss and is_last:
+        if self.optimizers and not self.external_steps and not pending.loss_fed and is_last:
             return False  # its loss may still come through step(loss); the next step end releases it
         for rb in (pending.readback, pending.loss_readback):
             if isinstance(rb, PendingReadback) and not rb.ready():
-                return False
+                return False  # on the CPU a read-back is always ready: the step is released at once
         return True
 
     def _drain(self, force: bool = False) -> None:
         while self._pending and self._ready(self._pending[0], len(self._pending) == 1, force):
-            pending = self._pending.popleft()
+            pending = self._pending.pop(0)
             flat = pending.readback.values() if isinstance(pending.readback, PendingReadback) else []
             loss = pending.loss
             if isinstance(pending.loss_readback, PendingReadback):
@@ -332,7 +401,7 @@ class Monitor:
             self._publish(stats)
 
     def _publish(self, stats: StepStats) -> None:
-        self.history.append(stats)
+        self._history.append(stats)
         new_alerts: list[Alert] = []
         if self._detectors is not None and "detectors" not in self._disabled:
             found = self._call("detectors", self._detectors.update, stats)
@@ -343,24 +412,36 @@ class Monitor:
 
     # ------------------------------------------------------------------ fault isolation
     def _call(self, where: str, fn: Any, *args: Any) -> Any:
+        """Run a detector or sink call; one that fails is reported once and never called again."""
         if where in self._disabled:
             return None
         try:
             return fn(*args)
         except Exception as exc:
-            self._report_error(where, exc)
             self._disabled.add(where)
+            self._report_error(where, exc)
             return None
 
-    def _report_error(self, where: str, exc: BaseException) -> None:
-        """An internal failure is reported once and that part disabled; training goes on."""
+    def _stop_measuring(self, where: str, exc: BaseException) -> None:
+        """The step accounting failed: report once and stop measuring for good; training goes on."""
+        self._report_error(where, exc, consequence="gradwatch stops measuring this model; training continues")
+        self._measuring = False
+        self.session.enabled = False  # the forward adapters now call the plain forward
+        self._pending.clear()
+
+    def _report_error(self, where: str, exc: BaseException, *, consequence: str = "") -> None:
+        """An internal failure is reported once (re-raised under strict=True); the caller switches that part off."""
         if self.strict:
             raise exc
-        key = f"reported:{where}"
-        if key not in self._disabled:
-            self._disabled.add(key)
-            log.warning("gradwatch: %s failed (%s: %s); that part is disabled, training continues.",
-                        where, type(exc).__name__, exc)
+        if where not in self._reported:
+            self._reported.add(where)
+            log.warning("gradwatch: %s failed (%s: %s); %s.", where, type(exc).__name__, exc,
+                        consequence or "that part is disabled, training continues")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning("gradwatch: %s", message)
 
 
 def as_optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:

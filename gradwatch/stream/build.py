@@ -39,7 +39,8 @@ class PendingStep:
     readback: object | None = None
     loss_readback: object | None = None
     loss: float | None = None
-    has_loss: bool = False
+    loss_fed: bool = False
+    """`monitor.step(loss)` (or `end_step`) came for this step, with or without a loss: it may be published."""
     clip_policy: str | None = None
     skipped: bool = False
 
