@@ -13,7 +13,9 @@ watch through temporary, process-wide hooks that are all removed when the script
 * without an optimizer (parameters updated by hand, `p.data.add_(p.grad, alpha=-lr)`), the step
   boundary comes from the backward pass: gradients are read when `backward()` returns, and the
   step ends when the next training forward of the model begins (or when the script ends);
-* the loss is the tensor `backward()` was called on (summed over the backward calls of a step).
+* the loss is the tensor `backward()` was called on (summed over the backward calls of a step);
+  inside `optimizer.step(closure)` (LBFGS) only the closure's first evaluation counts: the loss at
+  the parameters the step started from, the one LBFGS returns.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..capture.modules import RECURRENT_KINDS, find_recurrent
+from ..capture.optimizer_hooks import closure_of
 from ..capture.stack import installed_adapter
 from ..errors import GradwatchError
 from ..monitor import Monitor
@@ -112,6 +115,8 @@ class _Model:
     backward_done: bool = False
     """A backward pass covering this model returned since the step began."""
     loss: Any = None
+    closure_loss_taken: bool = False
+    """The first closure evaluation of the `optimizer.step(closure)` running now gave the step's loss."""
     steps_seen: int = 0
 
 
@@ -145,6 +150,8 @@ class ScriptWatcher:
         self._declined: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
         self._depth = 0
+        self._closure_steps = 0
+        """`optimizer.step(closure)` calls running now (LBFGS: the closure's backward calls)."""
         self._handles: list[Any] = []
         self._restore: list[tuple[Any, str, Any]] = []
         self._failed = False
@@ -154,6 +161,7 @@ class ScriptWatcher:
     def install(self) -> None:
         self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._forward_pre))
         self._handles.append(nn.modules.module.register_module_forward_hook(self._forward_post, always_call=True))
+        self._handles.append(register_optimizer_step_pre_hook(self._optimizer_pre))
         self._handles.append(register_optimizer_step_post_hook(self._optimizer_post))
         self._patch(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
         self._patch(torch.autograd, "backward", self._wrap_backward)
@@ -274,7 +282,16 @@ class ScriptWatcher:
             if _holds_parameters_of(opt, m.module):
                 m.monitor.add_optimizer(opt)
 
+    def _optimizer_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if closure_of(args, kwargs) is not None:
+            if self._closure_steps == 0:
+                for m in self.models:
+                    m.closure_loss_taken = False
+            self._closure_steps += 1
+
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if closure_of(args, kwargs) is not None:
+            self._closure_steps = max(0, self._closure_steps - 1)
         self._guard(self._after_optimizer_step, opt)
 
     def _after_optimizer_step(self, opt: torch.optim.Optimizer) -> None:
@@ -307,7 +324,10 @@ class ScriptWatcher:
             if not m.forwarded:
                 continue
             m.backward_done = True
-            if loss is not None:
+            if loss is not None and self._closure_steps:
+                if not m.closure_loss_taken:  # LBFGS evaluates the closure again and again
+                    m.loss, m.closure_loss_taken = loss.detach().reshape(()).float(), True
+            elif loss is not None:
                 value = loss.detach().reshape(()).float()
                 m.loss = value if m.loss is None else m.loss + value
             if not m.monitor.optimizers:
