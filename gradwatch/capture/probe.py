@@ -19,38 +19,45 @@ Sink = Callable[[torch.Tensor], None]
 
 
 def timestep_sumsq(values: torch.Tensor, time_dim: int | None, batch_sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ of squares per timestep over every other dimension, in float32.
+    """Σ of squares per timestep over every other dimension, in float64.
 
     With `batch_sizes` (packed sequences), `values` is the packed data (N, F) and rows are
     grouped into timesteps by `batch_sizes`. With `time_dim=None` the whole tensor is one
-    timestep and the result is a scalar (a cell's single call).
+    timestep and the result is a scalar (a cell's single call). Scale-safe: the squares add up
+    in float64, so finite values never sum to Inf (in float32 they would past ~1.8e19 each).
     """
-    sq = values.detach().float().square()
+    x = values.detach()
     if time_dim is None and batch_sizes is None:
-        return sq.sum()
+        return _sumsq(x, None)
     if batch_sizes is not None:
-        rows = sq.sum(dim=tuple(range(1, sq.dim()))) if sq.dim() > 1 else sq
+        rows = _sumsq(x, tuple(range(1, x.dim()))) if x.dim() > 1 else x.double().square()
         # batch_sizes lives on the CPU; output_size spares CUDA a sync to size the result
         index = torch.repeat_interleave(torch.arange(batch_sizes.numel(), device=rows.device),
                                         batch_sizes.to(rows.device, non_blocking=True), output_size=rows.shape[0])
         return torch.zeros(batch_sizes.numel(), device=rows.device, dtype=rows.dtype).index_add_(0, index, rows)
-    other = tuple(d for d in range(sq.dim()) if d != time_dim)
-    return sq.sum(dim=other) if other else sq
+    other = tuple(d for d in range(x.dim()) if d != time_dim)
+    return _sumsq(x, other) if other else x.double().square()
+
+
+def _sumsq(x: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
+    """Σ x² over `dims` (all when None), accumulated in float64."""
+    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float64).square()
 
 
 class _Probe(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, anchor, time_dim, batch_sizes, sink):  # type: ignore[override]
-        ctx.time_dim, ctx.batch_sizes, ctx.sink = time_dim, batch_sizes, sink
+    def forward(ctx, x, anchor, time_dim, batch_sizes, sink, on_error):  # type: ignore[override]
+        ctx.time_dim, ctx.batch_sizes, ctx.sink, ctx.on_error = time_dim, batch_sizes, sink, on_error
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         try:
             ctx.sink(timestep_sumsq(grad, ctx.time_dim, ctx.batch_sizes))
-        except Exception:  # a measurement failure must never break the user's backward pass
-            pass
-        return (grad if ctx.needs_input_grad[0] else None), None, None, None, None
+        except Exception as exc:  # a measurement failure must never break the user's backward pass...
+            if ctx.on_error is not None:
+                ctx.on_error(exc)  # ...unless on_error re-raises it (strict=True)
+        return (grad if ctx.needs_input_grad[0] else None), None, None, None, None, None
 
 
 def timestep_probe(
@@ -60,12 +67,15 @@ def timestep_probe(
     sink: Sink,
     batch_sizes: torch.Tensor | None = None,
     anchor: torch.Tensor | None = None,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> torch.Tensor:
     """Return a view of `x` whose backward pass reports per-timestep squared gradient norms to `sink`.
 
     `anchor`, a leaf that requires grad, makes the probe fire even when `x` itself does not
     require grad (layer 0 fed with plain data); no gradient is ever written into it.
+    A failing measurement never fails the backward pass: it goes to `on_error` (if given), which
+    reports it, or raises it under `strict=True`.
     """
     if anchor is None:
         anchor = x.new_zeros(())
-    return _Probe.apply(x, anchor, time_dim, batch_sizes, sink)
+    return _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)

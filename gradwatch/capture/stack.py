@@ -177,7 +177,7 @@ class StackForward(_Adapter):
         if not data.requires_grad:
             return output
         sink = lambda sq: acc.add_timesteps(("out_grad", name), sq)  # noqa: E731
-        probed = timestep_probe(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes)
+        probed = timestep_probe(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, on_error=self.fail)
         if packed:
             probed = PackedSequence(probed, y.batch_sizes, y.sorted_indices, y.unsorted_indices)
         return probed, hidden
@@ -250,7 +250,7 @@ class StackForward(_Adapter):
                 anchor = torch.zeros((), device=x.device, requires_grad=True)
             if x.requires_grad or anchor is not None:
                 sink = (lambda key: lambda sq: acc.add_timesteps(key, sq))(("xgrad", name, layer))
-                x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor)
+                x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor, on_error=self.fail)
             w = weights[layer * ndir * per_layer : (layer + 1) * ndir * per_layer]
             rows = slice(layer * ndir, (layer + 1) * ndir)
             h0 = (hx[0][rows], hx[1][rows]) if is_lstm else hx[rows]
@@ -287,7 +287,7 @@ class CellForward(_Adapter):
             if session.probing:
                 anchor = None if input.requires_grad else torch.zeros((), device=input.device, requires_grad=True)
                 sink = lambda sq: acc.set_timestep(("xgrad", name, 0), t, sq)  # noqa: E731
-                x = timestep_probe(input, time_dim=None, sink=sink, anchor=anchor)
+                x = timestep_probe(input, time_dim=None, sink=sink, anchor=anchor, on_error=self.fail)
         except Exception as exc:
             self.fail(exc)
             return self.original(input, hx)
@@ -301,7 +301,7 @@ class CellForward(_Adapter):
             if not h.requires_grad:
                 return output
             sink_out = lambda sq: acc.set_timestep(("out_grad", name), t, sq)  # noqa: E731
-            h = timestep_probe(h, time_dim=None, sink=sink_out)
+            h = timestep_probe(h, time_dim=None, sink=sink_out, on_error=self.fail)
             return (h, *output[1:]) if isinstance(output, tuple) else h
         except Exception as exc:
             self.fail(exc)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["group_sumsq", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "stored_values", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -34,17 +34,32 @@ def stack_scalars(
     return torch.stack([x.to(device=device, dtype=dtype) for x in scalars])
 
 
+def stored_values(t: torch.Tensor) -> torch.Tensor:
+    """The entries of `t` whose squares sum to ‖t‖²: `t` itself when dense; a sparse COO tensor's
+    values once coalesced (an uncoalesced one repeats indices whose values add up: Embedding(sparse=True)
+    gradients); a compressed sparse tensor's values. Coalescing waits for the device on CUDA (one sync
+    per sparse tensor, as SparseAdam's own coalesce)."""
+    if t.layout == torch.strided:
+        return t
+    if t.layout == torch.sparse_coo:
+        return t.coalesce().values()
+    return t.values()
+
+
 def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -> torch.Tensor:
     """Per-group Σ of squares of `tensors`, where `index[i]` is the group of `tensors[i]`.
 
     One foreach norm kernel over all tensors, then one scatter: cost stays flat as the number
-    of parameters grows. Returns a float64 vector of length `groups` on the tensors' device:
-    squares of float32 norms above ~1.8e19 would overflow to inf in float32 and report a
-    finite (if huge) gradient as non-finite.
+    of parameters grows. Returns a float64 vector of length `groups` on the tensors' device.
+    Scale-safe: the norms accumulate their squares in float64 (inside the kernel, which casts each
+    element before squaring), so a finite float32 gradient is never reported as Inf, however large
+    (a float32 sum of squares overflows once one element passes ~1.8e19, e.g. a loss scaled by 1e30).
+    Sparse tensors count their stored values (`stored_values`).
     """
     if not tensors:
         return torch.zeros(groups, device=index.device, dtype=torch.float64)
-    norms = stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64)
+    dense = [stored_values(t) for t in tensors]
+    norms = stack_scalars(torch._foreach_norm(dense, 2.0, dtype=torch.float64))
     zeros = torch.zeros(groups, device=norms.device, dtype=torch.float64)
     return zeros.index_add_(0, index.to(norms.device), norms.square())
 
