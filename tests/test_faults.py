@@ -123,3 +123,99 @@ def test_never_opens_a_network_connection(monkeypatch):
     mon = gradwatch.watch(m, opt, console="logging")
     _train(m, opt, mon, steps=3)
     mon.close()
+
+
+# ------------------------------------------------------------------ a failing part is really disabled
+def _bitwise_training(make_monitor, steps=5):
+    """(losses, parameters) of a seeded run; `make_monitor(model, opt)` may return None (unwatched)."""
+    torch.manual_seed(0)
+    m = SeqClassifier(nn.LSTM)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mon = make_monitor(m, opt)
+    losses = []
+    for _ in range(steps):
+        x, y = lm_batch()
+        loss = nn.functional.cross_entropy(m(x).reshape(-1, 20), y.reshape(-1))
+        opt.zero_grad(); loss.backward(); opt.step()
+        if mon is not None:
+            mon.step(loss)
+        losses.append(loss.detach())
+    if mon is not None:
+        mon.close()
+    return losses, [p.detach().clone() for p in m.parameters()], mon
+
+
+def _same_training(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+@pytest.mark.parametrize("target", ["gradwatch.capture.params.ParameterMap.grad_sumsq",
+                                    "gradwatch.capture.params.ParameterMap.weight_and_update_sumsq",
+                                    "gradwatch.monitor.build_step_stats"],
+                         ids=["gradient-read", "update-read", "record-build"])
+def test_a_failing_step_part_is_reported_once_and_never_run_again(target, monkeypatch, caplog):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("internal bug")
+
+    plain = _bitwise_training(lambda m, o: None)
+    monkeypatch.setattr(target, broken)
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        watched = _bitwise_training(lambda m, o: gradwatch.watch(m, o, every=1, console=False))
+    assert _same_training(plain, watched)
+    assert len(calls) == 1  # the log says it stops: it really stops
+    messages = [r.getMessage() for r in caplog.records if "internal bug" in r.getMessage()]
+    assert len(messages) == 1 and "stops measuring" in messages[0]
+    mon = watched[2]
+    assert mon.session.enabled is False  # the forward adapters stopped measuring too
+
+
+def test_a_failing_clipping_policy_is_switched_off_and_the_records_go_on(monkeypatch, caplog):
+    from gradwatch.actions import Actions
+
+    calls = []
+
+    def broken(self, monitor):
+        calls.append(1)
+        raise RuntimeError("clipping bug")
+
+    monkeypatch.setattr(Actions, "before_step", broken)
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        _, _, mon = _bitwise_training(lambda m, o: gradwatch.watch(m, o, clip=1.0, console=False))
+    assert len(calls) == 1 and mon.steps == 5 and len(mon.history) == 5
+    assert sum("clipping bug" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_strict_reraises_a_failure_inside_the_backward_probe(monkeypatch):
+    import gradwatch.capture.probe as probe
+
+    m = SeqClassifier(nn.LSTM)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mon = gradwatch.watch(m, opt, every=1, console=False, strict=True)
+    monkeypatch.setattr(probe, "timestep_sumsq", lambda *a, **k: 1 / 0)  # only the backward probe uses this name
+    x, y = lm_batch()
+    loss = nn.functional.cross_entropy(m(x).reshape(-1, 20), y.reshape(-1))
+    with pytest.raises(ZeroDivisionError):
+        loss.backward()
+    mon.close()
+
+
+def test_a_failing_backward_probe_is_reported_once_and_its_capture_switched_off(monkeypatch, caplog):
+    import gradwatch.capture.probe as probe
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise ZeroDivisionError("probe bug")
+
+    plain = _bitwise_training(lambda m, o: None)
+    monkeypatch.setattr(probe, "timestep_sumsq", broken)
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        watched = _bitwise_training(lambda m, o: gradwatch.watch(m, o, every=1, console=False))
+    assert _same_training(plain, watched)
+    assert sum("probe bug" in r.getMessage() for r in caplog.records) == 1
+    assert 1 <= len(calls) <= 3  # the probes of the first backward; none after that
+    assert watched[2].steps == 5
