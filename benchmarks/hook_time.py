@@ -31,7 +31,7 @@ from gradwatch.monitor import Monitor  # noqa: E402
 
 from overhead import Case, _Model  # noqa: E402  (the overhead benchmark's model and data shapes)
 
-TIMED = ("_on_optimizer_pre_step", "_on_optimizer_post_step", "step")
+TIMED = ("_on_update_start", "_on_update_end", "step")
 """The monitor's entry points that run at the end of each training step."""
 
 

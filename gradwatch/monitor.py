@@ -52,6 +52,12 @@ __all__ = ["Monitor"]
 
 log = logging.getLogger("gradwatch")
 
+IDLE_STEP_CALLS = 20
+"""`monitor.step()` calls in a row without any watched `optimizer.step()` before gradwatch warns
+that the loop steps an optimizer it does not watch. A GradScaler skips updates only while it
+lowers its scale (each skip halves it), so 20 in a row (a factor 2**-20) does not happen in
+a healthy mixed-precision run."""
+
 
 class Monitor:
     """Watches the recurrent modules of one model. Create it with `gradwatch.watch(...)`."""
@@ -95,6 +101,8 @@ class Monitor:
         an update that never happened (GradScaler found Inf and skipped `optimizer.step()`)."""
         self._stepped: set[int] = set()
         """ids of the optimizers that finished an update in the step in progress."""
+        self._steps_without_update = 0
+        """`step()` calls in a row with no watched optimizer stepping (see `_note_step_without_update`)."""
         self._grad_stats: dict | None = None
         self._handles: list[Any] = []
         self._hooks = OptimizerHooks(before=self._on_update_start, after=self._on_update_end)
@@ -131,6 +139,8 @@ class Monitor:
                 waiting = self._pending[-1] if self._pending else None
                 if waiting is not None and not waiting.loss_fed:
                     self._attach_loss(waiting, loss)
+            else:
+                self._note_step_without_update()
             self._drain()
         except Exception as exc:
             self._stop_measuring("step", exc)
@@ -289,6 +299,7 @@ class Monitor:
             return
         try:
             self._stepped.add(id(optimizer))
+            self._steps_without_update = 0
             if all(id(o) in self._stepped for o in self._hooks.optimizers):
                 self._updated_since_loss = True
                 self._end_step()
@@ -359,6 +370,17 @@ class Monitor:
         if self._is_probe_step(self._step):
             self._refresh_modules()
         self._drain()
+
+    def _note_step_without_update(self) -> None:
+        """Warn once when `step()` keeps coming and no watched optimizer steps: a GradScaler skips a
+        few updates in a row at most, so the loop most likely steps an optimizer gradwatch does not
+        watch (re-created without `add_optimizer`), and no step ends."""
+        self._steps_without_update += 1
+        if self._steps_without_update == IDLE_STEP_CALLS:
+            self._warn_once("idle", (
+                f"monitor.step() was called {IDLE_STEP_CALLS} times in a row and no watched optimizer "
+                f"({', '.join(type(o).__name__ for o in self.optimizers)}) stepped, so no step ended. If the loop "
+                "re-created its optimizer, pass the new one to monitor.add_optimizer(new) (it replaces the old)."))
 
     def _checked_loss(self, loss: Any) -> Any:
         """`loss` if it is one number; otherwise None, with one warning (raised under strict=True)."""

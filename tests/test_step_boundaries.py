@@ -350,3 +350,17 @@ def test_one_element_losses_of_any_shape_and_numbers_are_recorded():
         mon.step(given)
     mon.close()
     assert [s.loss for s in mon.history] == [2.5, 1.5, 0.25, 3.0]
+
+
+def test_an_optimizer_recreated_without_add_optimizer_is_pointed_out_once(caplog):
+    m = SeqClassifier(nn.GRU)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    mon = gradwatch.watch(m, opt, console=False)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)  # the loop forgot monitor.add_optimizer(opt)
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        for _ in range(45):
+            loss = _loss(m, *lm_batch())
+            opt.zero_grad(); loss.backward(); opt.step(); mon.step(loss)
+    mon.close()
+    messages = [r.getMessage() for r in caplog.records if "add_optimizer" in r.getMessage()]
+    assert len(messages) == 1 and "Adam" in messages[0]

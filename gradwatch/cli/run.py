@@ -298,8 +298,7 @@ class ScriptWatcher:
         for m in self.models:
             if m.monitor.steps > m.steps_seen:  # this step() ended the model's step
                 m.steps_seen = m.monitor.steps
-                if m.loss is not None:
-                    m.monitor.step(m.loss)
+                m.monitor.step(m.loss)  # with or without a loss: the step's record is complete
                 m.loss, m.forwarded, m.backward_done = None, False, False
 
     # ------------------------------------------------------------------ backward
