@@ -130,7 +130,7 @@ class Monitor:
             return
         loss = self._checked_loss(loss)
         try:
-            if not self.optimizers or (self._stepped and not self.external_steps):
+            if not self._hooks.optimizers or (self._stepped and not self.external_steps):
                 self._updated_since_loss = False
                 self._end_step(loss, loss_fed=True)
                 return
@@ -405,7 +405,7 @@ class Monitor:
     def _ready(self, pending: PendingStep, is_last: bool, force: bool) -> bool:
         if force:
             return True
-        if self.optimizers and not self.external_steps and not pending.loss_fed and is_last:
+        if self._hooks.optimizers and not self.external_steps and not pending.loss_fed and is_last:
             return False  # its loss may still come through step(loss); the next step end releases it
         for rb in (pending.readback, pending.loss_readback):
             if isinstance(rb, PendingReadback) and not rb.ready():
