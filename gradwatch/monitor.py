@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .capture.modules import WatchedModule, find_recurrent
-from .capture.optimizer_hooks import OptimizerHooks
+from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import ParameterMap
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, _Adapter, installed_adapter
@@ -283,15 +283,17 @@ class Monitor:
     def _is_probe_step(self, step: int) -> bool:
         return step % self.every == 0
 
-    def _on_update_start(self, optimizer: torch.optim.Optimizer, closure: Any) -> None:
-        """Before an outermost `optimizer.step()`: the first update of a step reads the gradients."""
+    def _on_update_start(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        """Before an outermost `optimizer.step(*args, **kwargs)` (a torch step pre-hook's arguments):
+        the first update of a step reads the gradients. Returns None (or new `(args, kwargs)`)."""
         if self.external_steps or not self._measuring or self._closed:
-            return  # a driver calls before_update() at the right moment
+            return None  # a driver calls before_update() at the right moment
         if self._grad_stats is not None:
-            return  # a second optimizer (or update) in the same step: gradients were already read
-        if closure is not None:
-            return  # LBFGS & co. recompute gradients inside step(): read them when it returns
+            return None  # a second optimizer (or update) in the same step: gradients were already read
+        if closure_of(args, kwargs) is not None:
+            return None  # LBFGS & co. recompute gradients inside step(): read them when it returns
         self._read_before_update()
+        return None
 
     def _on_update_end(self, optimizer: torch.optim.Optimizer) -> None:
         """After an outermost `optimizer.step()`: the step ends once every optimizer has stepped."""

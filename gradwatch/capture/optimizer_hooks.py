@@ -2,7 +2,7 @@
 
     >>> hooks = OptimizerHooks(before=on_update_start, after=on_update_end)
     >>> hooks.add(optimizer)          # returns the optimizers it replaced (same parameters)
-    >>> optimizer.step()              # before(optimizer, closure), update, after(optimizer): once
+    >>> optimizer.step()              # before(optimizer, args, kwargs), update, after(optimizer): once
     >>> hooks.close()                 # removes every hook
 
 One update, one call. torch wraps the `step` of every optimizer class that has been
@@ -25,7 +25,8 @@ import torch
 
 __all__ = ["OptimizerHooks", "closure_of", "shares_parameters"]
 
-Before = Callable[[torch.optim.Optimizer, Any], None]
+Before = Callable[[torch.optim.Optimizer, Any, Any], Any]
+"""Called as torch calls a step pre-hook, `(optimizer, args, kwargs)`, and may return new `(args, kwargs)`."""
 After = Callable[[torch.optim.Optimizer], None]
 
 
@@ -95,12 +96,13 @@ class OptimizerHooks:
         for optimizer in list(self.optimizers):
             self.remove(optimizer)
 
-    def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         if self._depth > 0 and _step_wrappers_running(optimizer) < 2:
             self._depth = 0  # a previous step() raised before its post-hooks: that count is stale
         self._depth += 1
         if self._depth == 1:
-            self._before(optimizer, closure_of(args, kwargs))
+            return self._before(optimizer, args, kwargs)  # None, or new (args, kwargs) for step()
+        return None
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._depth = max(0, self._depth - 1)
