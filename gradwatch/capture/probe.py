@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from ..stats.tensor_stats import sumsq_over
+
 __all__ = ["timestep_probe", "timestep_sumsq"]
 
 Sink = Callable[[torch.Tensor], None]
@@ -23,25 +25,20 @@ def timestep_sumsq(values: torch.Tensor, time_dim: int | None, batch_sizes: torc
 
     With `batch_sizes` (packed sequences), `values` is the packed data (N, F) and rows are
     grouped into timesteps by `batch_sizes`. With `time_dim=None` the whole tensor is one
-    timestep and the result is a scalar (a cell's single call). Scale-safe: the squares add up
-    in float64, so finite values never sum to Inf (in float32 they would past ~1.8e19 each).
+    timestep and the result is a scalar (a cell's single call). Scale-safe (`sumsq_over`):
+    finite values never sum to Inf.
     """
     x = values.detach()
     if time_dim is None and batch_sizes is None:
-        return _sumsq(x, None)
+        return sumsq_over(x, None)
     if batch_sizes is not None:
-        rows = _sumsq(x, tuple(range(1, x.dim()))) if x.dim() > 1 else x.double().square()
+        rows = sumsq_over(x, tuple(range(1, x.dim()))) if x.dim() > 1 else x.double().square()
         # batch_sizes lives on the CPU; output_size spares CUDA a sync to size the result
         index = torch.repeat_interleave(torch.arange(batch_sizes.numel(), device=rows.device),
                                         batch_sizes.to(rows.device, non_blocking=True), output_size=rows.shape[0])
         return torch.zeros(batch_sizes.numel(), device=rows.device, dtype=rows.dtype).index_add_(0, index, rows)
     other = tuple(d for d in range(x.dim()) if d != time_dim)
-    return _sumsq(x, other) if other else x.double().square()
-
-
-def _sumsq(x: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
-    """Σ x² over `dims` (all when None), accumulated in float64."""
-    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float64).square()
+    return sumsq_over(x, other) if other else x.double().square()
 
 
 class _Probe(torch.autograd.Function):

@@ -9,7 +9,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["group_sumsq", "stored_values", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+from ..stream.readback import HOST_MARK
+
+__all__ = ["group_sumsq", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -46,22 +48,55 @@ def stored_values(t: torch.Tensor) -> torch.Tensor:
     return t.values()
 
 
+def sumsq_over(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Σ x² over `dims` (all when None) as float64, scale-safe: finite values never sum to Inf.
+
+    In float32, the sum of squares overflows once the norm passes ~1.8e19 (a loss scaled by 1e30
+    with every gradient finite). On CUDA the reduction accumulates in float64. On the CPU, where a
+    float64 reduction is many times slower, it runs in float32 and only a result that came out
+    non-finite is recomputed in float64 (`_host_overflowed`). Other devices: float32 (no float64).
+    """
+    if x.device.type == "cuda":
+        return torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float64).square()
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    norm = torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float32 if low else None).double()
+    if x.device.type == "cpu" and _host_overflowed(norm):
+        norm = torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float64)
+    return norm.square()
+
+
+def tensor_sumsqs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Σ x² of each tensor as one float64 vector, scale-safe as `sumsq_over` (one foreach kernel)."""
+    if tensors[0].device.type == "cuda":
+        # the foreach kernel casts each element to float64 before squaring: no copy, no overflow
+        return stack_scalars(torch._foreach_norm(tensors, 2.0, dtype=torch.float64)).square()
+    norms = stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64)
+    if tensors[0].device.type == "cpu" and _host_overflowed(norms):
+        norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64).to(norms.device) for t in tensors])
+    return norms.square()
+
+
+def _host_overflowed(values: torch.Tensor) -> bool:
+    """Whether a CPU tensor holds a non-finite value. The CPU has no device to wait for, so this
+    branch costs no synchronisation; it is marked as a host buffer for the hot-path test."""
+    finite = torch.isfinite(values).all()
+    setattr(finite, HOST_MARK, True)
+    return not bool(finite)
+
+
 def group_sumsq(tensors: list[torch.Tensor], index: torch.Tensor, groups: int) -> torch.Tensor:
     """Per-group Σ of squares of `tensors`, where `index[i]` is the group of `tensors[i]`.
 
     One foreach norm kernel over all tensors, then one scatter: cost stays flat as the number
     of parameters grows. Returns a float64 vector of length `groups` on the tensors' device.
-    Scale-safe: the norms accumulate their squares in float64 (inside the kernel, which casts each
-    element before squaring), so a finite float32 gradient is never reported as Inf, however large
-    (a float32 sum of squares overflows once one element passes ~1.8e19, e.g. a loss scaled by 1e30).
+    Scale-safe (`tensor_sumsqs`): a finite float32 gradient is never reported as Inf, however large.
     Sparse tensors count their stored values (`stored_values`).
     """
     if not tensors:
         return torch.zeros(groups, device=index.device, dtype=torch.float64)
-    dense = [stored_values(t) for t in tensors]
-    norms = stack_scalars(torch._foreach_norm(dense, 2.0, dtype=torch.float64))
-    zeros = torch.zeros(groups, device=norms.device, dtype=torch.float64)
-    return zeros.index_add_(0, index.to(norms.device), norms.square())
+    sumsqs = tensor_sumsqs([stored_values(t) for t in tensors])
+    zeros = torch.zeros(groups, device=sumsqs.device, dtype=torch.float64)
+    return zeros.index_add_(0, index.to(sumsqs.device), sumsqs)
 
 
 def unit_activity(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
