@@ -224,15 +224,19 @@ def test_optimizers_given_together_over_shared_parameters_are_all_kept():
 
 # ------------------------------------------------------------------ monitor.step() without a loss
 def test_monitor_step_without_a_loss_releases_the_step_at_once_on_cpu():
-    m = SeqClassifier(nn.GRU)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    mon = gradwatch.watch(m, opt, console=False, strict=True)
-    for i in range(3):
-        loss = _loss(m, *lm_batch())
-        opt.zero_grad(); loss.backward(); opt.step()
-        mon.step()
-        assert len(mon.history) == i + 1 and mon.history[-1].step == i and mon.history[-1].loss is None
-    mon.close()
+    def loop(model, make):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon, losses = make(opt), []
+        for i in range(3):
+            loss = _loss(model, *lm_batch())
+            opt.zero_grad(); loss.backward(); opt.step()
+            if mon:
+                mon.step()
+                assert len(mon.history) == i + 1 and mon.history[-1].step == i and mon.history[-1].loss is None
+            losses.append(loss.detach())
+        return losses
+
+    assert _bitwise_same(loop, strict=True).steps == 3
 
 
 # ------------------------------------------------------------------ LBFGS
