@@ -30,6 +30,7 @@ goes on either way; with `strict=True` every such error is raised instead.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -95,7 +96,7 @@ class Monitor:
         """False once the step accounting itself failed: every entry point returns at once."""
         self._closed = False
         self._step = 0
-        self._pending: list[PendingStep] = []
+        self._pending: collections.deque[PendingStep] = collections.deque()
         self._updated_since_loss = False
         """A step ended by the optimizers since the last `step(loss)`; when not, that loss belongs to
         an update that never happened (GradScaler found Inf and skipped `optimizer.step()`)."""
@@ -416,7 +417,7 @@ class Monitor:
 
     def _drain(self, force: bool = False) -> None:
         while self._pending and self._ready(self._pending[0], len(self._pending) == 1, force):
-            pending = self._pending.pop(0)
+            pending = self._pending.popleft()
             flat = pending.readback.values() if isinstance(pending.readback, PendingReadback) else []
             loss = pending.loss
             if isinstance(pending.loss_readback, PendingReadback):
