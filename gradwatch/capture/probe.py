@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["timestep_probe", "timestep_sumsq"]
+__all__ = ["timestep_probe", "timestep_sumsq", "observe_gradient"]
 
 Sink = Callable[[torch.Tensor], None]
 
@@ -69,3 +69,23 @@ def timestep_probe(
     if anchor is None:
         anchor = x.new_zeros(())
     return _Probe.apply(x, anchor, time_dim, batch_sizes, sink)
+
+
+def observe_gradient(
+    x: torch.Tensor, *, time_dim: int | None, sink: Sink, batch_sizes: torch.Tensor | None = None
+) -> None:
+    """Report per-timestep squared norms of ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
+
+    For tensors handed back to the user (a module's output): a tensor hook leaves `x` the very
+    tensor the module produced, so the user may modify it in place (`out += skip`,
+    `out.masked_fill_(...)`), which a custom Function's view output forbids. A hook registered
+    before such an in-place change receives the gradient with respect to `x` as it was produced
+    (torch's documented rule), which is the gradient at the module's output.
+    """
+    def hook(grad: torch.Tensor) -> None:
+        try:
+            sink(timestep_sumsq(grad, time_dim, batch_sizes))
+        except Exception:  # a measurement failure must never break the user's backward pass
+            pass
+
+    x.register_hook(hook)

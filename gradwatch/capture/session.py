@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from ..stream.accumulator import StepAccumulator
 
 __all__ = ["CaptureSession"]
+
+log = logging.getLogger("gradwatch")
 
 
 class CaptureSession:
@@ -22,10 +25,20 @@ class CaptureSession:
         self.enabled = True
         self.report_error = report_error
         self.forwards = 0
+        self.eval_forwards = 0
+        """Forwards of watched modules in eval mode with gradients on, this step (not measured)."""
+        self._told: set[str] = set()
 
     def begin_step(self, *, probe: bool) -> StepAccumulator:
         """Start collecting a new step; returns the finished step's accumulator."""
         done, self.accumulator = self.accumulator, StepAccumulator()
         self.probing = probe
         self.forwards = 0
+        self.eval_forwards = 0
         return done
+
+    def tell_once(self, topic: str, message: str) -> None:
+        """Log `message` as a warning the first time `topic` comes up for this monitor."""
+        if topic not in self._told:
+            self._told.add(topic)
+            log.warning("gradwatch: %s", message)
