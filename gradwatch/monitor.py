@@ -212,8 +212,22 @@ class Monitor:
             ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
             for w in found
         ]
-        self.params = ParameterMap(self.model, found)
+        self._map_parameters()
+
+    def _map_parameters(self) -> None:
+        """(Re)build the parameter map of the watched modules, saying once what it cannot attribute."""
+        self.params = ParameterMap(self.model, self.watched)
         self.params.take_snapshot()
+        if self.params.unattributed:
+            names = ", ".join(self.params.unattributed)
+            self.session.tell_once(f"unattributed:{names}", (
+                f"parameters {names} of a watched recurrent module belong to no layer (not weight_*/bias_*_l<k> "
+                "or a reparametrisation of one): they count in the model's total gradient norm but in no "
+                "layer's statistics."))
+        for name, first in self.params.shared:
+            self.session.tell_once(f"shared:{name}", (
+                f"parameter {name} is shared with {first}: its gradient (the sum over both uses) and its "
+                f"update count toward {first} only."))
 
     def _refresh_modules(self) -> None:
         """Pick up recurrent modules created (or removed) after `watch()`; runs on probe steps."""
@@ -260,8 +274,11 @@ class Monitor:
             self._report_error("optimizer post-step", exc)
 
     def _read_grads(self) -> dict:
+        if not self.params.is_current():
+            self._map_parameters()  # load_state_dict(assign=True) & co. replaced the parameters
         gsq, has_grad, total = self.params.grad_sumsq()
-        return {"gsq": gsq, "has_grad": has_grad, "total": total}
+        outside_names, outside_wsq = self.params.outside_weight_sumsq()  # before the update, as the snapshot
+        return {"gsq": gsq, "has_grad": has_grad, "total": total, "outside": (outside_names, outside_wsq)}
 
     def _end_step(self, loss: Any = None) -> None:
         grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
@@ -272,9 +289,17 @@ class Monitor:
             scalars[("gsq",)] = grads["gsq"]
         if grads["total"] is not None:
             scalars[("total",)] = grads["total"]
+        outside_names, outside_wsq = grads["outside"]
+        if outside_wsq is not None:
+            scalars[("outside_wsq",)] = outside_wsq
         action = grads.get("action") or {}
         if "clip" in action:
             scalars[("clip",)] = action["clip"]
+        if self.session.eval_forwards and not self.session.forwards and any(grads["has_grad"]):
+            self.session.tell_once("eval", (
+                "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
+                "per-timestep and activation statistics only in train mode, so that validation forwards run "
+                "with gradients on are not mixed into the training step; parameter statistics are unaffected."))
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
         flat, layout = acc.pack(scalars)
@@ -293,6 +318,7 @@ class Monitor:
             readback=readback,
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
+            outside_params=tuple(outside_names),
         )
         if loss is not None:
             self._attach_loss(pending, loss)

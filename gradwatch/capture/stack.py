@@ -111,6 +111,7 @@ class _Adapter:
         if not self.watched.module.training:
             self.session.eval_forwards += 1  # validation without no_grad: not part of the training step
             return None
+        self.session.forwards += 1
         return "measure"
 
     def fail(self, exc: BaseException) -> None:
