@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.utils.prune  # noqa: F401  (nn.utils.prune is a submodule torch does not import)
 from torch import nn
 from torch.nn import functional as F
 
@@ -230,3 +231,263 @@ def test_watched_model_saved_with_torch_save_loads_in_a_process_without_gradwatc
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "LSTM []"
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. reparametrised weights and extra parameters: per-layer gradient norms
+
+class WeightDropLSTM(nn.Module):
+    """AWD-LSTM's WeightDrop pattern: `weight_hh_l1_raw` is the Parameter, `weight_hh_l1` a tensor
+    recomputed (with DropConnect) before every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, num_layers=2)
+        raw = self.lstm.weight_hh_l1
+        del self.lstm._parameters["weight_hh_l1"]
+        self.lstm.register_parameter("weight_hh_l1_raw", nn.Parameter(raw.detach().clone()))
+        self.lstm.weight_hh_l1 = raw.detach().clone()
+
+    def forward(self, x):
+        self.lstm.weight_hh_l1 = F.dropout(self.lstm.weight_hh_l1_raw, 0.3, self.training)
+        return self.lstm(x)
+
+
+class ScaledLSTM(nn.LSTM):
+    """An RNN subclass with an extra Parameter that belongs to no layer."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.out_scale = nn.Parameter(torch.full((), 1.5))
+
+    def forward(self, x, hx=None):
+        out, h = super().forward(x, hx)
+        return out * self.out_scale, h
+
+
+def _weight_norm_new():
+    m = nn.LSTM(4, 5, num_layers=2)
+    nn.utils.parametrizations.weight_norm(m, "weight_hh_l1")
+    return m
+
+
+def _weight_norm_legacy():
+    m = nn.LSTM(4, 5, num_layers=2)
+    with pytest.warns(FutureWarning):
+        nn.utils.weight_norm(m, "weight_hh_l1")
+    return m
+
+
+def _pruned():
+    m = nn.LSTM(4, 5, num_layers=2)
+    nn.utils.prune.l1_unstructured(m, "weight_hh_l1", amount=0.3)
+    nn.utils.prune.l1_unstructured(m, "weight_ih_l0", amount=0.3)
+    return m
+
+
+REPARAMETRISED = {
+    "parametrizations-weight_norm": _weight_norm_new,
+    "legacy-weight_norm": _weight_norm_legacy,
+    "prune": _pruned,
+    "awd-weightdrop": WeightDropLSTM,
+    "subclass-extra-parameter": lambda: ScaledLSTM(4, 5, num_layers=2),
+}
+
+
+def _true_layer(name: str) -> int | None:
+    """Written by hand for these models: the layer a parameter feeds, from the `_l<k>` in its name."""
+    if "out_scale" in name:
+        return None
+    return 1 if "_l1" in name else 0
+
+
+@pytest.mark.parametrize("make", REPARAMETRISED.values(), ids=REPARAMETRISED.keys())
+def test_reparametrised_weights_count_toward_their_own_layer(make):
+    def body(model, step):
+        out, _ = model(torch.randn(6, 3, 4))
+        return out.square().mean()
+
+    assert_training_unchanged(make, body)
+    torch.manual_seed(0)
+    model = make()
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        body(model, 0).backward()
+        mon.step()
+    expected = {0: 0.0, 1: 0.0}
+    for name, p in model.named_parameters():
+        if _true_layer(name) is not None and p.grad is not None:
+            expected[_true_layer(name)] += p.grad.double().square().sum().item()
+    module = "lstm" if isinstance(model, WeightDropLSTM) else ""
+    for layer in (0, 1):
+        got = mon.history[0].layers[(module, layer)].grad_norm
+        assert got == pytest.approx(expected[layer] ** 0.5, rel=1e-6)
+
+
+def test_extra_parameter_of_an_rnn_subclass_is_named_once_in_a_warning(caplog):
+    model = ScaledLSTM(4, 5, num_layers=2)
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        for _ in range(2):
+            model(torch.randn(6, 3, 4))[0].sum().backward()
+            mon.step()
+    said = [r.getMessage() for r in caplog.records if "out_scale" in r.getMessage()]
+    assert len(said) == 1 and "no layer" in said[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. parameters replaced after watch()
+
+def test_load_state_dict_assign_after_watch_keeps_layer_gradients():
+    torch.manual_seed(0)
+    model = nn.LSTM(4, 5, num_layers=2)
+    replacement = {k: v.clone() * 0.5 for k, v in nn.LSTM(4, 5, num_layers=2).state_dict().items()}
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        for step in range(3):
+            if step == 1:
+                model.load_state_dict(replacement, assign=True)
+            model.zero_grad()
+            model(torch.randn(6, 3, 4))[0].square().mean().backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+            mon.step()
+            record = mon.history[-1] if len(mon.history) == step + 1 else None
+    for step in (1, 2):
+        record = mon.history[step]
+        assert all(layer.has_grad for layer in record.layers.values())
+    expected = [sum(p.grad.double().square().sum().item() for n, p in model.named_parameters() if f"_l{layer}" in n)
+                for layer in (0, 1)]
+    for layer in (0, 1):
+        assert mon.history[2].layers[("", layer)].grad_norm == pytest.approx(expected[layer] ** 0.5, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. validation forwards with gradients on
+
+def test_eval_mode_validation_forward_without_no_grad_is_not_counted_as_training():
+    def body(model, step):
+        model.eval()
+        bad = torch.randn(6, 3, 4)
+        bad[2, 1, 0] = float("nan")
+        model(bad)  # validation, gradients on, never back-propagated
+        model.train()
+        return model(torch.randn(6, 3, 4))[0].square().mean()
+
+    def body_without_validation(model, step):
+        torch.randn(6, 3, 4)  # the same random draws as `body`
+        return model(torch.randn(6, 3, 4))[0].square().mean()
+
+    make = lambda: nn.GRU(4, 5, num_layers=2)  # noqa: E731
+    mon = assert_training_unchanged(make, body)
+    _, _, clean = train(make, body_without_validation)
+    for got, want in zip(mon.history, clean.history):
+        assert got.nonfinite is None
+        assert got.layers[("", 1)].timestep_grad_norms == want.layers[("", 1)].timestep_grad_norms
+        assert got.layers[("", 0)].dead_fraction == want.layers[("", 0)].dead_fraction
+
+
+def test_training_in_eval_mode_says_once_that_activations_are_not_measured(caplog):
+    model = nn.GRU(4, 5).eval()
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        for _ in range(3):
+            model(torch.randn(6, 3, 4))[0].sum().backward()
+            mon.step()
+    said = [r.getMessage() for r in caplog.records if "eval mode" in r.getMessage()]
+    assert len(said) == 1
+    assert mon.history[0].layers[("", 0)].grad_norm > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. one odd call must not switch capture off for good
+
+def _probe_step_matches_reference(mon, model_copy, x, step_index):
+    expected = reference_timestep_grads(model_copy, x, None, lambda o, h: o.square().mean())
+    for layer in range(model_copy.num_layers):
+        assert_norms(mon.history[step_index].layers[("", layer)].timestep_grad_norms, expected[layer])
+
+
+@pytest.mark.parametrize("odd", ["empty-batch", "torch.func.grad"])
+def test_one_empty_batch_or_func_grad_call_does_not_switch_capture_off(odd):
+    torch.manual_seed(0)
+    model = nn.LSTM(4, 5, num_layers=2)
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        if odd == "empty-batch":
+            model(torch.randn(6, 0, 4))[0].square().sum().backward()
+        else:
+            params = dict(model.named_parameters())
+            x0 = torch.randn(6, 3, 4)
+            torch.func.grad(lambda p: torch.func.functional_call(model, p, (x0,))[0].square().mean())(params)
+        mon.step()
+        x = torch.randn(6, 3, 4)
+        reference = copy.deepcopy(model)
+        model.zero_grad()
+        model(x)[0].square().mean().backward()
+        mon.step()
+    _probe_step_matches_reference(mon, reference, x, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. weights shared between two watched modules
+
+class TiedEncoderDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.GRU(4, 5)
+        self.decoder = nn.GRU(4, 5)
+        self.decoder.weight_hh_l0 = self.encoder.weight_hh_l0
+
+    def forward(self, x):
+        _, h = self.encoder(x)
+        return self.decoder(x, h)[0]
+
+
+def test_weights_shared_between_two_rnn_modules_are_named_in_a_warning(caplog):
+    model = TiedEncoderDecoder()
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        model(torch.randn(6, 3, 4)).square().mean().backward()
+        mon.step()
+    said = [r.getMessage() for r in caplog.records if "shared" in r.getMessage()]
+    assert len(said) == 1 and "decoder.weight_hh_l0" in said[0] and "encoder.weight_hh_l0" in said[0]
+    # the shared tensor's full gradient (both uses) counts toward the encoder, as said
+    enc = [p for n, p in model.encoder.named_parameters()]
+    expected = sum(p.grad.double().square().sum().item() for p in enc) ** 0.5
+    assert mon.history[0].layers[("encoder", 0)].grad_norm == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. where a NaN/Inf appeared
+
+def _overflowing_middle_layer():
+    """A 3-layer ReLU RNN whose layer 1 overflows to Inf (finite weights, finite input)."""
+    torch.manual_seed(0)
+    m = nn.RNN(4, 5, num_layers=3, nonlinearity="relu")
+    with torch.no_grad():
+        m.weight_ih_l1.fill_(1e15)  # h grows ×~1e16 per timestep: Inf (float32) from t=2 on
+        m.weight_hh_l1.fill_(1e15)
+    return m
+
+
+@pytest.mark.parametrize("every", [1, 10], ids=["probe-step", "non-probe-step"])
+def test_nan_born_in_a_middle_layer_of_a_fused_stack_names_that_layer_on_every_step(every):
+    model = _overflowing_middle_layer()
+    with gradwatch.watch(model, every=every, console=False) as mon:
+        for _ in range(2):
+            model(torch.rand(6, 3, 4)).__getitem__(0).sum().backward()
+            mon.step()
+    for record in mon.history:
+        assert record.nonfinite is not None
+        assert (record.nonfinite.where, record.nonfinite.module, record.nonfinite.layer) == ("forward", "", 1)
+
+
+def test_inf_row_in_an_embedding_weight_is_diagnosed_as_weights_not_input_data():
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.LSTM)
+    with torch.no_grad():
+        model.emb.weight[3] = float("inf")
+    x = torch.full((5, 2), 3)
+    with gradwatch.watch(model, every=10, console=False) as mon:
+        model(x).sum().backward()
+        mon.step()
+    nf = mon.history[0].nonfinite
+    assert (nf.where, nf.module, nf.layer) == ("weights", "emb", None)
+    alert = [a for a in mon.alerts if a.sign == "non_finite"][0]
+    assert "data pipeline" not in alert.message
