@@ -250,7 +250,9 @@ class Monitor:
             return  # a second optimizer in the same step: gradients were already read
         closure = args[1] if len(args) > 1 else (kwargs or {}).get("closure")  # args[0] is the optimizer
         if optimizer is not None and closure is not None:
-            return  # LBFGS & co. recompute gradients inside step(): read them when it returns
+            # LBFGS & co. recompute gradients inside step(): read them when it returns; each closure
+            # call is a full evaluation of the model, so the step's record keeps the last one's
+            return _restarting_each_evaluation(args, kwargs, closure, self.session)
         try:
             if self._actions is not None:
                 self._actions.before_read(self)  # e.g. GradScaler: unscale before measuring
@@ -387,6 +389,17 @@ class Monitor:
             self._disabled.add(key)
             log.warning("gradwatch: %s failed (%s: %s); that part is disabled, training continues.",
                         where, type(exc).__name__, exc)
+
+
+def _restarting_each_evaluation(args: Any, kwargs: Any, closure: Any, session: CaptureSession) -> Any:
+    """The optimizer's (args, kwargs) with `closure` wrapped to call `session.new_evaluation()` first."""
+    def evaluation() -> Any:
+        session.new_evaluation()
+        return closure()
+
+    if len(args) > 1:
+        return (args[0], evaluation, *args[2:]), kwargs
+    return args, {**kwargs, "closure": evaluation}
 
 
 def as_optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:

@@ -491,3 +491,109 @@ def test_inf_row_in_an_embedding_weight_is_diagnosed_as_weights_not_input_data()
     assert (nf.where, nf.module, nf.layer) == ("weights", "emb", None)
     alert = [a for a in mon.alerts if a.sign == "non_finite"][0]
     assert "data pipeline" not in alert.message
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. a fused module called once per token; LBFGS closures
+
+def _decode(model, x, h=None):
+    outs = []
+    for t in range(x.shape[0]):
+        out, h = model(x[t : t + 1], h)  # the seq2seq tutorial's decoder step: one token, state chained
+        outs.append(out)
+    return torch.cat(outs)
+
+
+def test_fused_gru_called_once_per_token_is_measured_as_timesteps():
+    def body(model, step):
+        return _decode(model, torch.randn(5, 3, 4)).square().mean()
+
+    make = lambda: nn.GRU(4, 5)  # noqa: E731
+    assert_training_unchanged(make, body)
+    torch.manual_seed(0)
+    model = make()
+    reference = copy.deepcopy(model)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        _decode(model, x).square().mean().backward()
+        mon.step()
+    x_ref = x.detach().clone().requires_grad_()
+    outs, h = [], None
+    for t in range(5):
+        out, h = reference(x_ref[t : t + 1], h)
+        outs.append(out)
+    out_grads = torch.autograd.grad(torch.cat(outs).square().mean(), outs + [x_ref])
+    record = mon.history[0]
+    assert_norms(record.timestep_output_grad_norms[""], [g.square().sum().sqrt().item() for g in out_grads[:5]])
+    assert_norms(record.layers[("", 0)].timestep_grad_norms, per_timestep_norms(out_grads[5], x_ref, False))
+    assert_norms(record.layers[("", 0)].timestep_activation_norms, [o.square().sum().sqrt().item() for o in outs])
+
+
+def test_independent_calls_in_one_step_still_add_up_per_timestep():
+    """Accumulated micro-batches (fresh initial state each) stay aligned at t=0: not a decoding loop."""
+    torch.manual_seed(0)
+    model = nn.GRU(4, 5)
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        for _ in range(2):
+            model(torch.randn(6, 3, 4))[0].sum().backward()
+        mon.step()
+    assert len(mon.history[0].timestep_output_grad_norms[""]) == 6
+
+
+def _lbfgs_run(model, x, watch, evaluations):
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    mon = gradwatch.watch(model, opt, every=1, console=False) if watch else None
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x)[0].square().mean()
+        loss.backward()
+        if watch:  # the reference for this evaluation, on an unwatched copy at the same parameters
+            evaluations.append(reference_timestep_grads(copy.deepcopy(model), x, None,
+                                                        lambda o, h: o.square().mean()))
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+        if mon is not None:
+            mon.step()
+    if mon is not None:
+        mon.close()
+    return [p.detach().clone() for p in model.parameters()], mon
+
+
+def test_lbfgs_closure_evaluations_do_not_concatenate_or_add_up_the_profile():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4)
+    torch.manual_seed(1)
+    plain, _ = _lbfgs_run(nn.LSTM(4, 5, num_layers=2), x, False, [])
+    evaluations = []
+    torch.manual_seed(1)
+    watched, mon = _lbfgs_run(nn.LSTM(4, 5, num_layers=2), x, True, evaluations)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    assert len(evaluations) > 2  # several evaluations per step
+    record = mon.history[-1]
+    for layer in range(2):
+        assert_norms(record.layers[("", layer)].timestep_grad_norms, evaluations[-1][layer])
+
+
+def test_lbfgs_closure_on_a_cell_loop_keeps_one_profile_of_sequence_length():
+    from models import CellDecoder
+
+    torch.manual_seed(0)
+    model = CellDecoder()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    x = torch.randn(7, 3, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    with gradwatch.watch(model, opt, every=1, console=False) as mon:
+        opt.step(closure)
+        mon.step()
+    record = mon.history[0]
+    assert len(record.layers[("cell", 0)].timestep_grad_norms) == 7
+    assert len(record.timestep_output_grad_norms["cell"]) == 7

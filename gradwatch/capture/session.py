@@ -37,6 +37,11 @@ class CaptureSession:
         self.eval_forwards = 0
         return done
 
+    def new_evaluation(self) -> None:
+        """An optimizer re-evaluates the model within one step (LBFGS's closure): measurements
+        restart, so that the step's record holds the last evaluation's, not the concatenation."""
+        self.accumulator = StepAccumulator()
+
     def tell_once(self, topic: str, message: str) -> None:
         """Log `message` as a warning the first time `topic` comes up for this monitor."""
         if topic not in self._told:

@@ -225,39 +225,43 @@ class StackForward(_Adapter):
             if data.numel() == 0:
                 return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             tdim = _seq_layout(self.watched.module, data, batch_sizes)
-            acc.add_timesteps(("in_act", name), timestep_sumsq(data, tdim, batch_sizes))
+            start = acc.continuation(name, hx)
+            in_sq = timestep_sumsq(data, tdim, batch_sizes)
+            acc.add_timesteps(("in_act", name), in_sq, start)
+            span = (start, start + in_sq.shape[0])
             replay = session.probing and self.watched.replayable
         except Exception as exc:
             self.fail(exc)
             return self.original(input, hx)
         if replay:
             try:
-                output = self._replay(input, hx, acc)
+                output = self._replay(input, hx, acc, start)
             except Exception as exc:
                 self.fail(exc)
                 return self.original(input, hx)
         else:
             output = self.original(input, hx)
         try:
-            return self._measure_output(output, tdim, batch_sizes, acc)
+            return self._measure_output(output, tdim, batch_sizes, acc, span)
         except Exception as exc:
             self.fail(exc)
             return output
 
     def _measure_output(self, output: Any, tdim: int | None, batch_sizes: torch.Tensor | None,
-                        acc: StepAccumulator) -> Any:
+                        acc: StepAccumulator, span: tuple[int, int]) -> Any:
         """Read the output and final state; the returned output is the very object the module returned."""
-        name = self.watched.name
+        name, start = self.watched.name, span[0]
         y, hidden = output
         data = y.data if isinstance(y, PackedSequence) else y
-        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes))
+        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes), start)
         acc.add_timesteps(("final", name), final_state_sumsq(hidden, self.watched.num_layers))
+        acc.end_call(name, hidden, span[1])
         if data.requires_grad:
-            sink = lambda sq: acc.add_timesteps(("out_grad", name), sq)  # noqa: E731
+            sink = lambda sq: acc.add_timesteps(("out_grad", name), sq, start)  # noqa: E731
             observe_gradient(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes)
         return output
 
-    def _replay(self, input: Any, hx: Any, acc: StepAccumulator) -> Any:
+    def _replay(self, input: Any, hx: Any, acc: StepAccumulator, start: int) -> Any:
         """The module's forward, run one layer at a time with probes between layers."""
         m: Any = self.watched.module
         is_lstm = isinstance(m, nn.LSTM)
@@ -280,7 +284,7 @@ class StackForward(_Adapter):
             batch = data.size(0) if m.batch_first else data.size(1)
         hx = self._initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes)
         tdim = None if packed else (1 if m.batch_first else 0)
-        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc)
+        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start)
         if packed:
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), m.permute_hidden(
                 hidden, unsorted_indices
@@ -308,7 +312,7 @@ class StackForward(_Adapter):
         m.check_forward_args(data, hx, batch_sizes)
         return m.permute_hidden(hx, sorted_indices)
 
-    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc):
+    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start):
         name = self.watched.name
         weights = m._flat_weights
         per_layer = len(weights) // (m.num_layers * ndir)
@@ -324,7 +328,7 @@ class StackForward(_Adapter):
             if layer == 0 and not x.requires_grad:
                 anchor = torch.zeros((), device=x.device, requires_grad=True)
             if x.requires_grad or anchor is not None:
-                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq))(("xgrad", name, layer))
+                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq, start))(("xgrad", name, layer))
                 x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor)
             w = weights[layer * ndir * per_layer : (layer + 1) * ndir * per_layer]
             rows = slice(layer * ndir, (layer + 1) * ndir)
@@ -335,7 +339,7 @@ class StackForward(_Adapter):
                 result = call(x, batch_sizes, h0, w, m.bias, 1, 0.0, m.training, m.bidirectional)
             out = result[0]
             finals.append(result[1:])
-            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes))
+            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes), start)
             acc.add_activity(("activity", name, layer), unit_activity(out))
             if m.dropout and m.training and layer < m.num_layers - 1:
                 out = torch.nn.functional.dropout(out, m.dropout, True)
