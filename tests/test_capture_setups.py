@@ -597,3 +597,38 @@ def test_lbfgs_closure_on_a_cell_loop_keeps_one_profile_of_sequence_length():
     record = mon.history[0]
     assert len(record.layers[("cell", 0)].timestep_grad_norms) == 7
     assert len(record.timestep_output_grad_norms["cell"]) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. TorchScript
+
+def test_jit_trace_of_a_watched_model_in_train_mode_works_unmeasured_with_one_warning(caplog):
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.LSTM, dropout=0.0)
+    x = torch.randint(0, 20, (5, 2))
+    with gradwatch.watch(model, every=1, console=False) as mon:
+        traced = torch.jit.trace(model, x)
+        traced(x).sum().backward()
+        torch.jit.trace(model, x)
+        model.zero_grad()
+        model(x).sum().backward()  # the eager model is still measured
+        mon.step()
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+    said = [r.getMessage() for r in caplog.records if "torch.jit.trace" in r.getMessage()]
+    assert len(said) == 1 and "not measured" in said[0]
+    assert mon.history[0].layers[("rnn", 1)].timestep_grad_norms is not None
+
+
+def test_jit_script_of_a_watched_model_works_and_runs_the_plain_forward():
+    torch.manual_seed(0)
+    model = SeqClassifier(nn.GRU, dropout=0.0)
+    cell_model = nn.Sequential(nn.GRUCell(3, 4))
+    x = torch.randint(0, 20, (5, 2))
+    with gradwatch.watch(model, console=False), gradwatch.watch(cell_model, console=False):
+        scripted = torch.jit.script(model)
+        scripted_cell = torch.jit.script(cell_model)
+    c = torch.randn(2, 3)
+    torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(scripted_cell(c), cell_model(c), rtol=0, atol=0)
+    scripted(x).sum().backward()
+    assert model.rnn.weight_hh_l0.grad is not None

@@ -37,8 +37,13 @@ def plain_forward(module: nn.Module) -> Any:
 
 def installed_adapter(module: nn.Module) -> "_Adapter | None":
     """The gradwatch forward adapter installed on `module` (it is being watched), or None."""
-    forward = module.__dict__.get("forward")
-    return forward if isinstance(forward, _Adapter) else None
+    return _adapter_of(module.__dict__.get("forward"))
+
+
+def _adapter_of(forward: Any) -> "_Adapter | None":
+    """The adapter behind a module's `forward` entry, when that entry is gradwatch's."""
+    adapter = getattr(getattr(forward, "__func__", None), torch_compat.ADAPTER_ATTRIBUTE, None)
+    return adapter if isinstance(adapter, _Adapter) else None
 
 
 class _Adapter:
@@ -64,10 +69,14 @@ class _Adapter:
         self.failed = False
         self.owns_replicas = False
         self.owns_getstate = False
+        # what goes into the module's __dict__: a bound method that calls this adapter and that
+        # torch.jit.script compiles as the class's forward (see torch_compat.scriptable_forward)
+        self.bound = types.MethodType(torch_compat.scriptable_forward(self, type(watched.module).forward),
+                                      watched.module)
 
     def install(self) -> None:
         module = self.watched.module
-        module.forward = self  # type: ignore[method-assign]
+        module.forward = self.bound  # type: ignore[method-assign]
         if "_replicate_for_data_parallel" not in module.__dict__:  # a pickled watched module keeps its own
             module._replicate_for_data_parallel = PlainReplicas(module)  # type: ignore[method-assign]
             self.owns_replicas = True
@@ -83,7 +92,7 @@ class _Adapter:
         if self.owns_replicas and isinstance(module.__dict__.get("_replicate_for_data_parallel"), PlainReplicas):
             del module.__dict__["_replicate_for_data_parallel"]
             self.owns_replicas = False
-        if module.__dict__.get("forward") is self:
+        if module.__dict__.get("forward") is self.bound:
             if self.previous is None:
                 del module.__dict__["forward"]
             else:
@@ -137,8 +146,8 @@ class _UnwatchedState:
             return state
         state = dict(state)
         state.pop("__getstate__", None)
-        forward = state.get("forward")
-        if isinstance(forward, _Adapter):
+        forward = _adapter_of(state.get("forward"))
+        if forward is not None:
             if forward.previous is None:
                 del state["forward"]
             else:
@@ -170,8 +179,9 @@ class PlainReplicas:
         if isinstance(replica.__dict__.get("__getstate__"), _UnwatchedState):
             del replica.__dict__["__getstate__"]
         forward = replica.__dict__.get("forward")
-        if isinstance(forward, _Adapter):
-            forward = forward.previous  # what the unwatched module would have copied
+        adapter = _adapter_of(forward)
+        if adapter is not None:
+            forward = adapter.previous  # what the unwatched module would have copied
         if forward is None or _is_plain_forward(forward, module):
             replica.__dict__.pop("forward", None)
         else:

@@ -10,9 +10,17 @@ as before rather than failing (tests/test_capture_setups.py pins each on the ins
 
 from __future__ import annotations
 
+import functools
+import types
+from typing import Any, Callable
+
 import torch
 
-__all__ = ["in_checkpoint_recomputation", "functorch_transform_active", "jit_tracing", "compiling"]
+__all__ = ["in_checkpoint_recomputation", "functorch_transform_active", "jit_tracing", "compiling",
+           "scriptable_forward", "ADAPTER_ATTRIBUTE"]
+
+ADAPTER_ATTRIBUTE = "_gradwatch_adapter"
+"""Attribute of a `scriptable_forward` function that holds its adapter."""
 
 
 def in_checkpoint_recomputation() -> bool:
@@ -60,3 +68,22 @@ def stop_recomputation_error() -> type[BaseException] | None:
     from torch.utils import checkpoint
 
     return getattr(checkpoint, "_StopRecomputationError", None)
+
+
+def scriptable_forward(adapter: Callable[..., Any], class_forward: Callable[..., Any]) -> Callable[..., Any]:
+    """A function `(self, input, hx=None) -> adapter(input, hx)` that torch.jit.script takes for `class_forward`.
+
+    `torch.jit.script` compiles a module's `forward` from source: it reads the source through
+    `__wrapped__` (set by `functools.update_wrapper`), resolves the names in that source with the
+    function's `__globals__`, and finds `@overload`s by `__module__`/`__qualname__`. This function
+    carries the class forward's globals and metadata, so the scripted module is the unwatched
+    module's (and, running outside Python, unmeasured); called from Python it runs the adapter.
+    """
+    def forward(self: Any, input: Any, hx: Any = None) -> Any:
+        return adapter(input, hx)
+
+    trampoline = types.FunctionType(forward.__code__, class_forward.__globals__, class_forward.__name__,
+                                    forward.__defaults__, forward.__closure__)
+    functools.update_wrapper(trampoline, class_forward)
+    setattr(trampoline, ADAPTER_ATTRIBUTE, adapter)
+    return trampoline
