@@ -186,6 +186,17 @@ def test_activation_checkpointing_of_a_watched_lstm_runs_and_measures_once(reent
     assert len(mon.history[0].timestep_output_grad_norms[""]) == 6  # measured once, not twice
 
 
+def test_checkpointing_a_module_in_eval_mode_recomputes_the_same_path():
+    """An eval-mode forward is not measured; its recomputation must not take the probe path either."""
+    from torch.utils.checkpoint import checkpoint
+
+    def body(model, step):
+        out, _ = checkpoint(model, torch.randn(6, 3, 4, requires_grad=True), use_reentrant=False)
+        return out.square().mean()
+
+    assert_training_unchanged(lambda: nn.LSTM(4, 5, num_layers=2).eval(), body)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. saving a whole watched model
 

@@ -115,11 +115,15 @@ class _Adapter:
             return None
         if torch_compat.functorch_transform_active():
             return None  # torch.func.grad/vmap: wrapped tensors; the next ordinary forward is measured
-        if torch_compat.in_checkpoint_recomputation():
-            return "dry"  # the original forward was measured; its graph is the one back-propagated
+        recomputing = torch_compat.in_checkpoint_recomputation()
         if not self.watched.module.training:
-            self.session.eval_forwards += 1  # validation without no_grad: not part of the training step
+            if not recomputing:
+                self.session.eval_forwards += 1  # validation without no_grad: not part of the training step
             return None
+        if recomputing:
+            # the original forward was measured (its graph is the one back-propagated); the
+            # recomputation must take the same path (same saved tensors) and record nothing
+            return "dry"
         self.session.forwards += 1
         return "measure"
 
