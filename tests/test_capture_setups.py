@@ -213,6 +213,31 @@ def test_pickle_of_a_watched_model_names_no_gradwatch_object():
     assert b"gradwatch" not in saved.getvalue()
 
 
+def test_pickle_of_a_model_trained_while_watched_equals_the_unwatched_runs():
+    def body(model, step):
+        return model(torch.randint(0, 20, (7, 3))).square().mean()
+
+    def make():
+        torch.manual_seed(0)
+        return SeqClassifier(nn.LSTM)
+
+    plain, watched = make(), make()
+    for model, watch in ((plain, False), (watched, True)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = gradwatch.watch(model, opt, every=1, console=False) if watch else None
+        for step in range(2):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            body(model, step).backward()
+            opt.step()
+        if watch:  # while still watched: torch.save names storages by ordinal, so the archives compare
+            saved_watched, saved_plain = io.BytesIO(), io.BytesIO()
+            torch.save(model, saved_watched)
+            torch.save(plain, saved_plain)
+            mon.close()
+            assert saved_watched.getvalue() == saved_plain.getvalue()
+
+
 def test_torch_save_of_a_watched_model_loads_with_weights_only_allowlist():
     torch.manual_seed(0)
     model = SeqClassifier(nn.GRU)
