@@ -10,6 +10,7 @@ brings the whole step to the host.
 
 from __future__ import annotations
 
+import weakref
 from typing import Hashable
 
 import torch
@@ -38,7 +39,7 @@ class StepAccumulator:
         self.indexed: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.activity: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
-        self.chains: dict[str, tuple[object, int]] = {}
+        self.chains: dict[str, tuple[tuple[weakref.ref, ...], int]] = {}
 
     def add_timesteps(self, key: Hashable, sumsq: torch.Tensor, offset: int = 0) -> None:
         """Add a per-timestep vector of squared norms starting at timestep `offset` (several calls
@@ -68,16 +69,19 @@ class StepAccumulator:
         chain = self.chains.get(module)
         if chain is None or initial_state is None:
             return 0
-        final, end = chain
-        if isinstance(final, tuple) and isinstance(initial_state, tuple):
-            same = len(final) == len(initial_state) and all(a is b for a, b in zip(final, initial_state))
-        else:
-            same = final is initial_state
+        finals, end = chain
+        states = initial_state if isinstance(initial_state, tuple) else (initial_state,)
+        same = len(states) == len(finals) and all(ref() is state for ref, state in zip(finals, states))
         return end if same else 0
 
     def end_call(self, module: str, final_state: object, end: int) -> None:
-        """Remember a fused module's returned final state and the timestep after its last one."""
-        self.chains[module] = (final_state, end)
+        """Remember a fused module's returned final state and the timestep after its last one.
+
+        By weak reference: the state's graph holds the output-gradient hooks, which hold this
+        accumulator; a strong reference would close a cycle through autograd that gc cannot see.
+        """
+        states = final_state if isinstance(final_state, tuple) else (final_state,)
+        self.chains[module] = (tuple(weakref.ref(s) for s in states), end)  # type: ignore[arg-type]
 
     def next_call(self, module: str) -> int:
         """Index of the next call of a cell module within this step."""
