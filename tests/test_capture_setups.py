@@ -492,22 +492,24 @@ def test_weights_shared_between_two_rnn_modules_are_named_in_a_warning(caplog):
 # ---------------------------------------------------------------------------------------------
 # 11. where a NaN/Inf appeared
 
-def _overflowing_middle_layer():
+def _overflowing_middle_layer(bidirectional):
     """A 3-layer ReLU RNN whose layer 1 overflows to Inf (finite weights, finite input)."""
     torch.manual_seed(0)
-    m = nn.RNN(4, 5, num_layers=3, nonlinearity="relu")
+    m = nn.RNN(4, 5, num_layers=3, nonlinearity="relu", bidirectional=bidirectional)
     with torch.no_grad():
-        m.weight_ih_l1.fill_(1e15)  # h grows ×~1e16 per timestep: Inf (float32) from t=2 on
-        m.weight_hh_l1.fill_(1e15)
+        for name, p in m.named_parameters():
+            if name.startswith("weight") and "_l1" in name:
+                p.fill_(1e15)  # h grows ×~1e16 per timestep: Inf (float32) from t=2 on
     return m
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
 @pytest.mark.parametrize("every", [1, 10], ids=["probe-step", "non-probe-step"])
-def test_nan_born_in_a_middle_layer_of_a_fused_stack_names_that_layer_on_every_step(every):
-    model = _overflowing_middle_layer()
+def test_nan_born_in_a_middle_layer_of_a_fused_stack_names_that_layer_on_every_step(every, bidirectional):
+    model = _overflowing_middle_layer(bidirectional)
     with gradwatch.watch(model, every=every, console=False) as mon:
         for _ in range(2):
-            model(torch.rand(6, 3, 4)).__getitem__(0).sum().backward()
+            model(torch.rand(6, 3, 4))[0].sum().backward()
             mon.step()
     for record in mon.history:
         assert record.nonfinite is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import _VF, nn
@@ -31,7 +31,7 @@ __all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward", "ins
 
 
 def plain_forward(module: nn.Module) -> Any:
-    """The module's class forward bound to it: what a pickled watched module unpickles to."""
+    """The module's class forward bound to it (what an adapter pickled on its own unpickles to)."""
     return types.MethodType(type(module).forward, module)
 
 
@@ -77,7 +77,7 @@ class _Adapter:
     def install(self) -> None:
         module = self.watched.module
         module.forward = self.bound  # type: ignore[method-assign]
-        if "_replicate_for_data_parallel" not in module.__dict__:  # a pickled watched module keeps its own
+        if "_replicate_for_data_parallel" not in module.__dict__:  # a module with its own keeps it
             module._replicate_for_data_parallel = PlainReplicas(module)  # type: ignore[method-assign]
             self.owns_replicas = True
         if "__getstate__" not in module.__dict__:
@@ -102,7 +102,7 @@ class _Adapter:
         # Only reached when the adapter is pickled on its own (the module's state leaves it out).
         return plain_forward, (self.watched.module,)
 
-    def measuring_mode(self) -> str | None:
+    def measuring_mode(self) -> Literal["measure", "dry"] | None:
         """How this call is handled: "measure", "dry" (same operations, nothing recorded), or None
         (the module's own forward, unmeasured)."""
         if self.failed or not self.session.enabled or not torch.is_grad_enabled() or torch_compat.compiling():
@@ -200,8 +200,9 @@ def _is_plain_forward(forward: Any, module: nn.Module) -> bool:
     return getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward
 
 
-def final_state_sumsq(hidden: Any, num_layers: int) -> torch.Tensor:
-    """Σ of squares of the final state (h_n, and c_n for an LSTM) per layer, both directions together.
+def final_state_sumsq(hidden: Any, num_layers: int, num_directions: int) -> torch.Tensor | None:
+    """Σ of squares of the final state (h_n, and c_n for an LSTM) per layer, both directions together;
+    None when `hidden` is not a stock final state (a subclass returning something else).
 
     A NaN/Inf born in layer l propagates through the recurrence to layer l's final state and to
     every layer above, never below: the lowest non-finite entry names the layer where it appeared,
@@ -210,9 +211,10 @@ def final_state_sumsq(hidden: Any, num_layers: int) -> torch.Tensor:
     parts = hidden if isinstance(hidden, tuple) else (hidden,)
     total = None
     for h in parts:
+        if not isinstance(h, torch.Tensor) or h.dim() == 0 or h.shape[0] != num_layers * num_directions:
+            return None
         sq = h.detach().float().square().reshape(num_layers, -1).sum(dim=1)
         total = sq if total is None else total + sq
-    assert total is not None
     return total
 
 
@@ -268,7 +270,9 @@ class StackForward(_Adapter):
         y, hidden = output
         data = y.data if isinstance(y, PackedSequence) else y
         acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes), start)
-        acc.add_timesteps(("final", name), final_state_sumsq(hidden, self.watched.num_layers))
+        final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
+        if final is not None:
+            acc.add_timesteps(("final", name), final)
         acc.end_call(name, hidden, span[1])
         if data.requires_grad:
             sink = lambda sq: acc.add_timesteps(("out_grad", name), sq, start)  # noqa: E731
