@@ -5,7 +5,7 @@
     >>> jit_tracing()                   # True while torch.jit.trace records a graph
 
 Each answers False when the torch build lacks the internal it reads: gradwatch then measures
-as before rather than failing (tests/test_capture_setups.py pins each on the installed torch).
+as before rather than failing (tests/test_torch_compat.py pins each on the installed torch).
 """
 
 from __future__ import annotations
