@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch.capture.stack import PlainReplicas, installed_adapter
+from gradwatch.capture.stack import installed_adapter
 from gradwatch.cli import main
 from models import CellDecoder, SeqClassifier, lm_batch
 
