@@ -670,3 +670,16 @@ def test_jit_script_of_a_watched_model_works_and_runs_the_plain_forward():
     torch.testing.assert_close(scripted_cell(c), cell_model(c), rtol=0, atol=0)
     scripted(x).sum().backward()
     assert model.rnn.weight_hh_l0.grad is not None
+
+
+def test_closure_that_only_returns_a_loss_computed_before_step_keeps_the_measurements():
+    torch.manual_seed(0)
+    model = nn.GRU(4, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradwatch.watch(model, opt, every=1, console=False) as mon:
+        loss = model(torch.randn(6, 3, 4))[0].square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(lambda: loss)
+        mon.step(loss)
+    assert len(mon.history[0].layers[("", 0)].timestep_grad_norms) == 6

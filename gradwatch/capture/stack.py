@@ -124,7 +124,7 @@ class _Adapter:
             # the original forward was measured (its graph is the one back-propagated); the
             # recomputation must take the same path (same saved tensors) and record nothing
             return "dry"
-        self.session.forwards += 1
+        self.session.forward_started()
         return "measure"
 
     def fail(self, exc: BaseException) -> None:
