@@ -535,35 +535,41 @@ def test_inf_row_in_an_embedding_weight_is_diagnosed_as_weights_not_input_data()
 # 9. a fused module called once per token; LBFGS closures
 
 def _decode(model, x, h=None):
+    """The seq2seq tutorial's decoder loop: one token per call, the returned state fed back."""
+    dim = 1 if model.batch_first else 0
     outs = []
-    for t in range(x.shape[0]):
-        out, h = model(x[t : t + 1], h)  # the seq2seq tutorial's decoder step: one token, state chained
+    for t in range(x.shape[dim]):
+        out, h = model(x.narrow(dim, t, 1), h)
         outs.append(out)
-    return torch.cat(outs)
+    return torch.cat(outs, dim)
 
 
-def test_fused_gru_called_once_per_token_is_measured_as_timesteps():
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-first", "batch-first"])
+def test_fused_gru_called_once_per_token_is_measured_as_timesteps(batch_first):
+    shape = (3, 5, 4) if batch_first else (5, 3, 4)
+
     def body(model, step):
-        return _decode(model, torch.randn(5, 3, 4)).square().mean()
+        return _decode(model, torch.randn(*shape)).square().mean()
 
-    make = lambda: nn.GRU(4, 5)  # noqa: E731
+    make = lambda: nn.GRU(4, 5, batch_first=batch_first)  # noqa: E731
     assert_training_unchanged(make, body)
     torch.manual_seed(0)
     model = make()
     reference = copy.deepcopy(model)
-    x = torch.randn(5, 3, 4, requires_grad=True)
+    x = torch.randn(*shape, requires_grad=True)
     with gradwatch.watch(model, every=1, console=False) as mon:
         _decode(model, x).square().mean().backward()
         mon.step()
+    dim = 1 if batch_first else 0
     x_ref = x.detach().clone().requires_grad_()
     outs, h = [], None
     for t in range(5):
-        out, h = reference(x_ref[t : t + 1], h)
+        out, h = reference(x_ref.narrow(dim, t, 1), h)
         outs.append(out)
-    out_grads = torch.autograd.grad(torch.cat(outs).square().mean(), outs + [x_ref])
+    grads = torch.autograd.grad(torch.cat(outs, dim).square().mean(), outs + [x_ref])
     record = mon.history[0]
-    assert_norms(record.timestep_output_grad_norms[""], [g.square().sum().sqrt().item() for g in out_grads[:5]])
-    assert_norms(record.layers[("", 0)].timestep_grad_norms, per_timestep_norms(out_grads[5], x_ref, False))
+    assert_norms(record.timestep_output_grad_norms[""], [g.square().sum().sqrt().item() for g in grads[:5]])
+    assert_norms(record.layers[("", 0)].timestep_grad_norms, per_timestep_norms(grads[5], x_ref, batch_first))
     assert_norms(record.layers[("", 0)].timestep_activation_norms, [o.square().sum().sqrt().item() for o in outs])
 
 
