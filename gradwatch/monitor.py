@@ -267,8 +267,22 @@ class Monitor:
             ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
             for w in found
         ]
-        self.params = ParameterMap(self.model, found)
+        self._map_parameters()
+
+    def _map_parameters(self) -> None:
+        """(Re)build the parameter map of the watched modules, saying once what it cannot attribute."""
+        self.params = ParameterMap(self.model, self.watched)
         self.params.take_snapshot()
+        if self.params.unattributed:
+            names = ", ".join(self.params.unattributed)
+            self.session.tell_once(f"unattributed:{names}", (
+                f"parameters {names} of a watched recurrent module belong to no layer (not weight_*/bias_*_l<k> "
+                "or a reparametrisation of one): they count in the model's total gradient norm but in no "
+                "layer's statistics."))
+        for name, first in self.params.shared:
+            self.session.tell_once(f"shared:{name}", (
+                f"parameter {name} is shared with {first}: its gradient (the sum over both uses) and its "
+                f"update count toward {first} only."))
 
     def _refresh_modules(self) -> None:
         """Pick up recurrent modules created (or removed) after `watch()`; runs on probe steps."""
@@ -291,8 +305,11 @@ class Monitor:
             return None  # a driver calls before_update() at the right moment
         if self._grad_stats is not None:
             return None  # a second optimizer (or update) in the same step: gradients were already read
-        if closure_of(args, kwargs) is not None:
-            return None  # LBFGS & co. recompute gradients inside step(): read them when it returns
+        closure = closure_of(args, kwargs)
+        if closure is not None:
+            # LBFGS & co. recompute gradients inside step(): read them when it returns; each closure
+            # call is a full evaluation of the model, so the step's record keeps the last one's
+            return _restarting_each_evaluation(args, kwargs, closure, self.session)
         self._read_before_update()
         return None
 
@@ -331,8 +348,11 @@ class Monitor:
             return None
 
     def _read_grads(self) -> dict:
+        if not self.params.is_current():
+            self._map_parameters()  # load_state_dict(assign=True) & co. replaced the parameters
         gsq, has_grad, total = self.params.grad_sumsq()
-        return {"gsq": gsq, "has_grad": has_grad, "total": total}
+        outside_names, outside_wsq = self.params.outside_weight_sumsq()  # before the update, as the snapshot
+        return {"gsq": gsq, "has_grad": has_grad, "total": total, "outside": (outside_names, outside_wsq)}
 
     def _end_step(self, loss: Any = None, *, loss_fed: bool = False) -> None:
         grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
@@ -344,9 +364,17 @@ class Monitor:
             scalars[("gsq",)] = grads["gsq"]
         if grads["total"] is not None:
             scalars[("total",)] = grads["total"]
+        outside_names, outside_wsq = grads["outside"]
+        if outside_wsq is not None:
+            scalars[("outside_wsq",)] = outside_wsq
         action = grads.get("action") or {}
         if "clip" in action:
             scalars[("clip",)] = action["clip"]
+        if self.session.eval_forwards and not self.session.forwards and any(grads["has_grad"]):
+            self.session.tell_once("eval", (
+                "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
+                "per-timestep and activation statistics only in train mode, so that validation forwards run "
+                "with gradients on are not mixed into the training step; parameter statistics are unaffected."))
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
         flat, layout = acc.pack(scalars)
@@ -365,6 +393,7 @@ class Monitor:
             readback=readback,
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
+            outside_params=tuple(outside_names),
         )
         if loss_fed:
             self._attach_loss(pending, loss)
@@ -467,6 +496,17 @@ class Monitor:
         if key not in self._reported:
             self._reported.add(key)
             log.warning("gradwatch: %s", message)
+
+
+def _restarting_each_evaluation(args: Any, kwargs: Any, closure: Any, session: CaptureSession) -> Any:
+    """The optimizer's (args, kwargs) with `closure` wrapped to call `session.new_evaluation()` first."""
+    def evaluation() -> Any:
+        session.new_evaluation()
+        return closure()
+
+    if len(args) > 1:
+        return (args[0], evaluation, *args[2:]), kwargs
+    return args, {**kwargs, "closure": evaluation}
 
 
 def as_optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:

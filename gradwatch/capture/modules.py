@@ -30,6 +30,10 @@ RECURRENT_KINDS: dict[type[nn.Module], str] = {
 """Supported module classes (and their subclasses) and the adapter kind that captures them."""
 
 _PARAM_NAME = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
+_REPARAMETRISED = (
+    re.compile(r"^parametrizations\.(\w+)\.original\d*$"),  # torch.nn.utils.parametrize (weight_norm, ...)
+    re.compile(r"^(\w+)_(?:orig|g|v|raw)$"),  # prune's _orig, legacy weight_norm's _g/_v, AWD-LSTM WeightDrop's _raw
+)
 
 
 @dataclass
@@ -102,11 +106,23 @@ def find_recurrent(model: nn.Module) -> list[WatchedModule]:
     return found
 
 
-def layer_of_parameter(watched: WatchedModule, param_name: str) -> tuple[int, int]:
-    """(layer, direction) of a parameter of a recurrent module, from its registered name."""
+def layer_of_parameter(watched: WatchedModule, param_name: str) -> tuple[int, int] | None:
+    """(layer, direction) of a parameter of a recurrent module, from its registered name; None when
+    the name belongs to no layer (an extra Parameter of a subclass).
+
+    A reparametrised weight's raw parameters (`parametrizations.weight_hh_l1.original0`,
+    `weight_hh_l1_orig`, `weight_hh_l1_g`/`_v`, `weight_hh_l1_raw`) belong to that weight's layer.
+    A cell is one layer: every parameter of it is layer 0.
+    """
     if watched.kind == "cell":
         return 0, 0
     match = _PARAM_NAME.match(param_name)
+    for pattern in _REPARAMETRISED:
+        if match is not None:
+            break
+        wrapped = pattern.match(param_name)
+        if wrapped is not None:
+            match = _PARAM_NAME.match(wrapped.group(1))
     if match is None:
-        return 0, 0
+        return None
     return int(match.group(3)), 1 if match.group(4) else 0

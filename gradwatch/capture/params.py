@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..stats.tensor_stats import group_sumsq
+from ..stats.tensor_stats import group_sumsq, stack_scalars
 from .modules import WatchedModule, layer_of_parameter
 
 __all__ = ["GroupKey", "ParameterMap"]
@@ -35,14 +35,24 @@ class ParameterMap:
         keys: dict[GroupKey, int] = {}
         self.params: list[nn.Parameter] = []
         group_of: list[int] = []
-        seen: set[int] = set()
+        seen: dict[int, str] = {}
+        self.unattributed: list[str] = []
+        """Parameters of watched modules that belong to no layer: only in the model's total norm."""
+        self.shared: list[tuple[str, str]] = []
+        """(parameter, first owner) for parameters shared between watched modules: counted in the first only."""
+        self._identity = [(w.module, [id(p) for p in w.module.parameters()]) for w in watched]
         for w in watched:
             for pname, p in w.module.named_parameters():
+                qualified = f"{w.name}.{pname}" if w.name else pname
                 if id(p) in seen:
+                    self.shared.append((qualified, seen[id(p)]))
                     continue
-                seen.add(id(p))
-                layer, direction = layer_of_parameter(w, pname)
-                key = GroupKey(w.name, layer, direction)
+                seen[id(p)] = qualified
+                place = layer_of_parameter(w, pname)
+                if place is None:
+                    self.unattributed.append(qualified)
+                    continue
+                key = GroupKey(w.name, *place)
                 group_of.append(keys.setdefault(key, len(keys)))
                 self.params.append(p)
         self.groups = list(keys)
@@ -51,6 +61,11 @@ class ParameterMap:
         self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
         self._index_cache: dict[tuple, torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
+
+    def is_current(self) -> bool:
+        """False once a watched module's parameters were replaced (`load_state_dict(..., assign=True)`,
+        a parametrisation registered or removed, a Parameter re-assigned): then build a new map."""
+        return all([id(p) for p in module.parameters()] == ids for module, ids in self._identity)
 
     def _index(self, slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """`slots` (a group per tensor) as an index tensor, cached per device (copied without a sync)."""
@@ -61,6 +76,19 @@ class ParameterMap:
             cpu = torch.tensor(slots, dtype=torch.long)
             self._index_cache[key] = cpu.to(device, non_blocking=True) if device.type != "cpu" else cpu
         return self._index_cache[key]
+
+    def outside_weight_sumsq(self) -> tuple[list[str], torch.Tensor | None]:
+        """Names and per-tensor Σθ² of the model's parameters outside the watched modules (an
+        embedding, a head): a NaN/Inf in them reaches a watched module as a non-finite input,
+        which must not be mistaken for bad data. One foreach norm kernel, no sync."""
+        names, tensors = [], []
+        for name, p in self.model.named_parameters():
+            if id(p) not in self._group_by_id:
+                names.append(name)
+                tensors.append(p.detach())
+        if not tensors:
+            return names, None
+        return names, stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64).square()
 
     def grad_sumsq(self) -> tuple[torch.Tensor | None, list[bool], torch.Tensor | None]:
         """Per-group Σ grad² (None when no watched parameter has a gradient), which groups received

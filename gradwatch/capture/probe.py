@@ -15,7 +15,7 @@ import torch
 
 from ..stats.tensor_stats import sumsq_over
 
-__all__ = ["timestep_probe", "timestep_sumsq"]
+__all__ = ["timestep_probe", "timestep_sumsq", "observe_gradient"]
 
 Sink = Callable[[torch.Tensor], None]
 
@@ -76,3 +76,30 @@ def timestep_probe(
     if anchor is None:
         anchor = x.new_zeros(())
     return _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)
+
+
+def observe_gradient(
+    x: torch.Tensor,
+    *,
+    time_dim: int | None,
+    sink: Sink,
+    batch_sizes: torch.Tensor | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+) -> None:
+    """Report per-timestep squared norms of ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
+
+    For tensors handed back to the user (a module's output): a tensor hook leaves `x` the very
+    tensor the module produced, so the user may modify it in place (`out += skip`,
+    `out.masked_fill_(...)`), which a custom Function's view output forbids. A hook registered
+    before such an in-place change receives the gradient with respect to `x` as it was produced
+    (torch's documented rule), which is the gradient at the module's output. Failures go to
+    `on_error` as in `timestep_probe`.
+    """
+    def hook(grad: torch.Tensor) -> None:
+        try:
+            sink(timestep_sumsq(grad, time_dim, batch_sizes))
+        except Exception as exc:  # a measurement failure must never break the user's backward pass...
+            if on_error is not None:
+                on_error(exc)  # ...unless on_error re-raises it (strict=True)
+
+    x.register_hook(hook)

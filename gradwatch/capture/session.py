@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from ..stream.accumulator import StepAccumulator
 
 __all__ = ["CaptureSession"]
+
+log = logging.getLogger("gradwatch")
 
 
 class CaptureSession:
@@ -22,10 +25,36 @@ class CaptureSession:
         self.enabled = True
         self.report_error = report_error
         self.forwards = 0
+        self.eval_forwards = 0
+        """Forwards of watched modules in eval mode with gradients on, this step (not measured)."""
+        self._told: set[str] = set()
+        self._restart_at_next_forward = False
 
     def begin_step(self, *, probe: bool) -> StepAccumulator:
         """Start collecting a new step; returns the finished step's accumulator."""
         done, self.accumulator = self.accumulator, StepAccumulator()
         self.probing = probe
         self.forwards = 0
+        self.eval_forwards = 0
+        self._restart_at_next_forward = False
         return done
+
+    def new_evaluation(self) -> None:
+        """An optimizer re-evaluates the model within one step (LBFGS's closure): the next measured
+        forward restarts the measurements, so that the step's record holds the last evaluation's,
+        not all of them added up or concatenated. (At the next forward, not now: a closure that
+        only returns a loss computed before `step()` keeps that forward's measurements.)"""
+        self._restart_at_next_forward = True
+
+    def forward_started(self) -> None:
+        """A watched module's forward is about to be measured into `accumulator`."""
+        if self._restart_at_next_forward:
+            self._restart_at_next_forward = False
+            self.accumulator = StepAccumulator()
+        self.forwards += 1
+
+    def tell_once(self, topic: str, message: str) -> None:
+        """Log `message` as a warning the first time `topic` comes up for this monitor."""
+        if topic not in self._told:
+            self._told.add(topic)
+            log.warning("gradwatch: %s", message)

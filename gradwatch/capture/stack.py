@@ -14,33 +14,40 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import torch_compat
 from .modules import WatchedModule
-from .probe import timestep_probe, timestep_sumsq
+from .probe import observe_gradient, timestep_probe, timestep_sumsq
 from .session import CaptureSession
+from ..stream.accumulator import StepAccumulator
 from ..stats.tensor_stats import unit_activity
 
 __all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward", "installed_adapter"]
 
 
 def plain_forward(module: nn.Module) -> Any:
-    """The module's class forward bound to it: what a pickled watched module unpickles to."""
+    """The module's class forward bound to it (what an adapter pickled on its own unpickles to)."""
     return types.MethodType(type(module).forward, module)
 
 
 def installed_adapter(module: nn.Module) -> "_Adapter | None":
     """The gradwatch forward adapter installed on `module` (it is being watched), or None."""
-    forward = module.__dict__.get("forward")
-    return forward if isinstance(forward, _Adapter) else None
+    return _adapter_of(module.__dict__.get("forward"))
+
+
+def _adapter_of(forward: Any) -> "_Adapter | None":
+    """The adapter behind a module's `forward` entry, when that entry is gradwatch's."""
+    adapter = getattr(getattr(forward, "__func__", None), torch_compat.ADAPTER_ATTRIBUTE, None)
+    return adapter if isinstance(adapter, _Adapter) else None
 
 
 class _Adapter:
-    """Common part of the forward adapters: install, remove, pickle as the plain forward.
+    """Common part of the forward adapters: install, remove, pickle as the unwatched module.
 
     `nn.DataParallel` on several GPUs runs replicas of the module, made by
     `_replicate_for_data_parallel`, which copies the module's `__dict__`, where the adapter
@@ -48,6 +55,10 @@ class _Adapter:
     replicas run their class's plain forward with their own parameters. Replicas give no
     per-timestep or activation statistics; parameter statistics are unaffected (replica
     gradients flow back to the original parameters, which gradwatch reads).
+
+    A third entry, `__getstate__`, makes pickling, `torch.save` and `copy.deepcopy` of a watched
+    module see the state of the unwatched one: the pickle names no gradwatch object, so
+    `torch.load` (weights_only) and processes without gradwatch load it as they would unwatched.
     """
 
     def __init__(self, watched: WatchedModule, session: CaptureSession) -> None:
@@ -57,40 +68,97 @@ class _Adapter:
         self.original = self.previous if self.previous is not None else plain_forward(watched.module)
         self.failed = False
         self.owns_replicas = False
+        self.owns_getstate = False
+        # what goes into the module's __dict__: a bound method that calls this adapter and that
+        # torch.jit.script compiles as the class's forward (see torch_compat.scriptable_forward)
+        self.bound = types.MethodType(torch_compat.scriptable_forward(self, type(watched.module).forward),
+                                      watched.module)
 
     def install(self) -> None:
         module = self.watched.module
-        module.forward = self  # type: ignore[method-assign]
-        if "_replicate_for_data_parallel" not in module.__dict__:  # a pickled watched module keeps its own
+        module.forward = self.bound  # type: ignore[method-assign]
+        if "_replicate_for_data_parallel" not in module.__dict__:  # a module with its own keeps it
             module._replicate_for_data_parallel = PlainReplicas(module)  # type: ignore[method-assign]
             self.owns_replicas = True
+        if "__getstate__" not in module.__dict__:
+            module.__dict__["__getstate__"] = _UnwatchedState(module)
+            self.owns_getstate = True
 
     def remove(self) -> None:
         module = self.watched.module
+        if self.owns_getstate and isinstance(module.__dict__.get("__getstate__"), _UnwatchedState):
+            del module.__dict__["__getstate__"]
+            self.owns_getstate = False
         if self.owns_replicas and isinstance(module.__dict__.get("_replicate_for_data_parallel"), PlainReplicas):
             del module.__dict__["_replicate_for_data_parallel"]
             self.owns_replicas = False
-        if module.__dict__.get("forward") is self:
+        if module.__dict__.get("forward") is self.bound:
             if self.previous is None:
                 del module.__dict__["forward"]
             else:
                 module.forward = self.previous  # type: ignore[method-assign]
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickling or deep-copying a watched model yields an unwatched one.
+        # Only reached when the adapter is pickled on its own (the module's state leaves it out).
         return plain_forward, (self.watched.module,)
 
-    def should_measure(self) -> bool:
-        if self.failed or not self.session.enabled or not torch.is_grad_enabled():
-            return False
-        try:
-            return not torch.compiler.is_compiling()
-        except AttributeError:  # older torch
-            return True
+    def measuring_mode(self) -> Literal["measure", "dry"] | None:
+        """How this call is handled: "measure", "dry" (same operations, nothing recorded), or None
+        (the module's own forward, unmeasured)."""
+        if self.failed or not self.session.enabled or not torch.is_grad_enabled() or torch_compat.compiling():
+            return None
+        if torch_compat.jit_tracing():
+            self.session.tell_once(
+                "jit", f"'{self.watched.name}' runs inside torch.jit.trace: the traced graph contains the "
+                "module's plain forward, and calls of the traced model are not measured (TorchScript runs "
+                "outside Python, where gradwatch's hooks live). Watch the eager model to measure it.")
+            return None
+        if torch_compat.functorch_transform_active():
+            return None  # torch.func.grad/vmap: wrapped tensors; the next ordinary forward is measured
+        recomputing = torch_compat.in_checkpoint_recomputation()
+        if not self.watched.module.training:
+            if not recomputing:
+                self.session.eval_forwards += 1  # validation without no_grad: not part of the training step
+            return None
+        if recomputing:
+            # the original forward was measured (its graph is the one back-propagated); the
+            # recomputation must take the same path (same saved tensors) and record nothing
+            return "dry"
+        self.session.forward_started()
+        return "measure"
 
     def fail(self, exc: BaseException) -> None:
+        stop = torch_compat.stop_recomputation_error()
+        if stop is not None and isinstance(exc, stop):
+            raise exc  # non-reentrant checkpointing ends its recomputation with it: let it through
         self.failed = True
         self.session.report_error(f"forward capture of '{self.watched.name}'", exc)
+
+
+class _UnwatchedState:
+    """A watched module's `__getstate__`: its class's state without gradwatch's entries."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+
+    def __call__(self) -> Any:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("gradwatch: pickling a module that no longer exists")
+        state = type(module).__getstate__(module)
+        if not isinstance(state, dict):
+            return state
+        state = dict(state)
+        state.pop("__getstate__", None)
+        forward = _adapter_of(state.get("forward"))
+        if forward is not None:
+            if forward.previous is None:
+                del state["forward"]
+            else:
+                state["forward"] = forward.previous
+            if forward.owns_replicas and isinstance(state.get("_replicate_for_data_parallel"), PlainReplicas):
+                del state["_replicate_for_data_parallel"]
+        return state
 
 
 class PlainReplicas:
@@ -112,9 +180,12 @@ class PlainReplicas:
             raise RuntimeError("gradwatch: replicating a module that no longer exists")
         replica = type(module)._replicate_for_data_parallel(module)
         del replica.__dict__["_replicate_for_data_parallel"]
+        if isinstance(replica.__dict__.get("__getstate__"), _UnwatchedState):
+            del replica.__dict__["__getstate__"]
         forward = replica.__dict__.get("forward")
-        if isinstance(forward, _Adapter):
-            forward = forward.previous  # what the unwatched module would have copied
+        adapter = _adapter_of(forward)
+        if adapter is not None:
+            forward = adapter.previous  # what the unwatched module would have copied
         if forward is None or _is_plain_forward(forward, module):
             replica.__dict__.pop("forward", None)
         else:
@@ -127,6 +198,24 @@ class PlainReplicas:
 
 def _is_plain_forward(forward: Any, module: nn.Module) -> bool:
     return getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward
+
+
+def final_state_sumsq(hidden: Any, num_layers: int, num_directions: int) -> torch.Tensor | None:
+    """Σ of squares of the final state (h_n, and c_n for an LSTM) per layer, both directions together;
+    None when `hidden` is not a stock final state (a subclass returning something else).
+
+    A NaN/Inf born in layer l propagates through the recurrence to layer l's final state and to
+    every layer above, never below: the lowest non-finite entry names the layer where it appeared,
+    on steps without the layer-by-layer probe too.
+    """
+    parts = hidden if isinstance(hidden, tuple) else (hidden,)
+    total = None
+    for h in parts:
+        if not isinstance(h, torch.Tensor) or h.dim() == 0 or h.shape[0] != num_layers * num_directions:
+            return None
+        sq = h.detach().float().square().reshape(num_layers, -1).sum(dim=1)
+        total = sq if total is None else total + sq
+    return total
 
 
 def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor | None) -> int | None:
@@ -142,47 +231,55 @@ class StackForward(_Adapter):
     """Measuring forward for fused recurrent stacks."""
 
     def __call__(self, input: Any, hx: Any = None) -> Any:
-        if not self.should_measure():
+        mode = self.measuring_mode()
+        if mode is None:
             return self.original(input, hx)
         session, name = self.session, self.watched.name
-        acc = session.accumulator
+        acc = session.accumulator if mode == "measure" else StepAccumulator()
         try:
             data, batch_sizes = (input.data, input.batch_sizes) if isinstance(input, PackedSequence) else (input, None)
+            if data.numel() == 0:
+                return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             tdim = _seq_layout(self.watched.module, data, batch_sizes)
-            acc.add_timesteps(("in_act", name), timestep_sumsq(data, tdim, batch_sizes))
+            start = acc.continuation(name, hx)
+            in_sq = timestep_sumsq(data, tdim, batch_sizes)
+            acc.add_timesteps(("in_act", name), in_sq, start)
+            span = (start, start + in_sq.shape[0])
             replay = session.probing and self.watched.replayable
         except Exception as exc:
             self.fail(exc)
             return self.original(input, hx)
         if replay:
             try:
-                output = self._replay(input, hx)
+                output = self._replay(input, hx, acc, start)
             except Exception as exc:
                 self.fail(exc)
                 return self.original(input, hx)
         else:
             output = self.original(input, hx)
         try:
-            return self._measure_output(output, tdim, batch_sizes)
+            return self._measure_output(output, tdim, batch_sizes, acc, span)
         except Exception as exc:
             self.fail(exc)
             return output
 
-    def _measure_output(self, output: Any, tdim: int | None, batch_sizes: torch.Tensor | None) -> Any:
-        acc, name = self.session.accumulator, self.watched.name
+    def _measure_output(self, output: Any, tdim: int | None, batch_sizes: torch.Tensor | None,
+                        acc: StepAccumulator, span: tuple[int, int]) -> Any:
+        """Read the output and final state; the returned output is the very object the module returned."""
+        name, start = self.watched.name, span[0]
         y, hidden = output
-        packed = isinstance(y, PackedSequence)
-        data = y.data if packed else y
-        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes))
-        if not data.requires_grad:
-            return output
-        sink = lambda sq: acc.add_timesteps(("out_grad", name), sq)  # noqa: E731
-        probed = timestep_probe(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, on_error=self.fail)
-        if packed:
-            probed = PackedSequence(probed, y.batch_sizes, y.sorted_indices, y.unsorted_indices)
-        return probed, hidden
+        data = y.data if isinstance(y, PackedSequence) else y
+        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes), start)
+        final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
+        if final is not None:
+            acc.add_timesteps(("final", name), final)
+        acc.end_call(name, hidden, span[1])
+        if data.requires_grad:
+            sink = lambda sq: acc.add_timesteps(("out_grad", name), sq, start)  # noqa: E731
+            observe_gradient(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, on_error=self.fail)
+        return output
 
-    def _replay(self, input: Any, hx: Any) -> Any:
+    def _replay(self, input: Any, hx: Any, acc: StepAccumulator, start: int) -> Any:
         """The module's forward, run one layer at a time with probes between layers."""
         m: Any = self.watched.module
         is_lstm = isinstance(m, nn.LSTM)
@@ -205,7 +302,7 @@ class StackForward(_Adapter):
             batch = data.size(0) if m.batch_first else data.size(1)
         hx = self._initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes)
         tdim = None if packed else (1 if m.batch_first else 0)
-        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir)
+        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start)
         if packed:
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), m.permute_hidden(
                 hidden, unsorted_indices
@@ -233,8 +330,8 @@ class StackForward(_Adapter):
         m.check_forward_args(data, hx, batch_sizes)
         return m.permute_hidden(hx, sorted_indices)
 
-    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir):
-        acc, name = self.session.accumulator, self.watched.name
+    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start):
+        name = self.watched.name
         weights = m._flat_weights
         per_layer = len(weights) // (m.num_layers * ndir)
         if is_lstm:
@@ -249,8 +346,9 @@ class StackForward(_Adapter):
             if layer == 0 and not x.requires_grad:
                 anchor = torch.zeros((), device=x.device, requires_grad=True)
             if x.requires_grad or anchor is not None:
-                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq))(("xgrad", name, layer))
-                x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor, on_error=self.fail)
+                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq, start))(("xgrad", name, layer))
+                x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor,
+                                    on_error=self.fail)
             w = weights[layer * ndir * per_layer : (layer + 1) * ndir * per_layer]
             rows = slice(layer * ndir, (layer + 1) * ndir)
             h0 = (hx[0][rows], hx[1][rows]) if is_lstm else hx[rows]
@@ -260,7 +358,7 @@ class StackForward(_Adapter):
                 result = call(x, batch_sizes, h0, w, m.bias, 1, 0.0, m.training, m.bidirectional)
             out = result[0]
             finals.append(result[1:])
-            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes))
+            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes), start)
             acc.add_activity(("activity", name, layer), unit_activity(out))
             if m.dropout and m.training and layer < m.num_layers - 1:
                 out = torch.nn.functional.dropout(out, m.dropout, True)
@@ -276,11 +374,14 @@ class CellForward(_Adapter):
     """Measuring forward for RNNCell / LSTMCell / GRUCell: each call is one timestep."""
 
     def __call__(self, input: Any, hx: Any = None) -> Any:
-        if not self.should_measure():
+        mode = self.measuring_mode()
+        if mode is None:
             return self.original(input, hx)
         session, name = self.session, self.watched.name
-        acc = session.accumulator
+        acc = session.accumulator if mode == "measure" else StepAccumulator()
         try:
+            if input.numel() == 0:
+                return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             t = acc.next_call(name)
             acc.set_timestep(("in_act", name), t, timestep_sumsq(input, None))
             x = input
@@ -298,11 +399,10 @@ class CellForward(_Adapter):
             if session.probing:
                 acc.set_timestep(("act", name, 0), t, timestep_sumsq(h, None))
                 acc.add_activity(("activity", name, 0), unit_activity(h))
-            if not h.requires_grad:
-                return output
-            sink_out = lambda sq: acc.set_timestep(("out_grad", name), t, sq)  # noqa: E731
-            h = timestep_probe(h, time_dim=None, sink=sink_out, on_error=self.fail)
-            return (h, *output[1:]) if isinstance(output, tuple) else h
+            if h.requires_grad:
+                sink_out = lambda sq: acc.set_timestep(("out_grad", name), t, sq)  # noqa: E731
+                observe_gradient(h, time_dim=None, sink=sink_out, on_error=self.fail)
+            return output
         except Exception as exc:
             self.fail(exc)
             return output

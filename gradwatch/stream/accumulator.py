@@ -10,6 +10,7 @@ brings the whole step to the host.
 
 from __future__ import annotations
 
+import weakref
 from typing import Hashable
 
 import torch
@@ -38,9 +39,13 @@ class StepAccumulator:
         self.indexed: dict[Hashable, dict[int, torch.Tensor]] = {}
         self.activity: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
+        self.chains: dict[str, tuple[tuple[weakref.ref, ...], int]] = {}
 
-    def add_timesteps(self, key: Hashable, sumsq: torch.Tensor) -> None:
-        """Add a per-timestep vector of squared norms (several calls add up, aligned at t=0)."""
+    def add_timesteps(self, key: Hashable, sumsq: torch.Tensor, offset: int = 0) -> None:
+        """Add a per-timestep vector of squared norms starting at timestep `offset` (several calls
+        add up, aligned at t=0 unless a call continues the previous one; see `continuation`)."""
+        if offset:
+            sumsq = torch.cat([sumsq.new_zeros(offset), sumsq])
         old = self.vectors.get(key)
         self.vectors[key] = sumsq if old is None else _add_padded(old, sumsq)
 
@@ -56,6 +61,27 @@ class StepAccumulator:
             self.activity[key] = stats
         else:
             self.activity[key] = (torch.maximum(old[0], stats[0]), old[1] + stats[1], old[2] + stats[2])
+
+    def continuation(self, module: str, initial_state: object) -> int:
+        """First timestep of a fused module's call: where the module's previous call this step
+        ended when `initial_state` is the very final state that call returned (a decoding loop
+        feeding one token at a time), else 0 (independent sequences, e.g. accumulated micro-batches)."""
+        chain = self.chains.get(module)
+        if chain is None or initial_state is None:
+            return 0
+        finals, end = chain
+        states = initial_state if isinstance(initial_state, tuple) else (initial_state,)
+        same = len(states) == len(finals) and all(ref() is state for ref, state in zip(finals, states))
+        return end if same else 0
+
+    def end_call(self, module: str, final_state: object, end: int) -> None:
+        """Remember a fused module's returned final state and the timestep after its last one.
+
+        By weak reference: the state's graph holds the output-gradient hooks, which hold this
+        accumulator; a strong reference would close a cycle through autograd that gc cannot see.
+        """
+        states = final_state if isinstance(final_state, tuple) else (final_state,)
+        self.chains[module] = (tuple(weakref.ref(s) for s in states), end)  # type: ignore[arg-type]
 
     def next_call(self, module: str) -> int:
         """Index of the next call of a cell module within this step."""

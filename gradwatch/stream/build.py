@@ -43,6 +43,8 @@ class PendingStep:
     """`monitor.step(loss)` (or `end_step`) came for this step, with or without a loss: it may be published."""
     clip_policy: str | None = None
     skipped: bool = False
+    outside_params: tuple[str, ...] = ()
+    """Names of the model's parameters outside the watched modules, in the order of ("outside_wsq",)."""
 
 
 def split_values(layout: Layout, flat: list[float]) -> dict[Hashable, list[float]]:
@@ -112,6 +114,9 @@ def locate_nonfinite(
     for (name, layer), ls in layers.items():
         if not math.isfinite(ls.weight_norm):
             return NonFinite("weights", name, layer, None)
+    bad = _first_bad(v.get(("outside_wsq",)))
+    if bad is not None and bad < len(p.outside_params):  # an embedding/head weight: its module, no layer
+        return NonFinite("weights", p.outside_params[bad].rpartition(".")[0] or None, None, None)
     for m in p.modules:
         t = _first_bad(v.get(("in_act", m.name)))
         if t is not None:
@@ -123,7 +128,12 @@ def locate_nonfinite(
             t = _first_bad(v.get(("act", m.name, layer)))
             if t is not None:
                 return NonFinite("forward", m.name, layer, t)
-        return NonFinite("forward", m.name, None, t_out)
+        # no per-layer activations (not a probe step): the lowest layer whose final state is
+        # non-finite is where it appeared (see capture.stack.final_state_sumsq); else the top layer,
+        # whose output showed it
+        first_layer = _first_bad(v.get(("final", m.name)))
+        layer = first_layer if first_layer is not None else m.num_layers - 1
+        return NonFinite("forward", m.name, layer, t_out)
     if loss is not None and not math.isfinite(loss):
         return NonFinite("loss", None, None, None)
     for m in p.modules:
