@@ -7,7 +7,10 @@ import subprocess
 import sys
 import time
 
+from extras import needs_matplotlib
 
+
+@needs_matplotlib
 def test_bench_quick_writes_results_tables_and_plots(tmp_path):
     out = tmp_path / "bench"
     started = time.perf_counter()
@@ -39,3 +42,16 @@ def test_hook_time_benchmark_runs_and_restores_the_monitor(tmp_path):
     before = {name: getattr(Monitor, name) for name in hook_time.TIMED}
     assert hook_time.measure(8, blocks=7, block=2) > 0
     assert {name: getattr(Monitor, name) for name in hook_time.TIMED} == before
+
+
+def test_bench_without_matplotlib_stops_at_once_with_one_clear_error(monkeypatch, capsys):
+    """It used to run the benchmarks for minutes, then die with a raw ModuleNotFoundError."""
+    from gradwatch.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    started = time.perf_counter()
+    status = main(["bench", "--quick", "--parts", "detection"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert time.perf_counter() - started < 5
+    assert err.count("\n") == 1 and "matplotlib" in err and "pip install 'gradwatch[plot]'" in err

@@ -35,8 +35,20 @@ def _benchmarks_folder() -> Path:
     )
 
 
+def _require_matplotlib() -> None:
+    """Fail before minutes of benchmarks, not at the first plot after them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise GradwatchError(
+            "gradwatch bench draws its results with matplotlib, which is not installed: "
+            "pip install 'gradwatch[plot]' (or pip install -e '.[dev]' in a checkout), then run it again."
+        ) from exc
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmarks; returns the exit status."""
+    _require_matplotlib()
     root = str(_benchmarks_folder())
     if root not in sys.path:
         sys.path.insert(0, root)
