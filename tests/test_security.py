@@ -275,7 +275,9 @@ def test_run_refuses_what_is_not_a_script_file(tmp_path, target, monkeypatch, au
     arg = {"folder": str(folder), "missing": str(tmp_path / "nope.py"),
            "shell-command": f"touch {tmp_path / 'PWNED_CMD'}"}[target]
     assert main(["run", arg]) == 2
-    assert "no such script" in capsys.readouterr().err
+    expected = {"folder": "is a folder, not a Python script", "missing": "no such script",
+                "shell-command": "not a command line"}[target]
+    assert expected in capsys.readouterr().err
     _nothing_else_ran(tmp_path)
     assert [e for e in audit if e in SPAWN] == []
 
