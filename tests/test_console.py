@@ -289,7 +289,7 @@ def test_closing_summary_fits_one_80x24_screen_and_keeps_its_indent():
     assert len(lines) <= 22 and all(len(line) <= 80 for line in lines)
     body = [line[1:-1] for line in lines[1:-1]]  # inside the border
     assert body[0].strip() == "150 steps watched; 30 alerts (12 critical, 9 warning, 9 info) on 11 signs."
-    assert all(line.startswith(("   CRITICAL", "   WARNING", "   INFO", "     ", "   … and")) for line in body[1:])
+    assert all(line.startswith((" CRITICAL", " WARNING", " INFO", "   ", " … and")) for line in body[1:])
     assert "more sign" in body[-1]
     plain = summary_lines(summary, counts, width=80)
     assert len(plain) <= 22 and all(len(line) <= 80 for line in plain)

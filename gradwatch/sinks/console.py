@@ -136,11 +136,13 @@ def render_summary(summary: Any, counts: Mapping[str, int] | None = None, *, wid
     """The closing summary as a rich panel `width` columns wide: the verdict, then two or three
     lines per sign (none of them wraps); at most 22 lines with the border."""
     verdict = summary_headline(summary, counts or {}).removeprefix("gradwatch: ")  # the title says it
-    lines = summary_lines(summary, counts or {}, width=width - 4, max_lines=SUMMARY_LINES - 3, headline=False)
+    # the plain lines indent every sign by two spaces; inside the panel its border does that
+    lines = [line[2:] for line in summary_lines(summary, counts or {}, width=width - 2,
+                                                max_lines=SUMMARY_LINES - 3, headline=False)]
     body = Text(verdict + "\n", style="bold")
     for line in lines:
         severity = line.strip().split(" ", 1)[0].lower()
-        if severity in SEVERITY_STYLE and not line.startswith(INDENT):
+        if severity in SEVERITY_STYLE and not line.startswith(" "):
             body.append(line + "\n", style=SEVERITY_STYLE[severity])
         elif line.strip().startswith("remedy:"):
             body.append(line + "\n", style="green")

@@ -123,7 +123,7 @@ def _sign_lines(entry: Any, width: int, action_lines: int) -> list[str]:
     steps = f"step {entry.first_step}" if entry.first_step == entry.last_step else \
         f"steps {entry.first_step}-{entry.last_step}"
     where = ", ".join(entry.locations[:3]) + (" …" if len(entry.locations) > 3 else "")
-    held = f" + {entry.repeats} held back" if entry.repeats else ""
+    held = f", {entry.repeats} held back" if entry.repeats else ""
     head = f"  {entry.severity.upper()} {entry.problem}/{entry.sign} at {where}; {steps}; " \
            f"{_plural(entry.reported, 'alert')}{held}"
     action = f"remedy: {entry.remedy}" if entry.remedy else entry.evidence
