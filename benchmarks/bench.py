@@ -1,6 +1,6 @@
 """One command for gradwatch's three benchmarks: overhead, detection quality, clipping efficacy.
 
-    gradwatch bench --quick --out bench-out         # < 3 minutes on 2 CPU cores
+    gradwatch bench --quick --out bench-out         # about 2 minutes of CPU time
     python benchmarks/bench.py --out bench-out      # the full run (longer)
     gradwatch bench --device cuda                   # the overhead part on a GPU
 
@@ -228,7 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradwatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
-    parser.add_argument("--quick", action="store_true", help="small grid, < 3 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="small grid: about 2 minutes of CPU time")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -19,7 +19,7 @@ __all__ = ["add_arguments", "main", "run_bench"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-out", help="output folder for results.json, results.md and plots")
-    parser.add_argument("--quick", action="store_true", help="small grid, under 3 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="small grid: about 2 minutes of CPU time")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the overhead part runs")
     parser.add_argument("--parts", default="overhead,detection,clipping,heatmaps", help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
