@@ -389,3 +389,14 @@ def test_run_a_script_with_a_syntax_error_shows_only_the_users_error(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f'  File "{script}", line 2') and "SyntaxError" in err
     assert "Traceback" not in err and "runpy" not in err and "gradwatch" not in err
+
+
+def test_demo_piped_lines_fit_the_width_and_keep_their_indent(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["demo", "--scenario", "exploding", "--steps", "60"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert all(len(line) <= 60 for line in lines), [line for line in lines if len(line) > 60]
+    assert lines[0].startswith("gradwatch demo (exploding): ") and lines[1].startswith("    ")
+    starts = ("gradwatch", "CRITICAL", "WARNING", "INFO", "  ")  # a new message, or an indented continuation
+    assert all(line.startswith(starts) for line in lines), [line for line in lines if not line.startswith(starts)]
+    assert any(line.startswith("    Remedy: ") for line in lines)

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import math
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..sinks.logging_sink import plain_width
 from .arguments import non_negative_float, positive_int
 from .run import plain_log_lines, plain_output
 
@@ -150,7 +152,8 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # a tiny network: extra threads only add overhead
     delay = args.delay if args.delay is not None else (0.05 if sys.stderr.isatty() and not args.no_live else 0.0)
-    print(f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps.", file=sys.stderr)
+    intro = f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps."
+    print(textwrap.fill(intro, width=plain_width(), subsequent_indent="    "), file=sys.stderr)
     # away from a terminal the alerts go through `logging`: show them (INFO included) as plain lines
     plain = plain_output(args.no_live)
     with plain_log_lines() if plain else contextlib.nullcontext():
