@@ -57,3 +57,4 @@ def test_bench_without_matplotlib_stops_at_once_with_one_clear_error(monkeypatch
     assert status == 2
     assert time.perf_counter() - started < 5
     assert err.count("\n") == 1 and "matplotlib" in err and "pip install 'gradwatch[plot]'" in err
+    assert err.startswith("gradwatch bench: error: ") and err.count("gradwatch bench") == 1

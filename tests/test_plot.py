@@ -188,3 +188,13 @@ def test_alerts_and_marks_have_a_legend(tmp_path):
     plt.close(fig)
     assert texts[0] == "critical: exploding/norm_spike"
     assert "NaN/Inf" in texts
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_command_once(recorded_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path, _ = recorded_run
+    assert main(["plot", str(path), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == "gradwatch plot: error: needs matplotlib: pip install 'gradwatch[plot]'.\n"

@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_command_module(args.command).main(args))
     except GradwatchError as exc:
-        print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
+        prefix = f"gradwatch {args.command}"
+        text = str(exc)
+        if text.startswith(prefix + " "):  # a library message that already names the command
+            text = text[len(prefix) + 1:]
+        print(f"{prefix}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -30,7 +30,7 @@ def _benchmarks_folder() -> Path:
     if (root / "benchmarks" / "bench.py").is_file():
         return root
     raise GradwatchError(
-        f"gradwatch bench needs the benchmarks/ folder of a gradwatch checkout (looked in {root}); "
+        f"the benchmarks/ folder of a gradwatch checkout is needed (looked in {root}); "
         "install from a checkout with `pip install -e .` and run it there."
     )
 
@@ -41,7 +41,7 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise GradwatchError(
-            "gradwatch bench draws its results with matplotlib, which is not installed: "
+            "the results are drawn with matplotlib, which is not installed: "
             "pip install 'gradwatch[plot]' (or pip install -e '.[dev]' in a checkout), then run it again."
         ) from exc
 
