@@ -217,7 +217,8 @@ def tick_text(label: str) -> str:
 
 
 def _plain_tick_labels(fig: Any) -> None:
-    """Every axis of `fig` (colour bars included) labels its ticks in plain Unicode."""
+    """Every axis of `fig` (colour bars included) labels its ticks in plain Unicode; a log axis
+    spanning a decade or more labels fewer minor ticks (2×10⁻³, 3×10⁻³, 4×10⁻³... crowd each other)."""
     from matplotlib import ticker
 
     class Plain(ticker.Formatter):
@@ -240,7 +241,17 @@ def _plain_tick_labels(fig: Any) -> None:
         def get_offset(self) -> str:
             return tick_text(self.inner.get_offset())
 
+    def two_and_five(x: float, pos: int | None = None) -> str:
+        exponent = math.floor(math.log10(x))
+        mantissa = round(x / 10.0**exponent)
+        return f"{mantissa}×10{str(exponent).translate(_SUPERSCRIPT)}" if mantissa in (2, 5) else ""
+
     for ax in fig.axes:
+        low, high = sorted(ax.get_ylim())
+        if ax.get_yscale() == "log" and low > 0 and high >= 10 * low:
+            # one to two decades: 2× and 5× between them; more: the decades alone
+            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(two_and_five) if high < 100 * low
+                                         else ticker.NullFormatter())
         for axis in (ax.xaxis, ax.yaxis):
             for get, put in ((axis.get_major_formatter, axis.set_major_formatter),
                              (axis.get_minor_formatter, axis.set_minor_formatter)):
