@@ -400,3 +400,12 @@ def test_demo_piped_lines_fit_the_width_and_keep_their_indent(monkeypatch, capsy
     starts = ("gradwatch", "CRITICAL", "WARNING", "INFO", "  ")  # a new message, or an indented continuation
     assert all(line.startswith(starts) for line in lines), [line for line in lines if not line.startswith(starts)]
     assert any(line.startswith("    Remedy: ") for line in lines)
+
+
+def test_run_messages_wrap_at_the_terminal_width(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "60")
+    script = write_script(tmp_path, "mlp.py", "import torch\ntorch.nn.Linear(2, 1)(torch.ones(2)).sum().backward()\n")
+    assert main(["run", script]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("gradwatch: nothing to watch") and len(lines) > 1
+    assert all(len(line) <= 60 for line in lines) and all(line.startswith("    ") for line in lines[1:])

@@ -26,6 +26,7 @@ import logging
 import os
 import runpy
 import sys
+import textwrap
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from ..capture.modules import RECURRENT_KINDS, find_recurrent
 from ..capture.stack import installed_adapter
 from ..errors import GradwatchError
 from ..monitor import Monitor
+from ..sinks.logging_sink import plain_width
 from .arguments import positive_int
 
 __all__ = ["add_arguments", "main", "run_script", "ScriptWatcher"]
@@ -163,7 +165,7 @@ class ScriptWatcher:
         self._failed = False
         self.watched_by_script = False
         """The script called gradwatch.watch on a model itself (then left alone)."""
-        self._announce = announce if announce is not None else (lambda text: print(text, file=sys.stderr))
+        self._announce = announce if announce is not None else _print_wrapped
 
     # ------------------------------------------------------------------ install / remove
     def install(self) -> None:
@@ -341,6 +343,11 @@ class ScriptWatcher:
         m.monitor.end_step(m.loss)
         m.steps_seen = m.monitor.steps
         m.loss, m.forwarded, m.backward_done = None, False, False
+
+
+def _print_wrapped(text: str) -> None:
+    """One message of gradwatch's own on stderr, wrapped at the terminal width like the alerts."""
+    print(textwrap.fill(text, width=plain_width(), subsequent_indent="    ", break_on_hyphens=False), file=sys.stderr)
 
 
 def _updated(monitor: Monitor) -> bool:
