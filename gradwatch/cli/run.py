@@ -102,7 +102,7 @@ def plain_log_lines() -> Iterator[None]:
 def main(args: argparse.Namespace) -> int:
     if args.script is None:
         raise GradwatchError("no training script given: gradwatch run [OPTIONS] SCRIPT [ARGS...], "
-                         "e.g. gradwatch run train.py --lr 0.1")
+                             "e.g. gradwatch run train.py --lr 0.1")
     plain = plain_output(args.no_live)
     options = {
         "every": args.every,
@@ -234,6 +234,9 @@ class ScriptWatcher:
         entry = self._by_module.get(id(module))
         if entry is None or entry.module is not module:
             if module in self._declined:
+                return
+            if not _contains_recurrent(module):
+                self._declined.add(module)  # once: nothing to watch in it
                 return
             if not (torch.is_grad_enabled() and (module.training or self._has_optimizer(module))):
                 return  # evaluation (a model loaded back to test it, say): attach at a training forward only
