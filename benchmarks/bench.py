@@ -1,6 +1,6 @@
 """One command for gradwatch's three benchmarks: overhead, detection quality, clipping efficacy.
 
-    gradwatch bench --quick --out bench-out         # < 3 minutes on 2 CPU cores
+    gradwatch bench --quick --out bench-out         # about 2 minutes of CPU time
     python benchmarks/bench.py --out bench-out      # the full run (longer)
     gradwatch bench --device cuda                   # the overhead part on a GPU
 
@@ -110,18 +110,20 @@ def _plot_overhead(result: dict[str, Any], out: Path) -> list[str]:
         pts = sorted({key(r): r for r in pts}.values(), key=key)
         if len(pts) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(9, 4))
         for config in pts[0]["result"]:
             if config == "plain":
                 continue
             ax.plot([key(r) for r in pts], [100 * (r["result"][config]["ratio"] - 1) for r in pts], marker="o",
                     label=config)
         ax.set_xscale("log")
+        ax.set_xticks([key(r) for r in pts], [f"{key(r):,}" for r in pts])  # the measured points, plainly
+        ax.minorticks_off()
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel(label)
         ax.set_ylabel("step-time overhead vs plain (%)")
-        ax.set_title(f"gradwatch overhead ({result['device']})")
-        ax.legend(fontsize=7)
+        ax.set_title(f"gradwatch overhead ({result['device']}; median of interleaved repetitions)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -136,27 +138,46 @@ def _params(case: dict[str, Any]) -> int:
 
 
 def _plot_clipping(result: dict[str, Any], out: Path) -> list[str]:
+    """Final held-out loss per policy and task: blue bars; red where a seed diverged; a run that
+    diverged in every seed has no loss, so its bar is red, hatched and as tall as the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = result.get("rows") or []
     if not rows:
         return []
-    tasks = sorted({r["task"] for r in rows})
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        vals = [next((r for r in rows if r["task"] == task and r["policy"] == p), None) for p in policies]
-        heights = [v["final_loss"] if v and v.get("final_loss") is not None else float("nan") for v in vals]
-        colors = ["tab:red" if v and v.get("divergences") else "tab:blue" for v in vals]
-        ax.bar(range(len(policies)), heights, color=colors)
+        cells = [next((r for r in rows if r["task"] == task and r["policy"] == p), None) for p in policies]
+        losses = [c["final_loss"] for c in cells if c and c.get("final_loss") is not None]
+        top = 1.15 * max(losses, default=1.0)
+        for i, cell in enumerate(cells):
+            if cell is None:
+                continue
+            diverged, seeds = cell.get("divergences") or 0, cell.get("seeds") or 0
+            if cell.get("final_loss") is None:  # every seed diverged: no loss to show
+                ax.bar(i, top, color="tab:red", alpha=0.35, hatch="//", edgecolor="tab:red")
+                ax.text(i, top * 0.5, "diverged", rotation=90, ha="center", va="center", fontsize=7)
+            else:
+                ax.bar(i, cell["final_loss"], color="tab:red" if diverged else "tab:blue")
+                if diverged:
+                    ax.text(i, cell["final_loss"], f"{diverged}/{seeds}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, top)
         ax.set_xticks(range(len(policies)))
         ax.set_xticklabels(policies, rotation=60, ha="right", fontsize=7)
         ax.set_title(task, fontsize=9)
-        ax.set_ylabel("final loss (red: diverged in a seed)")
-    fig.tight_layout()
+        ax.set_ylabel("final held-out loss (mean over seeds)", fontsize=8)
+    fig.legend(handles=[Patch(color="tab:blue", label="no seed diverged"),
+                        Patch(color="tab:red", label="diverged in k of n seeds (mean of the others)"),
+                        Patch(facecolor="tab:red", alpha=0.35, hatch="//", edgecolor="tab:red",
+                              label="diverged in every seed")],
+               loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out / "clipping_final_loss.png", dpi=110)
     plt.close(fig)
     return ["clipping_final_loss.png"]
@@ -207,7 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradwatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
-    parser.add_argument("--quick", action="store_true", help="small grid, < 3 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="small grid: about 2 minutes of CPU time")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

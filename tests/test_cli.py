@@ -272,3 +272,140 @@ def test_demo_command_writes_a_jsonl_stream(tmp_path, capsys):
     assert main(["demo", "--scenario", "healthy", "--steps", "3", "--no-live", "--jsonl", str(jsonl)]) == 0
     assert len(steps_of(jsonl)) == 3
     assert "gradwatch plot" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- newcomer
+LOADED_BACK_SCRIPT = """
+import io, torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(2, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+torch.manual_seed(0)
+model = Net()
+opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+x = torch.randn(10, 4, 2)
+for _ in range(3):
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+saved = io.BytesIO()
+torch.save(model.state_dict(), saved)
+saved.seek(0)
+best = Net()
+best.load_state_dict(torch.load(saved))
+best.eval()
+with torch.no_grad():
+    print("test loss", best(x).pow(2).mean().item())
+print("with grad too", best(x).sum().item())
+"""
+
+
+def test_run_piped_prints_the_verdict_and_info_alerts(tmp_path, capsys):
+    """Off a terminal (CI logs, `| tee`) only WARNING and up came out, through logging's fallback."""
+    script = write_script(tmp_path, "tiny.py", """
+        import torch
+        from torch import nn
+        rnn = nn.GRU(2, 3)
+        opt = torch.optim.SGD(rnn.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad(); rnn(torch.randn(4, 1, 2))[0].sum().backward(); opt.step()
+    """)
+    assert not sys.stdout.isatty()
+    assert main(["run", script]) == 0  # no --no-live
+    err = capsys.readouterr().err
+    assert "gradwatch: watching GRU" in err
+    assert err.count("gradwatch: 3 steps watched, no vanishing or exploding gradients seen.") == 1
+
+
+def test_run_piped_shows_an_info_alert_like_demo(tmp_path, capsys):
+    script = write_script(tmp_path, "decay.py", """
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        rnn = nn.RNN(2, 16)
+        with torch.no_grad():
+            rnn.weight_hh_l0.mul_(0.05)
+        opt = torch.optim.SGD(rnn.parameters(), lr=1e-3)
+        for _ in range(2):
+            opt.zero_grad(); rnn(torch.randn(64, 4, 2))[0][-1].sum().backward(); opt.step()
+    """)
+    assert main(["run", "--every", "1", script]) == 0
+    err = capsys.readouterr().err
+    assert "INFO vanishing/temporal_decay at step 1 (root module layer 0" in err
+    assert "    Remedy: " in err
+
+
+def test_run_a_script_without_recurrent_module_says_nothing_to_watch_once(tmp_path, capsys):
+    script = write_script(tmp_path, "mlp.py", """
+        import torch
+        m = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad(); m(torch.randn(4, 3)).sum().backward(); opt.step()
+    """)
+    assert main(["run", script]) == 0
+    assert capsys.readouterr().err.count("gradwatch: nothing to watch") == 1
+
+
+def test_run_does_not_attach_a_model_loaded_back_for_evaluation(tmp_path, capsys):
+    """It was attached as a second model with an empty run.Net.jsonl."""
+    script = write_script(tmp_path, "loaded.py", LOADED_BACK_SCRIPT)
+    jsonl = tmp_path / "run.jsonl"
+    assert main(["run", "--jsonl", str(jsonl), script]) == 0
+    captured = capsys.readouterr()
+    assert "test loss" in captured.out and "with grad too" in captured.out
+    assert captured.err.count("gradwatch: watching") == 1
+    assert len(steps_of(jsonl)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loaded.py", "run.jsonl"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run"], "gradwatch run: error: no training script given: gradwatch run [OPTIONS] SCRIPT [ARGS...]"),
+    (["run", "missing.py"], "gradwatch run: error: no such script 'missing.py'"),
+    (["run", "."], "gradwatch run: error: '.' is a folder, not a Python script"),
+    (["run", "--every", "0", "x.py"], "gradwatch run: error: argument --every: 0 is not a positive whole number"),
+    (["demo", "--steps", "-5"], "gradwatch demo: error: argument --steps: -5 is not a positive whole number"),
+    (["demo", "--every", "0"], "gradwatch demo: error: argument --every: 0 is not a positive whole number"),
+    (["demo", "--delay", "-1"], "gradwatch demo: error: argument --delay: -1 is not a number of seconds"),
+], ids=["no-script", "missing", "folder", "every-0", "demo-steps-negative", "demo-every-0", "demo-delay-negative"])
+def test_usage_errors_are_one_line_and_status_2(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1, captured.err
+    assert captured.err.count("gradwatch run:") + captured.err.count("gradwatch demo:") == 1
+    assert captured.out == ""
+
+
+def test_run_a_script_with_a_syntax_error_shows_only_the_users_error(tmp_path, capsys):
+    script = write_script(tmp_path, "broken.py", "import torch\ndef f(:\n    pass\n")
+    assert main(["run", script]) == 1  # as `python broken.py`
+    err = capsys.readouterr().err
+    assert err.startswith(f'  File "{script}", line 2') and "SyntaxError" in err
+    assert "Traceback" not in err and "runpy" not in err and "gradwatch" not in err
+
+
+def test_demo_piped_lines_fit_the_width_and_keep_their_indent(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["demo", "--scenario", "exploding", "--steps", "60"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert all(len(line) <= 60 for line in lines), [line for line in lines if len(line) > 60]
+    assert lines[0].startswith("gradwatch demo (exploding): ") and lines[1].startswith("    ")
+    starts = ("gradwatch", "CRITICAL", "WARNING", "INFO", "  ")  # a new message, or an indented continuation
+    assert all(line.startswith(starts) for line in lines), [line for line in lines if not line.startswith(starts)]
+    assert any(line.startswith("    Remedy: ") for line in lines)
+
+
+def test_run_messages_wrap_at_the_terminal_width(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "60")
+    script = write_script(tmp_path, "mlp.py", "import torch\ntorch.nn.Linear(2, 1)(torch.ones(2)).sum().backward()\n")
+    assert main(["run", script]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("gradwatch: nothing to watch") and len(lines) > 1
+    assert all(len(line) <= 60 for line in lines) and all(line.startswith("    ") for line in lines[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import io
 import logging
@@ -13,8 +14,8 @@ from rich.console import Console
 import gradwatch
 from gradwatch.detectors import build_detectors
 from gradwatch.records import Alert, DirectionStats, LayerStats, NonFinite, StepStats
-from gradwatch.sinks.console import RichConsoleSink, heat_strip, sparkline
-from gradwatch.sinks.logging_sink import LoggingSink, alert_line
+from gradwatch.sinks.console import RichConsoleSink, heat_strip, render_summary, sparkline
+from gradwatch.sinks.logging_sink import LoggingSink, alert_lines, severity_counts, summary_lines
 
 watch_module = importlib.import_module("gradwatch.watch")  # the module, not the function gradwatch.watch
 
@@ -111,7 +112,7 @@ def test_close_prints_panel_and_summary():
     sink.close(FakeMonitor(suite))
     text = con.export_text()
     assert "CRITICAL exploding/non_finite at step 0 (whole model)" in text
-    assert "gradwatch: 1 steps watched; 1 sign, 1 critical." in text
+    assert "1 step watched; 1 alert (1 critical) on 1 sign." in text
     assert "remedy: only the loss is non-finite" in text
 
 
@@ -130,13 +131,14 @@ def test_live_panel_in_a_terminal_refreshes_and_stops():
 
 
 # ---------------------------------------------------------------------------------------- logging sink
-def test_logging_lines_are_plain(caplog):
+def test_logging_lines_are_plain(caplog, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # away from a terminal: 100 columns
     caplog.set_level(logging.INFO, logger="gradwatch")
     sink = LoggingSink()
     sink.on_step(record(0), [alert("warning"), alert("info", "temporal_decay"), alert("critical", "non_finite")])
     levels = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [lv for lv, _ in levels] == [logging.WARNING, logging.INFO, logging.CRITICAL]
-    assert levels[0][1] == alert_line(alert("warning"))
+    assert levels[0][1] == "\n".join(alert_lines(alert("warning"), 100))
     assert all("\x1b" not in msg for _, msg in levels)
 
 
@@ -147,7 +149,7 @@ def test_logging_summary_on_close(caplog):
     LoggingSink().on_step(stats, suite.update(stats))
     caplog.clear()
     LoggingSink().close(FakeMonitor(suite))
-    assert caplog.records[0].getMessage().startswith("gradwatch: 1 steps watched; 1 sign, 1 critical.")
+    assert caplog.records[0].getMessage() == "gradwatch: 1 step watched; 1 alert (1 critical) on 1 sign."
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
 
@@ -214,7 +216,7 @@ def test_nan_in_training_is_printed_at_its_step():
     monitor.close()
     text = con.export_text()
     assert "CRITICAL exploding/non_finite at step 2 ('0' layer 0, timestep 7): NaN/Inf in the forward activations" in text
-    assert "gradwatch: 4 steps watched; 1 sign, 1 critical." in text
+    assert "4 steps watched; 1 alert (1 critical) on 1 sign." in text
 
 
 def test_an_existing_live_display_leaves_alerts_printing():
@@ -231,3 +233,78 @@ def test_an_existing_live_display_leaves_alerts_printing():
     sink.close(FakeMonitor())
     assert sink._live is None
     assert "CRITICAL exploding/non_finite at step 1" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------- 80 columns
+def test_panel_at_80_columns_keeps_a_useful_sparkline_and_heat_strip():
+    """At 80 columns the sparkline was 4 steps and the heat strip 8 cells wide."""
+    con = recording_console(width=80)
+    sink = RichConsoleSink(con, live=False)
+    rnn = lambda i, grad: LayerStats("rnn", i, "RNN", grad, 4.0, 4e-3, 1e-3,  # noqa: E731
+                                     timestep_grad_norms=[1.0] * 80, dead_fraction=0.0, saturated_fraction=0.0)
+    for step in range(30):
+        stats = StepStats(step, 0.5, 0.1, {("rnn", i): rnn(i, 0.05 * (1 + step % 7)) for i in (0, 1)}, probed=True)
+        sink.on_step(stats, [Alert("vanishing", "temporal_decay", "warning", step, "rnn", 0, None, 1e-4, 1e-3,
+                                   "decay. Remedy: use an LSTM.")] if step == 29 else [])
+    con.print(sink.panel())
+    panel = con.export_text().splitlines()[-6:]
+    assert all(len(line) <= 80 for line in panel)
+    header, row = panel[1], panel[2]
+    assert int(header.split("last ")[1].split()[0]) >= 10
+    assert "█" * 16 in row  # the per-timestep strip: every timestep at the maximum
+    assert "rnn:0" in row and "! temporal_decay" in row
+
+
+def test_alerts_wrap_at_the_console_width_with_a_hanging_indent():
+    long = Alert("exploding", "oscillation", "warning", 39, None, None, None, 0.7, 0.5,
+                 "over the last 40 steps the loss went up and down 4 times " * 6 + "Remedy: lower the learning "
+                 "rate (÷3 to ÷10) or add a decay schedule; with momentum, reduce it (e.g. 0.9 → 0.5).")
+    lines = alert_lines(long, 80)
+    assert lines[0].startswith("WARNING exploding/oscillation at step 39 (whole model): over the last")
+    assert all(len(line) <= 80 for line in lines) and all(line.startswith("    ") for line in lines[1:])
+    assert sum(line.startswith("    Remedy: lower the learning rate") for line in lines) == 1
+    con = recording_console(width=80)
+    RichConsoleSink(con, live=False).on_step(record(39), [long])
+    assert con.export_text().splitlines() == lines
+
+
+def _summary_of_every_sign():
+    from gradwatch.detectors.config import SIGNS
+    from gradwatch.detectors.suite import AlertSummary, SummaryEntry
+
+    message = "evidence " * 30 + "Remedy: " + "do this and that " * 12
+    entries = [SummaryEntry("exploding", sign, ("critical", "warning", "info")[i % 3], 3, 40, i, 140,
+                            [f"encoder.lstm:{i}", "decoder.gru:0"], message)
+               for i, sign in enumerate([*SIGNS, "constant_clipping", "a_future_sign"])]
+    return AlertSummary(150, entries)
+
+
+def test_closing_summary_fits_one_80x24_screen_and_keeps_its_indent():
+    summary = _summary_of_every_sign()
+    assert len(summary.entries) == 11
+    counts = {"critical": 12, "warning": 9, "info": 9}
+    con = recording_console(width=80)
+    con.print(render_summary(summary, counts, width=80))
+    lines = con.export_text().splitlines()
+    assert len(lines) <= 22 and all(len(line) <= 80 for line in lines)
+    body = [line[1:-1] for line in lines[1:-1]]  # inside the border
+    assert body[0].strip() == "150 steps watched; 30 alerts (12 critical, 9 warning, 9 info) on 11 signs."
+    assert all(line.startswith((" CRITICAL", " WARNING", " INFO", "   ", " … and")) for line in body[1:])
+    assert "more sign" in body[-1]
+    plain = summary_lines(summary, counts, width=80)
+    assert len(plain) <= 22 and all(len(line) <= 80 for line in plain)
+    assert " ".join(plain[:2]).split() == "gradwatch: 150 steps watched; 30 alerts (12 critical, 9 warning, 9 info) on 11 signs.".split()
+
+
+def test_panel_and_summary_count_the_same_alerts():
+    """The panel counted alerts and the summary counted signs: '4 critical' against '3 critical'."""
+    from gradwatch.cli.demo import run_demo
+
+    con = recording_console(width=100)
+    monitor = run_demo("exploding", steps=60, every=5, console=con)
+    text = con.export_text()
+    by_severity = collections.Counter(a.severity for a in monitor.alerts)
+    assert len(monitor.alerts) > len({a.sign for a in monitor.alerts})  # a sign raised twice
+    expected = severity_counts(by_severity)
+    assert f"alerts: {expected}" in text  # the panel
+    assert f"{len(monitor.alerts)} alerts ({expected}) on" in text  # the summary

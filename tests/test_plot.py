@@ -11,7 +11,7 @@ from torch import nn
 import gradwatch
 from gradwatch import Alert, GradwatchError
 from gradwatch.cli import main
-from gradwatch.cli.plot import heatmaps, load_run, render
+from gradwatch.cli.plot import figure, heatmaps, load_run, render, tick_text
 from gradwatch.sinks.jsonl import JsonlSink
 from models import CellDecoder, SeqClassifier, lm_batch
 
@@ -118,3 +118,83 @@ def test_a_file_without_steps_is_an_error(tmp_path):
     path.write_text(json.dumps({"schema": 1, "type": "run"}) + "\n")
     with pytest.raises(GradwatchError, match="no step records"):
         load_run(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- readable
+@pytest.mark.parametrize("label, text", [
+    ("$\\mathdefault{10^{-2}}$", "10⁻²"),
+    ("$\\mathdefault{10^{0}}$", "10⁰"),
+    ("$\\mathdefault{2\\times10^{-5}}$", "2×10⁻⁵"),
+    ("$\\mathdefault{10^{12}}$", "10¹²"),
+    ("0.5", "0.5"),
+    ("", ""),
+])
+def test_tick_text_writes_log_labels_in_plain_unicode(label, text):
+    assert tick_text(label) == text
+
+
+def _exploding_run(tmp_path, losses):
+    from gradwatch import LayerStats, StepStats
+
+    path = tmp_path / "exploding.jsonl"
+    sink = JsonlSink(path)
+    for step, loss in enumerate(losses):
+        norms = [10.0 ** (-t / 4) for t in range(12)]
+        layer = LayerStats("rnn", 0, "RNN", 10.0 ** step, 2.0, 0.01, 10.0 ** (step - 4), timestep_grad_norms=norms)
+        stats = StepStats(step, loss, 10.0 ** step, {("rnn", 0): layer}, probed=True)
+        alerts = [Alert("exploding", "norm_spike", "critical", step, "rnn", 0, None, 1e3, 10.0, "spike. Remedy: clip")] \
+            if step == len(losses) - 1 else []
+        sink.on_step(stats, alerts)
+    sink.close(None)
+    return load_run(str(path))
+
+
+def _tick_labels(fig):
+    return [t.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for t in axis.get_ticklabels(which="both") if t.get_visible()]
+
+
+def test_log_axes_and_colour_bars_show_real_tick_labels(tmp_path):
+    """Every log axis and colour bar showed raw '$\\mathdefault{10^{-2}}$' labels."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig = figure(_exploding_run(tmp_path, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+    labels = _tick_labels(fig)
+    plt.close(fig)
+    assert not [t for t in labels if "$" in t or "mathdefault" in t]
+    assert {"10⁰", "10²", "10⁻²"} <= set(labels)  # gradient norm, colour bar, update ratio
+
+
+@pytest.mark.parametrize("losses, scale", [
+    ([1.0, 0.9, 0.8, 0.85, 40.0, 2000.0], "log"),
+    ([1.0, 0.9, 0.8, 0.85, 0.7, 0.6], "linear"),
+    ([1.0, -0.5, 3.0, 40.0, 2000.0, 5.0], "linear"),
+], ids=["explodes", "learns", "negative"])
+def test_the_loss_axis_is_logarithmic_when_the_loss_spans_decades(tmp_path, losses, scale):
+    """The exploding run's loss panel was linear: flat until the explosion."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig = figure(_exploding_run(tmp_path, losses))
+    loss_axis = next(ax for ax in fig.axes if ax.get_ylabel() == "loss")
+    assert loss_axis.get_yscale() == scale
+    plt.close(fig)
+
+
+def test_alerts_and_marks_have_a_legend(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    run = _exploding_run(tmp_path, [1.0, 2.0, 3.0])
+    run.steps[1]["layers"]["rnn:0"]["timestep_grad_norms"][3] = float("nan")
+    fig = figure(run)
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    plt.close(fig)
+    assert texts[0] == "critical: exploding/norm_spike"
+    assert "NaN/Inf" in texts
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_command_once(recorded_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path, _ = recorded_run
+    assert main(["plot", str(path), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == "gradwatch plot: error: needs matplotlib: pip install 'gradwatch[plot]'.\n"

@@ -17,7 +17,7 @@ import signal
 import sys
 from importlib import import_module
 from types import ModuleType
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import GradwatchError
 
@@ -35,10 +35,21 @@ def _command_module(name: str) -> ModuleType:
     return import_module(f"{__name__}.{name}")
 
 
+class _UsageError(Exception):
+    """A bad command line: `main` prints it as one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 2 (argparse's usage block left out)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradwatch",
         description="See where the gradients of your recurrent network vanish or explode.",
         epilog="Start with `gradwatch demo`; `gradwatch COMMAND --help` describes each command.",
@@ -53,14 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return int(_command_module(args.command).main(args))
     except GradwatchError as exc:
-        print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
+        prefix = f"gradwatch {args.command}"
+        text = str(exc)
+        if text.startswith(prefix + " "):  # a library message that already names the command
+            text = text[len(prefix) + 1:]
+        print(f"{prefix}: error: {text}", file=sys.stderr)
         return 2
 
 

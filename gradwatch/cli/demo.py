@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import math
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .run import plain_log_lines
+from ..sinks.logging_sink import plain_width
+from .arguments import non_negative_float, positive_int
+from .run import plain_log_lines, plain_output
 
 __all__ = ["add_arguments", "main", "SCENARIOS", "Scenario", "run_demo"]
 
@@ -69,13 +72,13 @@ SCENARIOS: dict[str, Scenario] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="vanishing",
                         help="what to show (default: vanishing)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps (default: 150)")
-    parser.add_argument("--every", type=int, default=5, metavar="N",
+    parser.add_argument("--steps", type=positive_int, default=150, help="training steps (default: 150)")
+    parser.add_argument("--every", type=positive_int, default=5, metavar="N",
                         help="measure per-timestep gradient norms every N steps (default: 5)")
     parser.add_argument("--jsonl", default=None, metavar="PATH", help="also write the JSONL stream (then: gradwatch plot)")
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard events to DIR")
     parser.add_argument("--no-live", action="store_true", help="plain log lines instead of the live console")
-    parser.add_argument("--delay", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--delay", type=non_negative_float, default=None, metavar="SECONDS",
                         help="pause after each step so the live console can be followed "
                              "(default: 0.05 in a terminal, 0 otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -149,16 +152,14 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # a tiny network: extra threads only add overhead
     delay = args.delay if args.delay is not None else (0.05 if sys.stderr.isatty() and not args.no_live else 0.0)
-    print(f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps.", file=sys.stderr)
+    intro = f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps."
+    print(textwrap.fill(intro, width=plain_width(), subsequent_indent="    "), file=sys.stderr)
     # away from a terminal the alerts go through `logging`: show them (INFO included) as plain lines
-    plain = args.no_live or not sys.stdout.isatty()
+    plain = plain_output(args.no_live)
     with plain_log_lines() if plain else contextlib.nullcontext():
-        monitor = run_demo(args.scenario, steps=args.steps, every=args.every,
-                           console="logging" if args.no_live else "auto", delay=delay,
-                           jsonl=args.jsonl, tensorboard=args.tensorboard, seed=args.seed)
-    signs = sorted({f"{a.problem}/{a.sign}" for a in monitor.alerts})
-    summary = f"{len(monitor.alerts)} alert(s): {', '.join(signs)}" if signs else "no alerts"
-    print(f"gradwatch demo ({args.scenario}): {monitor.steps} steps, {summary}.", file=sys.stderr)
+        run_demo(args.scenario, steps=args.steps, every=args.every, console="logging" if plain else "auto",
+                 delay=delay, jsonl=args.jsonl, tensorboard=args.tensorboard, seed=args.seed)
+    # the closing summary (printed by the monitor) is the verdict; only say what to do next
     if args.jsonl:
         print(f"Wrote {args.jsonl}; draw it with: gradwatch plot {args.jsonl} -o report.png", file=sys.stderr)
     return 0

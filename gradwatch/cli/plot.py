@@ -20,16 +20,21 @@ import argparse
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GradwatchError
 from ..sinks.jsonl import SCHEMA_VERSION
 
-__all__ = ["add_arguments", "main", "Run", "load_run", "heatmaps", "render"]
+__all__ = ["add_arguments", "main", "Run", "load_run", "heatmaps", "render", "figure", "tick_text"]
 
 SEVERITY_COLOURS = {"info": "#4C72B0", "warning": "#DD8452", "critical": "#C44E52"}
 MAX_HEATMAPS = 8
+LOG_LOSS_SPAN = 100.0
+"""The loss axis is logarithmic when the (all positive) losses span at least this factor."""
+VANISHED = 1e-12
+"""Heatmap cells below this fraction of the largest norm are drawn black."""
 LINE_STYLES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
 
 
@@ -45,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
     run = load_run(args.jsonl)
     output = args.output or os.path.splitext(args.jsonl)[0] + ".png"
     render(run, output, title=args.title or os.path.basename(args.jsonl), dpi=args.dpi)
-    print(f"gradwatch plot: wrote {output} ({len(run.steps)} steps, {len(run.alerts)} alerts)")
+    alerts = len(run.alerts)
+    print(f"gradwatch plot: wrote {output} ({len(run.steps)} steps, {alerts} alert{'' if alerts == 1 else 's'})")
     return 0
 
 
@@ -194,6 +200,65 @@ def _edges(steps: list[int]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------- drawing
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+_MATHDEFAULT = re.compile(r"\$\\mathdefault\{(.*)\}\$")
+
+
+def tick_text(label: str) -> str:
+    """matplotlib's log-axis label written out in plain Unicode: '$\\mathdefault{2\\times10^{-5}}$'
+    becomes '2×10⁻⁵'. The figure is drawn with mathtext off (module names are text, never
+    mathtext), and without this the labels would show their raw TeX."""
+    match = _MATHDEFAULT.fullmatch(label)
+    if match is None:
+        return label
+    body = match.group(1).replace("\\times", "×").replace("\\cdot", "·").replace("\\,", "")
+    body = re.sub(r"\^\{([^}]*)\}", lambda m: m.group(1).translate(_SUPERSCRIPT), body)
+    return body.replace("\\minus", "−").replace("{", "").replace("}", "")
+
+
+def _plain_tick_labels(fig: Any) -> None:
+    """Every axis of `fig` (colour bars included) labels its ticks in plain Unicode; a log axis
+    spanning a decade or more labels fewer minor ticks (2×10⁻³, 3×10⁻³, 4×10⁻³... crowd each other)."""
+    from matplotlib import ticker
+
+    class Plain(ticker.Formatter):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def set_axis(self, axis: Any) -> None:
+            super().set_axis(axis)
+            self.inner.set_axis(axis)
+
+        def set_locs(self, locs: Any) -> None:
+            self.inner.set_locs(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return tick_text(self.inner(x, pos))
+
+        def format_ticks(self, values: Any) -> list[str]:
+            return [tick_text(t) for t in self.inner.format_ticks(values)]
+
+        def get_offset(self) -> str:
+            return tick_text(self.inner.get_offset())
+
+    def two_and_five(x: float, pos: int | None = None) -> str:
+        exponent = math.floor(math.log10(x))
+        mantissa = round(x / 10.0**exponent)
+        return f"{mantissa}×10{str(exponent).translate(_SUPERSCRIPT)}" if mantissa in (2, 5) else ""
+
+    for ax in fig.axes:
+        low, high = sorted(ax.get_ylim())
+        if ax.get_yscale() == "log" and low > 0 and high >= 10 * low:
+            # one to two decades: 2× and 5× between them; more: the decades alone
+            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(two_and_five) if high < 100 * low
+                                         else ticker.NullFormatter())
+        for axis in (ax.xaxis, ax.yaxis):
+            for get, put in ((axis.get_major_formatter, axis.set_major_formatter),
+                             (axis.get_minor_formatter, axis.set_minor_formatter)):
+                if not isinstance(get(), Plain):
+                    put(Plain(get()))
+
+
 def _require_matplotlib() -> Any:
     try:
         import matplotlib
@@ -205,7 +270,8 @@ def _require_matplotlib() -> Any:
     return plt
 
 
-def _draw_heatmap(fig: Any, ax: Any, cax: Any, hm: Heatmap, alerts: list[dict[str, Any]]) -> None:
+def _draw_heatmap(fig: Any, ax: Any, cax: Any, hm: Heatmap, alerts: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """Draw one heatmap; returns whether it has vanished (black) cells and NaN/Inf (magenta) ones."""
     import numpy as np
     from matplotlib.colors import ListedColormap, LogNorm
 
@@ -217,14 +283,16 @@ def _draw_heatmap(fig: Any, ax: Any, cax: Any, hm: Heatmap, alerts: list[dict[st
     positive = grid[np.isfinite(grid) & (grid > 0)]
     x = _edges(hm.steps)
     y = np.arange(height + 1) - 0.5
+    vanished = False
     if positive.size:
         vmax = float(positive.max())
-        vmin = max(float(positive.min()), vmax * 1e-12)
+        vmin = max(float(positive.min()), vmax * VANISHED)
         cmap = _colormap().with_extremes(under="black")
         shown = np.where(np.isfinite(grid) & (grid <= 0), vmin / 10, grid)
         mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(shown), cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax),
                              shading="flat")
-        fig.colorbar(mesh, cax=cax, extend="min" if (shown < vmin).any() else "neither")
+        vanished = bool((shown < vmin).any())
+        fig.colorbar(mesh, cax=cax, extend="min" if vanished else "neither")
     else:
         cax.set_axis_off()
     if nonfinite.any():
@@ -237,9 +305,10 @@ def _draw_heatmap(fig: Any, ax: Any, cax: Any, hm: Heatmap, alerts: list[dict[st
             continue
         colour = SEVERITY_COLOURS.get(a.get("severity"), "grey")
         if a.get("timestep") is not None:
-            ax.plot([a["step"]], [a["timestep"]], marker="x", color=colour, markersize=7, mew=2)
+            ax.plot([a["step"]], [a["timestep"]], marker="X", color=colour, markersize=9, mec="white", mew=1)
         else:
             ax.axvline(a["step"], color=colour, lw=0.8, alpha=0.8)
+    return vanished, bool(nonfinite.any())
 
 
 def _present(columns: list[list[float]], height: int) -> Any:
@@ -288,34 +357,71 @@ def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
     losses = [(r["step"], r["loss"]) for r in run.steps if r.get("loss") is not None]
     if losses:
         ax_loss.plot([s for s, _ in losses], [v if math.isfinite(v) else math.nan for _, v in losses], color="#555")
+    positive = [v for _, v in losses if math.isfinite(v) and v > 0]
+    if positive and len(positive) == len([v for _, v in losses if math.isfinite(v)]) and \
+            max(positive) >= LOG_LOSS_SPAN * min(positive):
+        ax_loss.set_yscale("log")  # an explosion would flatten everything before it on a linear axis
     ax_loss.set_ylabel("loss")
     ax_loss.set_xlabel("step")
 
 
-def _mark_alerts(axes: list[Any], alerts: list[dict[str, Any]]) -> None:
-    """Vertical lines: colour = severity, line style = sign; the last axis carries the legend."""
+def _mark_alerts(axes: list[Any], alerts: list[dict[str, Any]]) -> list[Any]:
+    """Vertical lines: colour = severity, line style = sign. Returns their legend handles."""
+    from matplotlib.lines import Line2D
+
     styles: dict[str, Any] = {}
+    handles = []
     for a in alerts:
         colour = SEVERITY_COLOURS.get(a.get("severity"), "grey")
-        sign = f"{a.get('problem')}/{a.get('sign')}"
-        label = f"{a.get('severity')}: {sign}"
-        first = label not in styles
-        style = styles.setdefault(label, LINE_STYLES[len(styles) % len(LINE_STYLES)])
-        for i, ax in enumerate(axes):
-            ax.axvline(a["step"], color=colour, lw=0.9, alpha=0.7, ls=style,
-                       label=label if (first and i == len(axes) - 1) else None)
-    if styles:
-        axes[-1].legend(fontsize=7, loc="upper right")
+        label = f"{a.get('severity')}: {a.get('problem')}/{a.get('sign')}"
+        if label not in styles:
+            styles[label] = LINE_STYLES[len(styles) % len(LINE_STYLES)]
+            handles.append(Line2D([], [], color=colour, lw=1.2, ls=styles[label], label=label))
+        for ax in axes:
+            ax.axvline(a["step"], color=colour, lw=0.9, alpha=0.7, ls=styles[label])
+    return handles
+
+
+def _legend(fig: Any, alert_handles: list[Any], run: Run, marks: dict[str, bool]) -> int:
+    """One legend under the figure: the alerts, then what the marks mean. Returns its entries."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = list(alert_handles) or [Line2D([], [], ls="", label="no alerts")]
+    if any(a.get("timestep") is not None for a in run.alerts):
+        handles.append(Line2D([], [], ls="", marker="X", color="grey", mec="white", markersize=9,
+                              label="alert at that timestep"))
+    if marks["vanished"]:
+        handles.append(Patch(color="black", label=f"below {VANISHED:.0e} × the largest norm (vanished)"))
+    if marks["nonfinite"]:
+        handles.append(Patch(color="magenta", label="NaN/Inf"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, frameon=False)
+    return len(handles)
 
 
 def render(run: Run, output: str, *, title: str | None = None, dpi: int = 110) -> None:
     """Draw `run` to the image file `output` (format from its extension)."""
     plt = _require_matplotlib()
     with plt.rc_context({"text.parse_math": False}):  # module names are text, never mathtext
-        _render(plt, run, output, title=title, dpi=dpi)
+        fig = _figure(plt, run, title=title)
+        try:
+            fig.savefig(output, dpi=dpi)
+        except (OSError, ValueError) as exc:
+            raise GradwatchError(f"gradwatch plot cannot write {output}: {exc}") from exc
+        finally:
+            plt.close(fig)
 
 
-def _render(plt, run: Run, output: str, *, title: str | None, dpi: int) -> None:
+def figure(run: Run, *, title: str | None = None) -> Any:
+    """The report as a matplotlib Figure (what `render` saves); close it with `plt.close(fig)`."""
+    plt = _require_matplotlib()
+    with plt.rc_context({"text.parse_math": False}):
+        fig = _figure(plt, run, title=title)
+        fig.canvas.draw()  # lay the text out under the same settings
+    return fig
+
+
+def _figure(plt: Any, run: Run, *, title: str | None) -> Any:
     maps = heatmaps(run)
     shown = maps[:MAX_HEATMAPS]
     n = len(shown) + 3
@@ -326,8 +432,11 @@ def _render(plt, run: Run, output: str, *, title: str | None, dpi: int) -> None:
     axes = [row[0] for row in grid]
     for ax in axes[1:]:
         ax.sharex(axes[0])
+    marks = {"vanished": False, "nonfinite": any(not math.isfinite(r["grad_norm"]) for r in run.steps)}
     for row, hm in zip(grid, shown):
-        _draw_heatmap(fig, row[0], row[1], hm, run.alerts)
+        vanished, nonfinite = _draw_heatmap(fig, row[0], row[1], hm, run.alerts)
+        marks["vanished"] |= vanished
+        marks["nonfinite"] |= nonfinite
     for row in grid[len(shown):]:
         row[1].set_axis_off()
     for ax in axes[:-1]:
@@ -339,14 +448,12 @@ def _render(plt, run: Run, output: str, *, title: str | None, dpi: int) -> None:
                      ha="right", fontsize=7)
     ax_norm, ax_ratio, ax_loss = axes[len(shown):]
     _draw_curves(ax_norm, ax_ratio, ax_loss, run)
-    _mark_alerts([ax_norm, ax_ratio, ax_loss], run.alerts)
+    alert_handles = _mark_alerts([ax_norm, ax_ratio, ax_loss], run.alerts)
     status = "" if run.end is not None else "  (no end record: the run did not finish cleanly)"
-    fig.suptitle(f"{title or os.path.basename(run.path)}: {len(run.steps)} steps, {len(run.alerts)} alerts{status}",
-                 fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(output, dpi=dpi)
-    except (OSError, ValueError) as exc:
-        raise GradwatchError(f"gradwatch plot cannot write {output}: {exc}") from exc
-    finally:
-        plt.close(fig)
+    fig.suptitle(f"{title or os.path.basename(run.path)}: {len(run.steps)} steps, "
+                 f"{len(run.alerts)} alert{'' if len(run.alerts) == 1 else 's'}{status}", fontsize=10)
+    entries = _legend(fig, alert_handles, run, marks)
+    _plain_tick_labels(fig)
+    rows = (entries + 2) // 3
+    fig.tight_layout(rect=(0, 0.012 + 0.16 * rows / fig.get_figheight(), 1, 1))
+    return fig

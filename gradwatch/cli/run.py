@@ -28,6 +28,7 @@ import logging
 import os
 import runpy
 import sys
+import textwrap
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from ..capture.optimizer_hooks import closure_of
 from ..capture.stack import installed_adapter
 from ..errors import GradwatchError
 from ..monitor import Monitor
+from ..sinks.logging_sink import plain_width
+from .arguments import positive_int
 
 __all__ = ["add_arguments", "main", "run_script", "ScriptWatcher"]
 
@@ -49,7 +52,7 @@ log = logging.getLogger("gradwatch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--every", type=int, default=10, metavar="N",
+    parser.add_argument("--every", type=positive_int, default=10, metavar="N",
                         help="measure per-timestep gradient norms every N steps (default: 10)")
     parser.add_argument("--clip", default=None, metavar="POLICY",
                         help="clip gradients: a max norm (e.g. 1.0) or a policy name such as 'auto' (default: off)")
@@ -57,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard events to DIR")
     parser.add_argument("--no-live", action="store_true",
                         help="no live console: report alerts as plain log lines on stderr")
-    parser.add_argument("script", help="the training script, run as `python SCRIPT ARGS...` would run it")
+    parser.add_argument("script", nargs="?", default=None,
+                        help="the training script, run as `python SCRIPT ARGS...` would run it")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script unchanged")
 
 
@@ -71,9 +75,18 @@ def clip_value(text: str | None) -> Any:
         return text
 
 
+def plain_output(no_live: bool) -> bool:
+    """Whether alerts and the verdict go out as plain lines (`--no-live`, or stdout is no terminal:
+    CI logs, `| tee`, `| cat`), as `console="auto"` decides from stdout too."""
+    return no_live or not sys.stdout.isatty()
+
+
 @contextlib.contextmanager
 def plain_log_lines() -> Iterator[None]:
-    """Meanwhile, print the `gradwatch` logger's records (INFO and up) on stderr as bare lines, once."""
+    """Meanwhile, print the `gradwatch` logger's records (INFO and up) on stderr as bare lines, once.
+
+    Without it, logging's last-resort handler would show WARNING and up only: the info alerts
+    and the closing verdict would be lost."""
     logger = logging.getLogger("gradwatch")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -90,16 +103,18 @@ def plain_log_lines() -> Iterator[None]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.script is None:
+        raise GradwatchError("no training script given: gradwatch run [OPTIONS] SCRIPT [ARGS...], "
+                             "e.g. gradwatch run train.py --lr 0.1")
+    plain = plain_output(args.no_live)
     options = {
         "every": args.every,
         "clip": clip_value(args.clip),
-        "console": "logging" if args.no_live else "auto",
+        "console": "logging" if plain else "auto",
         "jsonl": args.jsonl,
         "tensorboard": args.tensorboard,
     }
-    if not args.no_live:
-        return run_script(args.script, args.args, **options)
-    with plain_log_lines():
+    with plain_log_lines() if plain else contextlib.nullcontext():
         return run_script(args.script, args.args, **options)
 
 
@@ -155,7 +170,9 @@ class ScriptWatcher:
         self._handles: list[Any] = []
         self._restore: list[tuple[Any, str, Any]] = []
         self._failed = False
-        self._announce = announce if announce is not None else (lambda text: print(text, file=sys.stderr))
+        self.watched_by_script = False
+        """The script called gradwatch.watch on a model itself (then left alone)."""
+        self._announce = announce if announce is not None else _print_wrapped
 
     # ------------------------------------------------------------------ install / remove
     def install(self) -> None:
@@ -193,6 +210,9 @@ class ScriptWatcher:
             self.uninstall()
             for m in self.models:
                 m.monitor.close()
+            if complete and not self.models and not self.watched_by_script and not self._failed:
+                self._announce("gradwatch: nothing to watch: no training forward pass went through a module "
+                               "containing nn.RNN, nn.LSTM, nn.GRU or their *Cell variants.")
 
     # ------------------------------------------------------------------ fault isolation
     def _guard(self, fn: Any, *args: Any) -> None:
@@ -223,6 +243,11 @@ class ScriptWatcher:
         if entry is None or entry.module is not module:
             if module in self._declined:
                 return
+            if not _contains_recurrent(module):
+                self._declined.add(module)  # once: nothing to watch in it
+                return
+            if not (torch.is_grad_enabled() and (module.training or self._has_optimizer(module))):
+                return  # evaluation (a model loaded back to test it, say): attach at a training forward only
             entry = self._attach(module)
             if entry is None:
                 self._declined.add(module)
@@ -233,6 +258,9 @@ class ScriptWatcher:
             self._end_manual_step(entry)
         entry.forwarded = True
 
+    def _has_optimizer(self, module: nn.Module) -> bool:
+        return any(_holds_parameters_of(o, module) for o in list(self._optimizers))
+
     def _attach(self, module: nn.Module) -> _Model | None:
         if not _contains_recurrent(module):
             return None
@@ -241,6 +269,7 @@ class ScriptWatcher:
         if any(id(w.module) in watched for w in found):
             return None  # a part of, or a wrapper around, a model already watched
         if any(installed_adapter(w.module) is not None for w in found):
+            self.watched_by_script = True
             return None  # the script watches this model itself with gradwatch.watch
         from ..watch import watch
 
@@ -338,6 +367,11 @@ class ScriptWatcher:
         m.loss, m.forwarded, m.backward_done = None, False, False
 
 
+def _print_wrapped(text: str) -> None:
+    """One message of gradwatch's own on stderr, wrapped at the terminal width like the alerts."""
+    print(textwrap.fill(text, width=plain_width(), subsequent_indent="    ", break_on_hyphens=False), file=sys.stderr)
+
+
 def _updated(monitor: Monitor) -> bool:
     """Whether a watched parameter changed since the monitor's last step ended (syncs: end of run only)."""
     snapshot, params = monitor.params.snapshot, monitor.params.params
@@ -364,8 +398,26 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
+def _script_path(script: str) -> str:
+    """The script's absolute path; a folder, a missing file or a command line is refused."""
+    path = os.path.abspath(script)
+    if os.path.isdir(path):
+        raise GradwatchError(f"{script!r} is a folder, not a Python script: pass the training script's file, "
+                             "e.g. gradwatch run path/to/train.py.")
+    if not os.path.isfile(path):
+        hint = " (gradwatch run takes a Python file, not a command line)" if " " in script.strip() else ""
+        raise GradwatchError(f"no such script {script!r}{hint}; looked for {path}.")
+    return path
+
+
 def _print_script_traceback(exc: BaseException, path: str) -> None:
-    """Print the traceback as Python would, without gradwatch's own frames on top."""
+    """Print the traceback as Python would, without gradwatch's own frames on top.
+
+    A script that does not compile has no frame of its own: Python then prints only the
+    error with its file, line and caret, and so does this."""
+    if isinstance(exc, SyntaxError):
+        print("".join(traceback.format_exception_only(type(exc), exc)), end="", file=sys.stderr)
+        return
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != path:
         tb = tb.tb_next
@@ -383,12 +435,12 @@ def _check_options(options: dict[str, Any]) -> None:
     watch(cell, torch.optim.SGD(cell.parameters(), lr=0.0) if needs_optimizer else None, **probe).close()
     target = options.get("jsonl")
     if target is not None and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-        raise GradwatchError(f"gradwatch run --jsonl {target}: its folder does not exist; create it first.")
+        raise GradwatchError(f"--jsonl {target}: its folder does not exist; create it first.")
     if options.get("tensorboard") is not None:
         try:
             importlib.import_module("torch.utils.tensorboard")
         except ImportError as exc:
-            raise GradwatchError("gradwatch run --tensorboard needs the tensorboard package: "
+            raise GradwatchError("--tensorboard needs the tensorboard package: "
                                  "pip install 'gradwatch[tensorboard]'.") from exc
 
 
@@ -404,9 +456,7 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
     A script ended by Ctrl-C raises `ScriptInterrupted` (a KeyboardInterrupt) once gradwatch's
     output is complete and the script's traceback printed.
     """
-    path = os.path.abspath(script)
-    if not os.path.isfile(path):
-        raise GradwatchError(f"gradwatch run: no such script {script!r} (looked for {path}).")
+    path = _script_path(script)
     _check_options(watch_options)
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]

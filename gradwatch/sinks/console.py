@@ -27,7 +27,7 @@ import math
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from rich.console import Console, Group, RenderableType
 from rich.errors import LiveError
@@ -37,7 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..records import Alert, LayerKey, StepStats
-from .logging_sink import alert_line, run_summary
+from .logging_sink import INDENT, SUMMARY_LINES, alert_lines, run_summary, severity_counts, summary_headline, summary_lines
 
 __all__ = ["RichConsoleSink", "sparkline", "heat_strip", "render_summary", "SEVERITY_STYLE"]
 
@@ -46,6 +46,8 @@ SHADES = " ▁▂▃▄▅▆▇█"
 """Heat strip levels: index = decades above (max − 8 decades); blank is 8+ decades below the max."""
 SEVERITY_STYLE = {"info": "blue", "warning": "bold yellow", "critical": "bold red"}
 _STATUS_MARK = {"info": "i", "warning": "!", "critical": "✖"}
+MIN_SPARK, MIN_STRIP = 10, 16
+"""Narrowest useful sparkline (steps) and heat strip (cells): what an 80-column console keeps."""
 
 
 def sparkline(values: list[float]) -> Text:
@@ -122,28 +124,32 @@ def _status(alert: Alert | None) -> Text:
     return Text(f"{_STATUS_MARK[alert.severity]} {alert.sign}", style=SEVERITY_STYLE[alert.severity])
 
 
-def alert_text(alert: Alert) -> Text:
-    """An alert as printed above the panel: the plain line with its severity coloured."""
-    line = alert_line(alert)
+def alert_text(alert: Alert, width: int | None = None) -> Text:
+    """An alert as printed above the panel: the plain lines (evidence, then remedy, wrapped at
+    `width` with a hanging indent) with the severity coloured."""
+    line = "\n".join(alert_lines(alert, width))
     head, _, rest = line.partition(" ")
     return Text.assemble((head, SEVERITY_STYLE[alert.severity]), " ", rest)
 
 
-def render_summary(summary: Any) -> RenderableType:
-    """The detector suite's closing summary as a rich panel."""
-    lines = summary.lines(width=10_000)
-    body = Text()
-    for line in lines[1:]:
-        stripped = line.strip()
-        severity = stripped.split(" ", 1)[0].lower()
-        if severity in SEVERITY_STYLE and not line.startswith("    "):
+def render_summary(summary: Any, counts: Mapping[str, int] | None = None, *, width: int = 80) -> RenderableType:
+    """The closing summary as a rich panel `width` columns wide: the verdict, then two or three
+    lines per sign (none of them wraps); at most 22 lines with the border."""
+    verdict = summary_headline(summary, counts or {}).removeprefix("gradwatch: ")  # the title says it
+    # the plain lines indent every sign by two spaces; inside the panel its border does that
+    lines = [line[2:] for line in summary_lines(summary, counts or {}, width=width - 2,
+                                                max_lines=SUMMARY_LINES - 3, headline=False)]
+    body = Text(verdict + "\n", style="bold")
+    for line in lines:
+        severity = line.strip().split(" ", 1)[0].lower()
+        if severity in SEVERITY_STYLE and not line.startswith(" "):
             body.append(line + "\n", style=SEVERITY_STYLE[severity])
-        elif stripped.startswith("remedy:"):
+        elif line.strip().startswith("remedy:"):
             body.append(line + "\n", style="green")
         else:
             body.append(line + "\n")
     body.rstrip()
-    return Panel(body if body else Text("nothing to report", style="green"), title=lines[0],
+    return Panel(body, title="gradwatch", title_align="left", width=width,
                  border_style=SEVERITY_STYLE.get(summary.worst, "green"))
 
 
@@ -200,7 +206,7 @@ class RichConsoleSink:
             self._collect(stats, alerts)
         for a in alerts:
             if a.severity != "info":
-                self.console.print(alert_text(a))  # above the live panel while it runs
+                self.console.print(alert_text(a, self.console.width), soft_wrap=True)  # above the live panel
         if self.live and self._live is None:
             self._start_live()
 
@@ -237,7 +243,7 @@ class RichConsoleSink:
             self.console.print(self.panel())
         summary = run_summary(monitor)
         if summary is not None:
-            self.console.print(render_summary(summary))
+            self.console.print(render_summary(summary, self._view.counts, width=self.console.width))
 
     # ------------------------------------------------------------------ state
     def _collect(self, stats: StepStats, alerts: list[Alert]) -> None:
@@ -275,37 +281,56 @@ class RichConsoleSink:
     def __rich__(self) -> RenderableType:
         return self.panel()
 
+    def _layout(self, labels: list[str], statuses: list[Text], number_width: int) -> tuple[int, int, int]:
+        """Widths of the layer column, the sparkline and the heat strip for this console's width.
+
+        The fixed columns take what their content needs; the two plots share the rest (at least
+        MIN_SPARK + MIN_STRIP cells: long layer names are cut first)."""
+        status_width = max([len("status")] + [t.cell_len for t in statuses])
+        fixed = 2 * number_width + len("dead/sat") + status_width + 6  # 6 one-cell gaps between 7 columns
+        inner = self.console.width - 4  # panel border and padding
+        label_width = min(max([len("layer")] + [len(x) for x in labels]), 24)
+        room = inner - fixed - label_width
+        if room < MIN_SPARK + MIN_STRIP:
+            label_width = max(8, label_width - (MIN_SPARK + MIN_STRIP - room))
+            room = inner - fixed - label_width
+        spark = min(self.spark_steps, max(min(MIN_SPARK, room // 2), room * 2 // 5))
+        strip = max(4, min(self.strip_width, room - spark))
+        return label_width, spark, strip
+
     def _render(self) -> RenderableType:
         v = self._view
-        # the other columns and the gaps take ~76 cells; the sparkline and heat strip share what is left
-        room = max(8, self.console.width - 4 - 76)
-        spark = min(self.spark_steps, room // 2)
-        strip = min(self.strip_width, room - spark)
-        table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
-        table.add_column("layer", no_wrap=True, overflow="ellipsis", max_width=22)
-        table.add_column("‖g‖", justify="right", no_wrap=True, min_width=8)
-        table.add_column(f"last {spark} steps" if spark >= 13 else "steps", no_wrap=True, min_width=spark)
-        table.add_column("‖∂L/∂x_t‖ t=0→T, log" if strip >= 20 else "‖∂L/∂x_t‖", no_wrap=True, min_width=strip)
-        table.add_column("update", justify="right", no_wrap=True, min_width=8)
+        wide = self.console.width >= 100
+        spec, number_width = (".2e", 8) if wide else (".1e", 7)
+        labels = [f"{module or '<root>'}:{layer}" + (f" {lv.kind}" if wide else "")
+                  for (module, layer), lv in v.layers.items()]
+        statuses = [_status(lv.alert) for lv in v.layers.values()]
+        label_width, spark, strip = self._layout(labels, statuses, number_width)
+        table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+        table.add_column("layer", no_wrap=True, max_width=label_width)
+        table.add_column("‖g‖", justify="right", no_wrap=True, min_width=number_width)
+        table.add_column(f"last {spark} steps" if spark >= 13 else f"last {spark}", no_wrap=True, width=spark)
+        table.add_column("‖∂L/∂x_t‖ t=0→T, log" if strip >= 20 else "‖∂L/∂x_t‖", no_wrap=True, width=strip)
+        table.add_column("update", justify="right", no_wrap=True, min_width=number_width)
         table.add_column("dead/sat", justify="right", no_wrap=True)
-        table.add_column("status", no_wrap=True, min_width=16)
-        for (module, layer), lv in v.layers.items():
+        table.add_column("status", no_wrap=True, overflow="ellipsis")
+        for label, status, lv in zip(labels, statuses, v.layers.values()):
             table.add_row(
-                Text(f"{module or '<root>'}:{layer} {lv.kind}"),
-                _num(lv.grad_norm),
+                Text(label if len(label) <= label_width else "…" + label[1 - label_width:]),  # keep ':layer' 
+                _num(lv.grad_norm, spec),
                 sparkline(list(lv.norms)[-spark:]),
                 heat_strip(lv.timesteps, strip),
-                _num(lv.update_ratio),
+                _num(lv.update_ratio, spec),
                 _share(lv.dead, lv.saturated),
-                _status(lv.alert),
+                status,
             )
         title = f"gradwatch · step {v.step if v.step is not None else '–'}"
         if v.loss is not None:
             title += f" · loss {v.loss:.4g}"
         if v.grad_norm is not None:
             title += f" · ‖g‖ {v.grad_norm:.3g}"
-        counts = ", ".join(f"{v.counts[s]} {s}" for s in ("critical", "warning", "info") if v.counts[s]) or "no alerts"
-        footer = Text(counts, style="dim")
+        counts = severity_counts(v.counts)
+        footer = Text(f"alerts: {counts}" if counts else "no alerts", style="dim")
         if v.model_alert is not None:
             footer = Text.assemble(footer, "  · model: ", _status(v.model_alert))
         worst = max((lv.alert for lv in v.layers.values() if lv.alert), key=_rank, default=v.model_alert)

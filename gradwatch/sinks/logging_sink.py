@@ -1,26 +1,42 @@
-"""Plain `logging` lines under the `gradwatch` logger: one line per alert, no escape codes.
+"""Plain `logging` lines under the `gradwatch` logger: one record per alert, no escape codes.
 
     >>> logging.basicConfig(level=logging.INFO, format="%(message)s")
     >>> monitor = gradwatch.watch(model, opt, console="logging")
-    WARNING exploding/norm_spike at step 12 ('lstm' layer 0): total gradient norm 51.2 is 26.1× ...
+    WARNING exploding/norm_spike at step 12 ('lstm' layer 0): total gradient norm 51.2 is 26.1×
+        its median 1.96 and 4.1× its maximum over the last 20 steps (thresholds 10× and 2×).
+        Remedy: clip the gradient norm ... at about its usual size, e.g. clip=3.92 ...
 
-What `console="auto"` uses outside a terminal (CI, log files, notebooks without a TTY). The
-lines carry no timestamp of their own; the logging configuration decides the prefix.
-Warnings map to `logging.WARNING`, critical alerts to `logging.CRITICAL`, info alerts to
-`logging.INFO` (hidden by logging's default level). `close()` logs the one-screen summary,
-at WARNING when anything of warning level or worse was seen, else at INFO.
+What `console="auto"` uses outside a terminal (CI, log files, `| tee`, notebooks without a TTY).
+Each alert is one record: the evidence, then the remedy on its own line, both wrapped at the
+terminal width (`COLUMNS`; 100 away from a terminal) with a hanging indent. The lines carry no
+timestamp of their own; the logging configuration decides the prefix. Warnings map to
+`logging.WARNING`, critical alerts to `logging.CRITICAL`, info alerts to `logging.INFO` (hidden
+by logging's default level). `close()` logs the closing summary (`summary_lines`: two lines per
+sign, at most 22 lines in all), at WARNING when anything of warning level or worse was seen,
+else at INFO. The full text of every alert stays in `monitor.alerts` and the JSONL stream.
+
+The rich console sink prints the same alert lines and the same summary.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import Any
+import os
+import sys
+import textwrap
+from typing import Any, Mapping
 
+from ..detectors.base import REMEDY
 from ..records import Alert, StepStats
 
-__all__ = ["LoggingSink", "alert_line", "run_summary"]
+__all__ = ["LoggingSink", "alert_line", "alert_lines", "summary_lines", "run_summary", "plain_width"]
 
 LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
+SEVERITIES = ("critical", "warning", "info")
+INDENT = "    "
+SUMMARY_LINES = 22
+"""Closing summary: headline and body together, so that it fits one 80×24 screen with the prompt."""
 
 
 def location(alert: Alert) -> str:
@@ -41,6 +57,34 @@ def alert_line(alert: Alert) -> str:
     return f"{alert.severity.upper()} {alert.problem}/{alert.sign} at step {alert.step} ({location(alert)}): {alert.message}"
 
 
+def alert_lines(alert: Alert, width: int | None = None) -> list[str]:
+    """The alert as the evidence line and the remedy line, each wrapped at `width` (None: not
+    wrapped) with continuation lines indented, so that the severity word starts every alert."""
+    evidence, _, remedy = alert_line(alert).partition(REMEDY)
+    paragraphs = [evidence.rstrip(), f"{INDENT}Remedy: {remedy}"] if remedy else [evidence.rstrip()]
+    if width is None:
+        return paragraphs
+    out: list[str] = []
+    for text in paragraphs:
+        out += textwrap.wrap(text, width=max(width, 40), subsequent_indent=INDENT, break_on_hyphens=False,
+                             break_long_words=False) or [text]
+    return out
+
+
+def plain_width(stream: Any = None) -> int:
+    """Columns for plain lines: `COLUMNS` when set, else the terminal's width, else 100."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    stream = sys.stderr if stream is None else stream
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 100
+
+
 def run_summary(monitor: Any) -> Any:
     """The detector suite's `summary()` for a monitor, or None when its detectors have none."""
     detectors = getattr(monitor, "detectors", None)
@@ -48,20 +92,91 @@ def run_summary(monitor: Any) -> Any:
     return summary() if callable(summary) else None
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def severity_counts(counts: Mapping[str, int]) -> str:
+    """'1 critical, 4 warning, 2 info': alerts by severity, the words the live panel uses too."""
+    return ", ".join(f"{counts[s]} {s}" for s in SEVERITIES if counts.get(s))
+
+
+def summary_headline(summary: Any, counts: Mapping[str, int]) -> str:
+    """The verdict: steps watched, then the alerts reported (by severity) and the signs they show."""
+    steps = _plural(summary.steps, "step")
+    if not summary.entries:
+        return f"gradwatch: {steps} watched, no vanishing or exploding gradients seen."
+    if not any(counts.values()):  # a sink that saw no step: count from the summary itself
+        counts = collections.Counter()
+        for e in summary.entries:
+            counts[e.severity] += e.reported
+    total = sum(counts.values())
+    return (f"gradwatch: {steps} watched; {_plural(total, 'alert')} ({severity_counts(counts)}) "
+            f"on {_plural(len(summary.entries), 'sign')}.")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _sign_lines(entry: Any, width: int, action_lines: int) -> list[str]:
+    steps = f"step {entry.first_step}" if entry.first_step == entry.last_step else \
+        f"steps {entry.first_step}-{entry.last_step}"
+    where = ", ".join(entry.locations[:3]) + (" …" if len(entry.locations) > 3 else "")
+    held = f", {entry.repeats} held back" if entry.repeats else ""
+    head = f"  {entry.severity.upper()} {entry.problem}/{entry.sign} at {where}; {steps}; " \
+           f"{_plural(entry.reported, 'alert')}{held}"
+    action = f"remedy: {entry.remedy}" if entry.remedy else entry.evidence
+    wrapped = textwrap.wrap(action.strip(), width=max(width, 40), initial_indent=INDENT,
+                            subsequent_indent=INDENT + "  ", max_lines=action_lines, placeholder=" …")
+    return [_cut(head, width)] + [_cut(line, width) for line in wrapped]
+
+
+def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
+                  max_lines: int = SUMMARY_LINES, headline: bool = True) -> list[str]:
+    """The closing summary: the headline, then per sign (most severe first) where and when it was
+    seen and its remedy, each line cut at `width`; at most `max_lines` lines in all (the rest of
+    the signs are named on the last line). `headline=False` leaves the headline out. The evidence of each alert was printed when it was
+    raised and is kept in `monitor.alerts` and the JSONL stream."""
+    out = textwrap.wrap(summary_headline(summary, counts), width=max(width, 40),
+                        subsequent_indent=INDENT) if headline else []
+    entries = list(summary.entries)
+    room = max_lines - len(out)
+    if 2 * len(entries) > room:
+        shown = entries[: max(0, (room - 1) // 2)]
+        rest = entries[len(shown):]
+    else:
+        shown, rest = entries, []
+    spare = room - 2 * len(shown) - (1 if rest else 0)
+    for entry in shown:
+        lines = _sign_lines(entry, width, 2 if spare > 0 else 1)
+        spare -= len(lines) - 2
+        out += lines
+    if rest:
+        out.append(_cut(f"  … and {_plural(len(rest), 'more sign')}: "
+                        + ", ".join(f"{e.problem}/{e.sign}" for e in rest), width))
+    return out
+
+
 class LoggingSink:
     """Alerts and the closing summary as plain log lines on the `gradwatch` logger."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, *, width: int | None = None) -> None:
         self.logger = logger or logging.getLogger("gradwatch")
+        self.width = width
+        """Wrap lines at this many columns; None: `plain_width()` when each line is written."""
+        self.counts: collections.Counter = collections.Counter()
 
     def on_step(self, stats: StepStats, alerts: list[Alert]) -> None:
+        width = self.width or plain_width()
         for a in alerts:
-            self.logger.log(LEVELS[a.severity], "%s", alert_line(a))
+            self.counts[a.severity] += 1
+            self.logger.log(LEVELS[a.severity], "%s", "\n".join(alert_lines(a, width)))
 
     def close(self, monitor: Any) -> None:
         summary = run_summary(monitor)
         if summary is None:
             return
         level = logging.WARNING if summary.worst in ("warning", "critical") else logging.INFO
-        for line in summary.lines():
+        for line in summary_lines(summary, self.counts, width=self.width or plain_width()):
             self.logger.log(level, "%s", line)
