@@ -160,14 +160,16 @@ def test_early_growth_is_not_a_spike():
                          ids=["below", "warning", "critical"])
 def test_spike_against_recent_history(factor, severity):
     det = NormSpikeDetector(CFG)
-    # plain SGD: the step grows with the gradient (update ratio 1e-3 -> factor x 1e-3)
-    records = steady(25) + [rec(25, layer(grad=factor, ratio=1e-3 * factor), grad=factor)]
+    # plain SGD: the step grows with the gradient (update ratio 1e-3 -> factor x 1e-3), and it persists:
+    # a spike is judged on the step after it (see test_isolated_hard_sample_is_info_not_a_warning)
+    records = steady(25) + [rec(25 + i, layer(grad=factor, ratio=1e-3 * factor), grad=factor) for i in range(2)]
     alerts = feed(det, records)
     if severity is None:
         assert alerts == []
         return
     (a,) = alerts
-    assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 25, "rnn", 0)
+    assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 26, "rnn", 0)
+    assert "at step 25" in a.message and "persists" in a.message
     assert a.threshold == CFG.spike_factor and a.value == pytest.approx(factor / 1.1, rel=0.01)
     assert "its median" in a.message and "clip=" in a.message
 
@@ -175,11 +177,42 @@ def test_spike_against_recent_history(factor, severity):
 @pytest.mark.parametrize("factor, severity", [(30.0, "info"), (300.0, "critical")], ids=["absorbed", "critical"])
 def test_spike_absorbed_by_an_adaptive_optimiser_is_info(factor, severity):
     # Adam: the gradient jumps but the step stays its usual size -> info unless the jump is huge
-    records = steady(25) + [rec(25, layer(grad=factor, ratio=1.5e-3), grad=factor)]
+    records = steady(25) + [rec(25, layer(grad=factor, ratio=1.5e-3), grad=factor), rec(26, grad=factor)]
     (a,) = feed(NormSpikeDetector(CFG), records)
     assert (a.sign, a.severity) == ("norm_spike", severity)
     if severity == "info":
         assert "the update itself stayed small" in a.message
+
+
+def test_isolated_hard_sample_is_info_not_a_warning():
+    # issue #13: batch size 1, plain SGD, converged: one misclassified sample gives a 122x gradient
+    # (and a 122x step), then the next sample is ordinary again. That is not an explosion.
+    records = [rec(i, layer(grad=0.1, ratio=1e-3), grad=0.1 * (1 + 0.1 * (i % 3)), loss=0.01 * (1 + i % 4))
+               for i in range(25)]
+    records += [rec(25, layer(grad=13.0, ratio=0.12), grad=13.0, loss=3.0),
+                rec(26, layer(grad=0.1, ratio=1e-3), grad=0.11, loss=0.02)]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(26, "info")]
+    assert "isolated" in alerts[0].message and "one hard batch" in alerts[0].message
+
+
+def test_spike_that_damages_the_model_is_a_warning():
+    # the next batch's loss is above every loss before the spike although the norm came back
+    records = [rec(i, grad=1.0 + 0.1 * (i % 3), loss=0.5 + 0.01 * (i % 5)) for i in range(25)]
+    records += [rec(25, layer(ratio=0.04), grad=40.0, loss=0.6), rec(26, grad=1.2, loss=2.0)]
+    (a,) = feed(NormSpikeDetector(CFG), records)
+    assert (a.step, a.severity) == (26, "warning") and "damaged the model" in a.message
+
+
+def test_exploding_demo_jump_at_step_3_is_not_hidden_by_a_warm_up():
+    # issue #13: `gradwatch demo --scenario exploding` jumped 20x at step 3 (74.5, 44.5, 69.9 -> 1520) and the
+    # loss stayed high; the first alert came at step 48, one step before NaN, because 20 steps of history were needed
+    norms, losses = [74.5, 44.5, 69.9, 1520.0, 10.3, 9.81], [1.24, 0.452, 0.499, 11.1, 1.88, 1.33]
+    ratios = [0.00238, 0.00299, 0.00399, 0.059, 0.0532, 0.0477]  # SGD with momentum: the step grew 15x
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(4, "warning")]
+    assert "at step 3" in alerts[0].message and "no warm-up" in alerts[0].message
 
 
 def test_noisy_history_needs_a_jump_over_its_maximum():

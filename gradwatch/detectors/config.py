@@ -93,10 +93,25 @@ class DetectorConfig:
     spike_window: int = 20
     """Recent finite steps whose total gradient norms form the baseline."""
     spike_min_history: int = 20
-    """Steps of history needed before a norm is judged against its past. The first steps are
+    """Steps of history needed before a norm is judged against its recent median. The first steps are
     noisy: in the labelled suite a healthy Adam LSTM's gradient norm grows 30× over its
-    first 10 steps while it leaves its initial plateau. (Step 0 explosions are caught by the
-    absolute rule below, by large_updates and by temporal_growth, which need no history.)"""
+    first 10 steps while it leaves its initial plateau. Before that the early rule below applies
+    (and step-0 explosions are caught by the absolute rule, by large_updates and by
+    temporal_growth, which need no history)."""
+    spike_early_history: int = 3
+    """From this many steps of history on, a jump is judged even before `spike_min_history`:
+    no blind warm-up when the first steps already explode (the exploding demo's 20× jump at
+    step 3 was ignored before, and its first alert came one step before NaN)."""
+    spike_early_factor: float = 10.0
+    """Early rule: a norm ≥ this multiple of the largest norm seen so far. Measured against the
+    maximum, not the median, because healthy norms grow fast early (30× over 10 steps, never
+    10× in one step in the suite or the corpus calibration half)."""
+    spike_persist_factor: float = 3.0
+    """A spike is a warning only when it persists on the next step: the norm is still at least
+    this multiple of the pre-spike median, or the next batch's loss is above every loss of
+    the window before the spike (the step damaged the model). An isolated hard sample
+    (batch size 1, plain SGD: one misclassified sample gives a 100× gradient, and the next
+    step is back to normal) is `info`. Costs one step of lead time on sudden explosions."""
     spike_factor: float = 10.0
     """Warn when the total gradient norm reaches this multiple of the baseline median. An
     order of magnitude is far outside mini-batch noise (healthy suite runs stay within
