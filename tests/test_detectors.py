@@ -575,3 +575,23 @@ def test_clean_records_raise_nothing():
                for i in range(200)]
     assert [a for r in records for a in suite.update(r)] == []
     assert "no vanishing or exploding" in suite.summary().headline()
+
+
+def test_saturation_after_an_explosion_is_reported_as_its_consequence():
+    # issue #13: after a large-updates explosion the saturated units came out as a fresh vanishing/dead_neurons
+    # critical, with no link to the explosion
+    suite = DetectorSuite(DetectorConfig(), detectors=[LargeUpdatesDetector(CFG), DeadNeuronsDetector(CFG)])
+    records = [rec(0, layer(ratio=1e-3)), rec(1, layer(ratio=3.0))]
+    records += [rec(i, layer(ratio=1e-3, ts=[1.0] * 10, sat=0.97)) for i in (10, 20)]
+    shown = [a for r in records for a in suite.update(r)]
+    assert [(a.step, a.sign, a.severity) for a in shown] == [(1, "large_updates", "critical"),
+                                                            (20, "dead_neurons", "warning")]
+    assert shown[1].message.startswith("After the explosion at step 1")
+    assert "first prevent the explosion" in shown[1].message
+
+
+def test_vanishing_without_an_explosion_keeps_its_severity():
+    suite = DetectorSuite(DetectorConfig(), detectors=[LargeUpdatesDetector(CFG), DeadNeuronsDetector(CFG)])
+    records = [rec(i, layer(ratio=1e-3, ts=[1.0] * 10, sat=0.97)) for i in (10, 20)]
+    (a,) = [a for r in records for a in suite.update(r)]
+    assert a.severity == "critical" and "explosion" not in a.message
