@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=330, help="runs in the corpus (default 330)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--budget", type=float, default=math.inf, help="generate: stop after this many seconds")
+    parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
     parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "all"))
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     specs = make_specs(args.n)
     if args.command == "generate":
-        generate(args.cache, specs, budget_s=args.budget)
+        generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
     _, _, text = report(runs, half=args.half, out_dir=args.out or (ROOT / "docs" / "bench"))

@@ -81,25 +81,34 @@ class SlowProgressDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         self.progress.update(stats.loss)
         self._collect(stats)
-        if self.progress.state != "stalled":
+        state = self.progress.state
+        if state not in ("stalled", "plateau"):
             return []
-        found = self._evidence()
+        found = self._evidence(inactive_only=state == "plateau")
+        if found is None and state == "plateau":
+            return []  # a converged run plateaus too: only dead or saturated units say it is stuck
         if found is None:
-            return []
+            key = next(iter(self._kinds), None)
+            return [self._alert(stats.step, key, "unexplained", (
+                "no specific cause is visible in the gradients (no decay through time beyond "
+                f"{fmt(self.config.temporal_decay_ratio)}, no dead or saturated units, updates of usual size): the "
+                "learning signal from the inputs does not reach the weights that would use it"))]
         key, cause, text = found
-        return [
-            make_alert(
-                "slow_progress",
-                "warning",
-                stats.step,
-                evidence=f"the loss is not improving: {self.progress.describe()}; and the gradients explain it: {text}.",
-                remedy=remedies.slow_progress(self._kinds.get(key, ""), cause) + ".",
-                value=self.progress.improvement or 0.0,
-                threshold=self.config.progress_min,
-                module=key[0],
-                layer=key[1],
-            )
-        ]
+        return [self._alert(stats.step, key, cause, text)]
+
+    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
+        lead = "the loss is stuck at its starting level" if self.progress.state == "stalled" else "the loss has stopped improving"
+        return make_alert(
+            "slow_progress",
+            "warning",
+            step,
+            evidence=f"{lead}: {self.progress.describe()}; and the gradients: {text}.",
+            remedy=remedies.slow_progress(self._kinds.get(key, "") if key else "", cause) + ".",
+            value=self.progress.improvement or 0.0,
+            threshold=self.config.progress_min,
+            module=key[0] if key else None,
+            layer=key[1] if key else None,
+        )
 
     def _collect(self, stats: StepStats) -> None:
         c = self.config
@@ -121,10 +130,10 @@ class SlowProgressDetector:
             if share is not None:
                 self._inactive[key] = (share, state)
 
-    def _evidence(self) -> tuple[LayerKey, str, str] | None:
+    def _evidence(self, *, inactive_only: bool = False) -> tuple[LayerKey, str, str] | None:
         """(layer, cause, words) of the strongest vanishing evidence, or None."""
         c = self.config
-        decays = {k: r for k, r in self._decay.items() if r <= c.temporal_decay_ratio}
+        decays = {k: r for k, r in self._decay.items() if r <= c.temporal_decay_ratio and not inactive_only}
         if decays:
             key = min(decays, key=decays.__getitem__)
             share = "none" if decays[key] == 0 else fmt(decays[key])
@@ -140,7 +149,7 @@ class SlowProgressDetector:
                 f"{share * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
-        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
+        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
             return key, "tiny_updates", (

@@ -53,6 +53,11 @@ class TemporalProfile:
     """early / late: < 1 decays going back in time, > 1 grows."""
     span: int
     """Timesteps between the centres of the two ranges."""
+    growing: float = 0.0
+    """Share of adjacent timesteps (t−1, t) with t < 3T/4 where the norm is larger at t−1: how
+    consistently it grows going back. Geometric growth (gain > 1) gives 1; the saw-tooth of a
+    packed, variable-length batch (each sequence's gradient decays back from its own end, and a
+    short sequence's end adds a fresh peak at an early timestep) stays far below 0.5."""
 
     @property
     def per_step(self) -> float:
@@ -74,7 +79,9 @@ def temporal_profile(norms: list[float] | None, *, min_steps: int) -> TemporalPr
     if not late > 0:
         return None
     span = max(1, round((lo + hi) / 2 - q / 2))
-    return TemporalProfile(t, early, late, (lo, hi), early / late, span)
+    pairs = [(norms[i - 1], norms[i]) for i in range(1, 3 * q)]
+    growing = sum(a > b for a, b in pairs) / len(pairs) if pairs else 0.0
+    return TemporalProfile(t, early, late, (lo, hi), early / late, span, growing)
 
 
 def _latest(norms: list[float], test) -> int | None:  # type: ignore[no-untyped-def]
@@ -90,6 +97,11 @@ def analysable(ls: LayerStats) -> bool:
 
 def _is_relu(ls: LayerStats) -> bool:
     return ls.kind == "RNN" and ls.dead_fraction is not None and ls.saturated_fraction is None
+
+
+def _material(ls: LayerStats, floor: float) -> bool:
+    """The layer's gradient is not numerically negligible (≥ `floor` × its weight norm)."""
+    return ls.grad_norm >= floor * ls.weight_norm
 
 
 def _describe(key: LayerKey, p: TemporalProfile, going: str) -> str:
@@ -144,6 +156,8 @@ class TemporalDecayDetector:
                 )
             if state == "stalled":
                 evidence += f"; and it hurts: {self.progress.describe()}"
+            elif state == "plateau":
+                evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
             elif state == "improving":
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
@@ -180,14 +194,21 @@ class TemporalGrowthDetector:
         c = self.config
         if not stats.probed:
             return []
-        grows = {k: p for k, p in _profiles(stats, c.temporal_min_steps).items() if p.ratio >= c.temporal_growth_ratio}
+        grows = {
+            k: p for k, p in _profiles(stats, c.temporal_min_steps).items()
+            if p.ratio >= c.temporal_growth_ratio and p.growing >= c.temporal_growth_consistency
+            and _material(stats.layers[k], c.temporal_growth_min_grad)
+        }
         alerts = []
         for module in dict.fromkeys(k[0] for k in grows):
             worst = max((k for k in grows if k[0] == module), key=lambda k: grows[k].ratio)
             p, ls = grows[worst], stats.layers[worst]
             norms = ls.timestep_grad_norms or []
             t_cut = _latest(norms, lambda v: v >= c.temporal_growth_ratio * p.late)
-            evidence = _describe(worst, p, "grows") + f" (threshold {fmt(c.temporal_growth_ratio)})"
+            evidence = _describe(worst, p, "grows") + (
+                f" (threshold {fmt(c.temporal_growth_ratio)}); it grows from one timestep to the one before on "
+                f"{p.growing * 100:.0f} % of the first three quarters (threshold {c.temporal_growth_consistency * 100:.0f} %)"
+            )
             if t_cut is not None:
                 evidence += f"; from timestep {t_cut} back it is over {fmt(c.temporal_growth_ratio)}× the recent level"
             critical = p.ratio >= c.temporal_growth_critical
