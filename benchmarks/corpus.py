@@ -23,6 +23,8 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   chance loss) — no better than chance or than where it started;
 * oscillating: not diverged or stuck, and the 5-step running median of the second half of the
   losses swings up and down by a factor ≥ 2 at least three times;
+* raw sign (for lead times): the first step whose loss or total gradient norm is ≥ 10× its
+  step-0 value; a diverging run "gives a sign k steps early" when that step is ≤ divergence − k;
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
 * slow: the rest (learned something, not enough to call it converged); left out of the targets.
 
@@ -81,6 +83,7 @@ STUCK_SHARE = 0.9
 HEALTHY_SHARE = 0.8
 FINAL_WINDOW = 20
 LEAD_WANTED, LEAD_LEAST = 5, 3
+SIGN_FACTOR = 10.0
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -369,10 +372,11 @@ def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
     """One run's label and what the detectors said about it."""
     label, bad = label_run(run["losses"], run["chance"])
     serious = _serious(alerts)
-    exploding = [a for a in serious if a.problem == "exploding" and a.sign != "non_finite"]
+    exploding = [a for a in serious if a.problem == "exploding"]
     vanishing = [a for a in serious if a.problem == "vanishing"]
     first_warn = min((a.step for a in exploding), default=None)
     return {
+        "sign_step": first_sign(run) if bad is not None else None,
         "name": Spec(**run["spec"]).name,
         "family": Spec(**run["spec"]).family,
         "half": Spec(**run["spec"]).half,
@@ -385,6 +389,19 @@ def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
         "serious": [(a.step, a.severity, a.sign) for a in serious],
         "signs": sorted({a.sign for a in serious}),
     }
+
+
+def first_sign(run: dict[str, Any]) -> int | None:
+    """First step whose raw loss or total gradient norm is ≥ `SIGN_FACTOR` × its step-0 value (or non-finite):
+    the earliest point at which a diverging run shows anything at all, without any detector."""
+    records = run["records"]
+    g0 = records[0].grad_norm if records else math.nan
+    l0 = run["losses"][0]
+    for step, loss in enumerate(run["losses"]):
+        g = records[step].grad_norm if step < len(records) else math.nan
+        if not math.isfinite(loss) or loss >= SIGN_FACTOR * l0 or not math.isfinite(g) or g >= SIGN_FACTOR * g0:
+            return step
+    return None
 
 
 def load_runs(cache: Path) -> list[dict[str, Any]]:
@@ -408,8 +425,10 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
     by = {lab: [v for v in verdicts if v["label"] == lab] for lab in ("diverged", "stuck", "oscillating", "healthy", "slow")}
     div = by["diverged"]
-    eligible5 = [v for v in div if v["divergence"] >= LEAD_WANTED]
-    eligible3 = [v for v in div if v["divergence"] >= LEAD_LEAST]
+    early = lambda v, k: v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k  # noqa: E731
+    eligible5 = [v for v in div if early(v, LEAD_WANTED)]
+    eligible3 = [v for v in div if early(v, LEAD_LEAST)]
+    lasting3 = [v for v in div if v["divergence"] >= LEAD_LEAST]
     leads = [v["lead"] for v in div if v["lead"] is not None]
     stuck = by["stuck"]
     vanish_times = [v["first_vanishing"] for v in stuck if v["first_vanishing"] is not None]
@@ -425,6 +444,7 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
         "diverged_warned": sum(v["lead"] is not None for v in div),
         "lead5": (sum(v["lead"] is not None and v["lead"] >= LEAD_WANTED for v in eligible5), len(eligible5)),
         "lead3": (sum(v["lead"] is not None and v["lead"] >= LEAD_LEAST for v in eligible3), len(eligible3)),
+        "lead3_all": (sum(v["lead"] is not None and v["lead"] >= LEAD_LEAST for v in lasting3), len(lasting3)),
         "lead_median": statistics.median(leads) if leads else None,
         "lead_p5": _percentile(leads, 0.05),
         "stuck_vanishing": (sum(t <= vanishing_within for t in vanish_times), len(stuck)),
@@ -443,8 +463,10 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
 def _misses(by: dict[str, list[dict[str, Any]]], within: int) -> list[str]:
     out = []
     for v in by["diverged"]:
-        if v["divergence"] >= LEAD_LEAST and (v["lead"] is None or v["lead"] < min(LEAD_WANTED, v["divergence"])):
-            out.append(f"diverged at {v['divergence']}, lead {v['lead']}: {v['name']} {v['serious'][:3]}")
+        d, sign = v["divergence"], v["sign_step"]
+        wanted = min(LEAD_WANTED, d - sign) if sign is not None else 0
+        if d >= LEAD_LEAST and (v["lead"] is None or v["lead"] < max(wanted, LEAD_LEAST)):
+            out.append(f"diverged at {d} (first raw sign at {sign}), lead {v['lead']}: {v['name']} {v['serious'][:3]}")
     for v in by["stuck"]:
         if v["first_vanishing"] is None or v["first_vanishing"] > within:
             out.append(f"stuck, first vanishing warning {v['first_vanishing']}: {v['name']} {v['serious'][:3]}")
@@ -469,8 +491,11 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         "|---|---|---|",
         f"| exploding | diverged runs warned (warning/critical, before the divergence) | "
         f"{_frac((r['diverged_warned'], r['labels']['diverged']))} |",
-        f"| exploding | lead ≥ {LEAD_WANTED} steps where the run lasts ≥ {LEAD_WANTED} steps | {_frac(r['lead5'])} |",
-        f"| exploding | lead ≥ {LEAD_LEAST} steps where the run lasts ≥ {LEAD_LEAST} steps | {_frac(r['lead3'])} |",
+        f"| exploding | lead ≥ {LEAD_WANTED} steps where the run gives a raw sign ≥ {LEAD_WANTED} steps before it "
+        f"diverges | {_frac(r['lead5'])} |",
+        f"| exploding | lead ≥ {LEAD_LEAST} steps where the run gives a raw sign ≥ {LEAD_LEAST} steps before | "
+        f"{_frac(r['lead3'])} |",
+        f"| exploding | lead ≥ {LEAD_LEAST} steps on every run that lasts ≥ {LEAD_LEAST} steps | {_frac(r['lead3_all'])} |",
         f"| exploding | lead time, median / 5th percentile (steps) | {fmt(r['lead_median'])} / {fmt(r['lead_p5'])} |",
         f"| vanishing | stuck runs warned as vanishing within 40 steps | {_frac(r['stuck_vanishing'])} |",
         f"| vanishing | steps to the first vanishing warning on stuck runs, median / 95th percentile | "

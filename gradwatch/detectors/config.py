@@ -125,8 +125,10 @@ class DetectorConfig:
     10× in one step in the suite or the corpus calibration half)."""
     spike_persist_factor: float = 3.0
     """A spike is a warning only when it persists on the next step: the norm is still at least
-    this multiple of the pre-spike median, or the next batch's loss is above every loss of
-    the window before the spike (the step damaged the model). An isolated hard sample
+    1/this of the spike, or the next batch's loss is above every loss of the window before the
+    spike (the step damaged the model). Not a multiple of the median: a converged run's norms
+    wander over orders of magnitude (1e-10 to 1e-5 in the corpus at loss ≈ 0), and one
+    misclassified sample there is a 1e5× spike followed by the usual noise. An isolated hard sample
     (batch size 1, plain SGD: one misclassified sample gives a 100× gradient, and the next
     step is back to normal) is `info`. Costs one step of lead time on sudden explosions."""
     spike_factor: float = 10.0

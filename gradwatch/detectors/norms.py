@@ -12,7 +12,7 @@ computes it), judged on every step:
   (from `spike_early_history` steps of history on, so there is no blind warm-up), g ≥
   `spike_early_factor` × the largest norm seen so far. A spike is judged by what it does,
   on the next step: it is a warning (critical when g ≥ `spike_critical_factor` × the median)
-  when it persists — the next norm is still ≥ `spike_persist_factor` × the median, or the
+  when it persists — the next norm is still ≥ 1/`spike_persist_factor` of the spike, or the
   next batch's loss is above every loss of the window before the spike (the step damaged the
   model) — and `info` when it is isolated (one hard sample: the next norm and loss are back
   to usual) or when an adaptive optimiser kept the step its usual size. A non-finite next
@@ -52,6 +52,7 @@ class _Pending:
 
     step: int
     severity: str
+    norm: float
     ratio: float
     base: float
     evidence: str
@@ -174,7 +175,7 @@ class NormSpikeDetector:
             evidence += (f"; the update itself stayed small ({fmt(step)} of the weights, {fmt(step / usual)}× its "
                          f"recent median; info below {fmt(c.spike_step_factor)}×)")
             return self._alert(stats.step, "info", ratio, base, evidence + ".", key)
-        self._pending = _Pending(stats.step, severity, ratio, base, evidence, key,
+        self._pending = _Pending(stats.step, severity, stats.grad_norm, ratio, base, evidence, key,
                                  max(self._losses) if self._losses else None)
         return None
 
@@ -187,9 +188,9 @@ class NormSpikeDetector:
         g, loss = stats.grad_norm, stats.loss
         if not math.isfinite(g) or (loss is not None and not math.isfinite(loss)):
             why = f"and step {stats.step} is non-finite"
-        elif g >= c.spike_persist_factor * p.base:
+        elif g >= p.norm / c.spike_persist_factor:
             why = (f"and it persists: at step {stats.step} the norm is still {fmt(g)}, {fmt(g / p.base)}× the median "
-                   f"(threshold {fmt(c.spike_persist_factor)}×)")
+                   f"(at least 1/{fmt(c.spike_persist_factor)} of the spike)")
         elif loss is not None and p.loss_top is not None and loss > p.loss_top:
             why = (f"and the step damaged the model: the loss of the next batch, {fmt(loss)}, is above every loss of the "
                    f"{len(self._losses)} steps before the spike (largest {fmt(p.loss_top)})")
