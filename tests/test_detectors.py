@@ -664,3 +664,16 @@ def test_vanishing_without_an_explosion_keeps_its_severity():
     records = [rec(i, layer(ratio=1e-3, ts=[1.0] * 10, sat=0.97)) for i in (10, 20)]
     (a,) = [a for r in records for a in suite.update(r)]
     assert a.severity == "critical" and "explosion" not in a.message
+
+
+def test_runaway_step_size_warns_before_it_reaches_half_the_weights():
+    # corpus calibration half: an overshooting warm-up (LSTM, SGD+momentum) grew its step 0.05 -> 0.11 -> 0.17 -> 0.46
+    # -> 0.72 -> 2.1 and diverged at step 6; the first alert used to be critical at step 5
+    ratios = [0.052, 0.11, 0.17, 0.46]
+    alerts = feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.0) for i, r in enumerate(ratios)])
+    assert [(a.step, a.severity) for a in alerts] == [(3, "warning")] and "running away" in alerts[0].message
+
+
+def test_a_healthy_warm_up_is_not_a_runaway():
+    ratios = [0.001 * (i + 1) for i in range(30)]  # linear warm-up to a sane peak: the ratio stays far below 0.1
+    assert feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.0) for i, r in enumerate(ratios)]) == []

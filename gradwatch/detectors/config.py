@@ -100,6 +100,13 @@ class DetectorConfig:
     ratio is not falling (step 0 has no previous step, so it is judged from step 1: Adam on weights
     scaled down 10× moves them by 1.3–4.8× their norm at step 0 and converges, in 3 healthy runs of
     the corpus calibration half)."""
+    large_update_growth: float = 1.5
+    """Runaway steps: the ratio grew by at least this factor on each of the last 3 steps…"""
+    large_update_growth_ratio: float = 0.1
+    """…to at least this (100× the 1e-3 rule of thumb): a warning before the ratio reaches
+    `large_update_ratio`. A learning-rate warm-up that overshoots makes the step grow
+    geometrically (0.05 → 0.11 → 0.17 → 0.46 → 0.72 → 2.1 before a divergence in the corpus);
+    healthy warm-ups stay far below 0.1 or grow by less than 1.5× per step once there."""
     large_update_loss_factor: float = 3.0
     """A large step (≥ `large_update_ratio`) followed by a batch whose loss is at least this
     multiple of the median loss before it did damage: warning, even when the ratio is falling

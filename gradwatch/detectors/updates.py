@@ -151,6 +151,8 @@ class LargeUpdatesDetector:
                 flagged[key] = (r, "critical")
             elif self._streak[key] >= c.large_update_steps:
                 flagged[key] = (r, "streak")
+            elif self._growing(trail):
+                flagged[key] = (r, "growing")
             elif prev is not None and prev >= c.large_update_ratio and self._damaged(loss):
                 flagged[key] = (prev, "damage")
         alerts = [self._alert(stats, [k for k in flagged if k[0] == m], flagged, loss)
@@ -158,6 +160,14 @@ class LargeUpdatesDetector:
         if loss is not None:
             self._losses.append(loss)
         return alerts
+
+    def _growing(self, trail: collections.deque[float]) -> bool:
+        """The ratio grew by `large_update_growth` or more on each of the last 3 steps, to ≥ `large_update_growth_ratio`."""
+        c = self.config
+        values = list(trail)
+        if len(values) < 4 or values[-1] < c.large_update_growth_ratio:
+            return False
+        return all(b >= c.large_update_growth * a for a, b in zip(values, values[1:]))
 
     def _damaged(self, loss: float | None) -> bool:
         """This batch's loss (after last step's update) is `large_update_loss_factor` × the median before it."""
@@ -173,6 +183,9 @@ class LargeUpdatesDetector:
         critical = why == "critical"
         if critical:
             rule = f"critical at {fmt(c.large_update_critical)}: the step was larger than the weights"
+        elif why == "growing":
+            rule = (f"it grew ≥ {fmt(c.large_update_growth)}× on each of the last 3 steps to ≥ "
+                    f"{fmt(c.large_update_growth_ratio)}: the step size is running away")
         elif why == "streak":
             rule = f"threshold {fmt(c.large_update_ratio)} on {c.large_update_steps} consecutive, non-shrinking steps"
         else:
