@@ -476,8 +476,9 @@ def test_plateau_with_saturated_units_is_slow_progress():
 
 def test_converged_plateau_without_inactive_units_is_silent():
     # a converged run plateaus too; decay and tiny updates are normal there, so they are not evidence
+    converged = lambda i: max(0.01, 1.28 * 0.85**i) + 0.0002 * (i % 3)  # noqa: E731
     records = stalled_run(200, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None, ratio=1e-7,
-                                               sat=0.0), loss=plateau)
+                                               sat=0.0), loss=converged)
     assert feed(SlowProgressDetector(CFG), records) == []
 
 
@@ -677,3 +678,16 @@ def test_runaway_step_size_warns_before_it_reaches_half_the_weights():
 def test_a_healthy_warm_up_is_not_a_runaway():
     ratios = [0.001 * (i + 1) for i in range(30)]  # linear warm-up to a sane peak: the ratio stays far below 0.1
     assert feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.0) for i, r in enumerate(ratios)]) == []
+
+
+def test_high_plateau_with_small_steps_is_slow_progress():
+    # issue #13 (the default demo's old run): the adding problem drops from 1.28 to chance (0.168) and sits there;
+    # SGD's steps are small. A converged run ends far lower, so a plateau at 27 % of the first 10 losses is stuck.
+    records = stalled_run(150, lambda i: layer(ratio=1e-3), loss=plateau)
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].step < 60 and "the plateau is high" in alerts[0].message
+
+
+def test_high_plateau_with_brisk_steps_is_not_called_stuck():
+    records = stalled_run(150, lambda i: layer(ratio=0.03), loss=plateau)  # Adam still working on it
+    assert feed(SlowProgressDetector(CFG), records) == []

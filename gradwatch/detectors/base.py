@@ -100,7 +100,7 @@ class LossProgress:
       falling steadily (least-squares slope of the last 3 × `window` losses at least `trend`
       standard errors below zero);
     * "plateau": it fell from `initial` but the last 3 × `window` steps brought less than
-      `min_improvement` (a converged run, or a drop from a bad initial loss to chance level;
+      `min_improvement` and no steady fall (`trend`, as below) (a converged run, or a drop from a bad initial loss to chance level;
       only gradient evidence tells them apart);
     * "stalled": `steps` losses seen and `recent` is still within `min_improvement` of `initial`:
       stuck at its starting level, neither learning nor diverging;
@@ -163,7 +163,7 @@ class LossProgress:
         if gain >= self.min_improvement:
             previous, recent = self.previous, self.recent
             if previous is not None and recent is not None and previous > 0:
-                if (previous - recent) / previous < self.min_improvement:
+                if (previous - recent) / previous < self.min_improvement and self.slope_t() > -self.trend:
                     return "plateau"
             return "improving"
         if self.count >= self.steps and gain > -self.min_improvement:

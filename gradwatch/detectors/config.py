@@ -76,6 +76,16 @@ class DetectorConfig:
     stuck loss is batch noise around a level (|t| < 3 with probability ≈ 0.997 for independent
     noise); a healthy GRU whose loss fell 1.40 → 1.33 in 40 steps has t ≈ −10."""
 
+    plateau_level: float = 0.2
+    """A plateau (the loss fell, then stopped) is called stuck without gradient evidence only when
+    it is high — the recent median still ≥ this fraction of the initial one (a model that learns
+    only the average answer drops quickly to the chance level, 15–90 % of its start in the corpus,
+    while converged runs end far lower)…"""
+    plateau_update_ratio: float = 1e-2
+    """…and every layer's median update ratio is below this (10× the ~1e-3 rule of thumb): steps
+    too small to leave it. Adam runs still learning on a high plateau keep ratios of 0.02–0.03
+    (corpus calibration half)."""
+
     # ---------------------------------------------------------------- tiny_updates
     tiny_update_ratio: float = 1e-5
     """Warn when a layer's median update ratio ‖Δθ‖/‖θ‖ over `update_window` steps is below

@@ -86,7 +86,9 @@ class SlowProgressDetector:
             return []
         found = self._evidence(inactive_only=state == "plateau")
         if found is None and state == "plateau":
-            return []  # a converged run plateaus too: only dead or saturated units say it is stuck
+            # a converged run plateaus too: only dead or saturated units, or a high plateau that small steps
+            # cannot leave, say it is stuck
+            return self._high_plateau(stats.step)
         if found is None:
             key = next(iter(self._kinds), None)
             return [self._alert(stats.step, key, "unexplained", (
@@ -95,6 +97,19 @@ class SlowProgressDetector:
                 "learning signal from the inputs does not reach the weights that would use it"))]
         key, cause, text = found
         return [self._alert(stats.step, key, cause, text)]
+
+    def _high_plateau(self, step: int) -> list[Alert]:
+        c, p = self.config, self.progress
+        if p.recent is None or p.initial is None or p.recent < c.plateau_level * p.initial:
+            return []
+        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
+        if not full or max(full.values()) >= c.plateau_update_ratio:
+            return []
+        key = max(full, key=full.__getitem__)
+        return [self._alert(step, key, "unexplained", (
+            f"the plateau is high ({fmt(p.recent / p.initial)} of the initial loss, above {fmt(c.plateau_level)}: a model "
+            f"that learned only the average answer stops there) and the steps are too small to leave it (largest median "
+            f"update ratio {fmt(full[key])} in {where(*key)}, threshold {fmt(c.plateau_update_ratio)})"))]
 
     def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
         lead = "the loss is stuck at its starting level" if self.progress.state == "stalled" else "the loss has stopped improving"
