@@ -532,7 +532,7 @@ def plot(verdicts: list[dict[str, Any]], path: Path, *, half: str) -> None:
     left.axhline(LEAD_WANTED, color="grey", ls="--", lw=1, label=f"lead {LEAD_WANTED}")
     left.set_xlabel("divergence step (non-finite or ×100 loss)")
     left.set_ylabel("lead time (steps; −1 = no warning)")
-    left.set_title(f"diverged runs ({len(div)}), {half} half")
+    left.set_title(f"diverged runs ({len(div)}), {half} half; red: lead < min(5, divergence step)", fontsize=10)
     left.legend(loc="upper left")
     stuck = [v for v in verdicts if v["label"] == "stuck"]
     times = sorted(v["first_vanishing"] if v["first_vanishing"] is not None else 200 for v in stuck)
