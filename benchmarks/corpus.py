@@ -437,7 +437,10 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
     signs: dict[str, dict[str, Any]] = {}
     for v in verdicts:
         for sign in v["signs"]:
-            signs.setdefault(sign, {lab: 0 for lab in by})[v["label"]] += 1
+            signs.setdefault(sign, {lab: 0 for lab in by} | {"false": 0})[v["label"]] += 1
+        if v["label"] == "healthy":
+            for _, _, sign in v["serious"]:
+                signs[sign]["false"] += 1
     return {
         "runs": len(verdicts),
         "labels": {lab: len(vs) for lab, vs in by.items()},
@@ -507,11 +510,13 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         "Runs in which each sign was raised at warning or critical, by label (recall on the label it "
         "belongs to; on healthy runs every count is a false alarm):",
         "",
-        "| sign | " + " | ".join(r["labels"]) + " |",
-        "|---|" + "---|" * len(r["labels"]),
+        "| sign | " + " | ".join(r["labels"]) + " | false warnings per 1,000 healthy steps |",
+        "|---|" + "---|" * (len(r["labels"]) + 1),
     ]
+    steps = max(r["healthy_steps"], 1)
     for sign, counts in sorted(r["signs"].items()):
-        lines.append(f"| {sign} | " + " | ".join(f"{counts[lab]}/{r['labels'][lab]}" for lab in r["labels"]) + " |")
+        lines.append(f"| {sign} | " + " | ".join(f"{counts[lab]}/{r['labels'][lab]}" for lab in r["labels"])
+                     + f" | {1000 * counts['false'] / steps:.2f} |")
     if r["misses"]:
         lines += ["", "Misses:", ""] + [f"- {m}" for m in r["misses"]]
     return "\n".join(lines)
