@@ -97,7 +97,9 @@ class NormSpikeDetector:
         self._run.append(g)
         c = self.config
         if self._seen >= c.spike_early_history:
-            relative = self._spike(stats) or (self._growth(stats) if self._seen >= c.spike_min_history else None)
+            relative = self._spike(stats)
+            if relative is None and self._pending is None and self._seen >= c.spike_min_history:
+                relative = self._growth(stats)  # a jump waiting for its verdict is not also reported as growth
             if relative is not None:
                 alerts.append(relative)
         self._remember(stats)
