@@ -5,13 +5,18 @@
     >>> alerts[0].sign
     'slow_progress'
 
-* slow_progress (vanishing): the loss has stalled near its initial level (see
-  `LossProgress`: after `progress_steps` steps, the median of the last `progress_window`
-  losses is within `progress_min` of the median of the first ones) *and* the gradients show
-  why: decay through time (latest probe ratio ≤ `temporal_decay_ratio`), dead or saturated units
-  (share ≥ `dead_share` on the latest probe), or negligible updates (median update ratio <
-  `tiny_update_ratio`). A stalled loss without such evidence is not a vanishing-gradient
-  problem and raises nothing; a loss that fell (even to a tiny value) never does.
+* slow_progress (vanishing), judged on recent windows of the loss (`LossProgress`):
+  - stuck at the start: after `progress_steps` steps the median of the last `progress_window`
+    losses is within `progress_min` of the median of the first ones, and the loss is not falling
+    steadily (slope t > −`progress_trend`). Warning, naming the strongest gradient evidence —
+    decay through time (latest probe ratio ≤ `temporal_decay_ratio`), dead or saturated units
+    (share ≥ `dead_share`), negligible updates (median ratio < `tiny_update_ratio`) — or saying
+    that none is visible (the remedy then starts with the data and the learning rate);
+  - plateau: the loss fell, then the last 3 × `progress_window` steps brought less than
+    `progress_min`. A converged run plateaus too, so this warns only with dead or saturated units,
+    or when the plateau is high (≥ `plateau_level` × the first losses) and every layer's median
+    update ratio is below `plateau_update_ratio` (steps too small to leave it).
+  A loss that is still falling never raises it.
 * oscillation (exploding): a learning rate that is too high makes the loss climb for several
   steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
   log(loss) when they are all positive (mini-batch noise grows with the loss level; the
