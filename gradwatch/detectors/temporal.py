@@ -17,7 +17,12 @@ from the few timesteps left to the end of the sequence, which would read as grow
   memory decays strongly and trains fine); warning when the loss has stalled near its
   initial level, i.e. evidence that the missing long-range signal hurts.
 * temporal_growth: ratio ≥ `temporal_growth_ratio` (warning) or ≥ `temporal_growth_critical`
-  (critical), on any probe step including step 0.
+  (critical), on any probe step including step 0, when the growth is consistent — the norm grows
+  going back on ≥ `temporal_growth_consistency` of the adjacent timestep pairs of the first three
+  quarters — and the gradient is not negligible (≥ `temporal_growth_min_grad` × the layer's weight
+  norm). Packed batches of unsorted variable-length sequences make a saw-tooth profile (each
+  sequence's gradient decays back from its own end; short sequences end early) that the quarter
+  medians alone read as growth; the consistency test does not.
 
 Bidirectional layers are skipped (their input gradient mixes both time directions), as
 are sequences shorter than `temporal_min_steps` and profiles with non-finite entries
