@@ -145,11 +145,13 @@ def test_logging_lines_are_plain(caplog, monkeypatch):
 def test_logging_summary_on_close(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch")
     suite = build_detectors({})
-    stats = StepStats(0, 1.0, 0.1, {("encoder.lstm", 0): layer(0, ratio=3.0)})
-    LoggingSink().on_step(stats, suite.update(stats))
+    # a huge step is judged once it is not shrinking, i.e. from the second step on (issue #13: Adam's first steps)
+    for step, ratio in enumerate([2.0, 3.0]):
+        stats = StepStats(step, 1.0, 0.1, {("encoder.lstm", 0): layer(0, ratio=ratio)})
+        LoggingSink().on_step(stats, suite.update(stats))
     caplog.clear()
     LoggingSink().close(FakeMonitor(suite))
-    assert caplog.records[0].getMessage() == "gradwatch: 1 step watched; 1 alert (1 critical) on 1 sign."
+    assert caplog.records[0].getMessage() == "gradwatch: 2 steps watched; 1 alert (1 critical) on 1 sign."
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
 

@@ -24,6 +24,7 @@ from gradwatch.detectors import (
     TemporalDecayDetector,
     TemporalGrowthDetector,
     TinyUpdatesDetector,
+    LossProgress,
     build_detectors,
     temporal_profile,
 )
@@ -160,14 +161,16 @@ def test_early_growth_is_not_a_spike():
                          ids=["below", "warning", "critical"])
 def test_spike_against_recent_history(factor, severity):
     det = NormSpikeDetector(CFG)
-    # plain SGD: the step grows with the gradient (update ratio 1e-3 -> factor x 1e-3)
-    records = steady(25) + [rec(25, layer(grad=factor, ratio=1e-3 * factor), grad=factor)]
+    # plain SGD: the step grows with the gradient (update ratio 1e-3 -> factor x 1e-3), and it persists:
+    # a spike is judged on the step after it (see test_isolated_hard_sample_is_info_not_a_warning)
+    records = steady(25) + [rec(25 + i, layer(grad=factor, ratio=1e-3 * factor), grad=factor) for i in range(2)]
     alerts = feed(det, records)
     if severity is None:
         assert alerts == []
         return
     (a,) = alerts
-    assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 25, "rnn", 0)
+    assert (a.sign, a.severity, a.step, a.module, a.layer) == ("norm_spike", severity, 26, "rnn", 0)
+    assert "at step 25" in a.message and "persists" in a.message
     assert a.threshold == CFG.spike_factor and a.value == pytest.approx(factor / 1.1, rel=0.01)
     assert "its median" in a.message and "clip=" in a.message
 
@@ -175,11 +178,42 @@ def test_spike_against_recent_history(factor, severity):
 @pytest.mark.parametrize("factor, severity", [(30.0, "info"), (300.0, "critical")], ids=["absorbed", "critical"])
 def test_spike_absorbed_by_an_adaptive_optimiser_is_info(factor, severity):
     # Adam: the gradient jumps but the step stays its usual size -> info unless the jump is huge
-    records = steady(25) + [rec(25, layer(grad=factor, ratio=1.5e-3), grad=factor)]
+    records = steady(25) + [rec(25, layer(grad=factor, ratio=1.5e-3), grad=factor), rec(26, grad=factor)]
     (a,) = feed(NormSpikeDetector(CFG), records)
     assert (a.sign, a.severity) == ("norm_spike", severity)
     if severity == "info":
         assert "the update itself stayed small" in a.message
+
+
+def test_isolated_hard_sample_is_info_not_a_warning():
+    # issue #13: batch size 1, plain SGD, converged: one misclassified sample gives a 122x gradient
+    # (and a 122x step), then the next sample is ordinary again. That is not an explosion.
+    records = [rec(i, layer(grad=0.1, ratio=1e-3), grad=0.1 * (1 + 0.1 * (i % 3)), loss=0.01 * (1 + i % 4))
+               for i in range(25)]
+    records += [rec(25, layer(grad=13.0, ratio=0.12), grad=13.0, loss=3.0),
+                rec(26, layer(grad=0.1, ratio=1e-3), grad=0.11, loss=0.02)]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(26, "info")]
+    assert "isolated" in alerts[0].message and "one hard batch" in alerts[0].message
+
+
+def test_spike_that_damages_the_model_is_a_warning():
+    # the next batch's loss is above every loss before the spike although the norm came back
+    records = [rec(i, grad=1.0 + 0.1 * (i % 3), loss=0.5 + 0.01 * (i % 5)) for i in range(25)]
+    records += [rec(25, layer(ratio=0.04), grad=40.0, loss=0.6), rec(26, grad=1.2, loss=2.0)]
+    (a,) = feed(NormSpikeDetector(CFG), records)
+    assert (a.step, a.severity) == (26, "warning") and "damaged the model" in a.message
+
+
+def test_exploding_demo_jump_at_step_3_is_not_hidden_by_a_warm_up():
+    # issue #13: `gradwatch demo --scenario exploding` jumped 20x at step 3 (74.5, 44.5, 69.9 -> 1520) and the
+    # loss stayed high; the first alert came at step 48, one step before NaN, because 20 steps of history were needed
+    norms, losses = [74.5, 44.5, 69.9, 1520.0, 10.3, 9.81], [1.24, 0.452, 0.499, 11.1, 1.88, 1.33]
+    ratios = [0.00238, 0.00299, 0.00399, 0.059, 0.0532, 0.0477]  # SGD with momentum: the step grew 15x
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(4, "warning")]
+    assert "at step 3" in alerts[0].message and "no warm-up" in alerts[0].message
 
 
 def test_noisy_history_needs_a_jump_over_its_maximum():
@@ -222,8 +256,25 @@ def test_large_updates_need_two_steps_or_one_huge_step():
     (a,) = det.update(rec(1, layer(ratio=0.7)))
     assert (a.sign, a.severity, a.threshold) == ("large_updates", "warning", CFG.large_update_ratio)
     assert "0.6 → 0.7" in a.message
-    (b,) = LargeUpdatesDetector(CFG).update(rec(0, layer(ratio=3.0)))
+    # one huge step is critical once it is not shrinking (step 0 is judged with step 1: see the Adam test below)
+    det = LargeUpdatesDetector(CFG)
+    assert det.update(rec(0, layer(ratio=2.0))) == []
+    (b,) = det.update(rec(1, layer(ratio=3.0)))
     assert b.severity == "critical" and "larger than the weights" in b.message
+
+
+def test_adam_first_steps_on_small_weights_are_not_large_updates():
+    # corpus calibration half: Adam on weights scaled down 10x moves them by 4.8x their norm at step 0, then less
+    # and less as they grow, and converges; the old rule called step 0 critical
+    ratios = [4.8, 1.5, 0.96, 0.71, 0.56, 0.48, 0.44, 0.37]
+    assert feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.4) for i, r in enumerate(ratios)]) == []
+
+
+def test_large_step_followed_by_a_loss_jump_is_a_warning():
+    # Adam at 30x its usual learning rate: the ratio falls, but the loss jumps 1.4 -> 29 after the step
+    records = [rec(0, layer(ratio=1.8), loss=1.4), rec(1, layer(ratio=0.68), loss=29.0)]
+    alerts = feed(LargeUpdatesDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(1, "warning")] and "did damage" in alerts[0].message
 
 
 def test_adam_first_steps_are_not_large_updates():
@@ -322,6 +373,26 @@ def test_temporal_growth(gain, severity):
     assert "grows going back in time" in a.message and "clip=" in a.message
 
 
+def sawtooth(ends: list[int], length: int, decay: float = 0.1) -> list[float]:
+    """Input-gradient profile of a packed batch: each sequence's gradient starts at its own last timestep and
+    decays going back (label in the last token); the batch profile adds them up (squared norms)."""
+    return [math.sqrt(sum((decay ** (end - t)) ** 2 for end in ends if end >= t)) for t in range(length)]
+
+
+def test_packed_variable_lengths_do_not_fake_growth():
+    # issue #13: temporal_growth CRITICAL on healthy GRU classifiers fed packed, unsorted, variable-length sequences:
+    # short sequences end at early timesteps, so the earliest quarter holds fresh peaks while the third quarter sits
+    # deep in the decay of a long sequence
+    ts = sawtooth([3, 5, 6, 8, 39], 40)
+    assert temporal_profile(ts, min_steps=8).ratio >= CFG.temporal_growth_critical  # what fooled the old rule
+    assert TemporalGrowthDetector(CFG).update(rec(0, layer(ts=ts), probed=True)) == []
+
+
+def test_negligible_gradients_are_not_judged_for_growth():
+    ts = geometric(1e-9, 1.6, 40)  # a converged run at loss 0: rounding noise, 1e-12 of the weights
+    assert TemporalGrowthDetector(CFG).update(rec(0, layer(ts=ts, grad=1e-11, weight=5.0), probed=True)) == []
+
+
 def test_language_model_accumulation_is_not_growth():
     # loss at every timestep: dL/dx_t sums the direct term and everything after it, so the
     # gradient is up to 1/(1-rho) larger early on even though nothing explodes
@@ -371,11 +442,43 @@ def test_stalled_loss_with_decay_is_slow_progress():
     assert alerts and alerts[0].step == CFG.progress_steps - 1
     a = alerts[0]
     assert (a.sign, a.severity, a.module, a.layer) == ("slow_progress", "warning", "rnn", 0)
-    assert "not improving" in a.message and "earliest quarter" in a.message
+    assert "stuck at its starting level" in a.message and "earliest quarter" in a.message
 
 
-def test_stalled_loss_without_gradient_evidence_is_silent():
+def test_loss_stuck_at_its_start_warns_even_without_gradient_evidence():
+    # issue #13: a run at chance from step 0 is stuck whatever the gradients show; the message says none explains it
     records = stalled_run(150, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, ratio=1e-3))
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].step == CFG.progress_steps - 1 and alerts[0].severity == "warning"
+    assert "no specific cause" in alerts[0].message and "learning rate 10× higher" in alerts[0].message
+
+
+def plateau(i: int) -> float:
+    """A drop from a bad initial loss to a flat plateau (the adding problem at chance level, 0.168)."""
+    return max(0.168, 1.28 * 0.85**i) + 0.003 * (i % 3)
+
+
+def test_drop_to_a_plateau_is_not_improving_for_ever():
+    # issue #13: "improving" compared the last losses with the first 30 of the whole run, so a drop to a plateau
+    # counted as progress for ever and slow_progress could never fire
+    progress = LossProgress.from_config(CFG)
+    for i in range(150):
+        progress.update(plateau(i))
+    assert progress.state == "plateau" and "stopped falling" in progress.describe()
+
+
+def test_plateau_with_saturated_units_is_slow_progress():
+    records = stalled_run(150, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, sat=0.8), loss=plateau)
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].severity == "warning" and "stopped improving" in alerts[0].message
+    assert "saturated" in alerts[0].message
+
+
+def test_converged_plateau_without_inactive_units_is_silent():
+    # a converged run plateaus too; decay and tiny updates are normal there, so they are not evidence
+    converged = lambda i: max(0.01, 1.28 * 0.85**i) + 0.0002 * (i % 3)  # noqa: E731
+    records = stalled_run(200, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None, ratio=1e-7,
+                                               sat=0.0), loss=converged)
     assert feed(SlowProgressDetector(CFG), records) == []
 
 
@@ -542,3 +645,51 @@ def test_clean_records_raise_nothing():
                for i in range(200)]
     assert [a for r in records for a in suite.update(r)] == []
     assert "no vanishing or exploding" in suite.summary().headline()
+
+
+def test_saturation_after_an_explosion_is_reported_as_its_consequence():
+    # issue #13: after a large-updates explosion the saturated units came out as a fresh vanishing/dead_neurons
+    # critical, with no link to the explosion
+    suite = DetectorSuite(DetectorConfig(), detectors=[LargeUpdatesDetector(CFG), DeadNeuronsDetector(CFG)])
+    records = [rec(0, layer(ratio=1e-3)), rec(1, layer(ratio=3.0))]
+    records += [rec(i, layer(ratio=1e-3, ts=[1.0] * 10, sat=0.97)) for i in (10, 20)]
+    shown = [a for r in records for a in suite.update(r)]
+    assert [(a.step, a.sign, a.severity) for a in shown] == [(1, "large_updates", "critical"),
+                                                            (20, "dead_neurons", "warning")]
+    assert shown[1].message.startswith("After the explosion at step 1")
+    assert "first prevent the explosion" in shown[1].message
+
+
+def test_vanishing_without_an_explosion_keeps_its_severity():
+    suite = DetectorSuite(DetectorConfig(), detectors=[LargeUpdatesDetector(CFG), DeadNeuronsDetector(CFG)])
+    records = [rec(i, layer(ratio=1e-3, ts=[1.0] * 10, sat=0.97)) for i in (10, 20)]
+    (a,) = [a for r in records for a in suite.update(r)]
+    assert a.severity == "critical" and "explosion" not in a.message
+
+
+def test_runaway_step_size_warns_before_it_reaches_half_the_weights():
+    # corpus calibration half: an overshooting warm-up (LSTM, SGD+momentum) grew its step 0.05 -> 0.11 -> 0.17 -> 0.46
+    # -> 0.72 -> 2.1 and diverged at step 6; the first alert used to be critical at step 5
+    ratios = [0.052, 0.11, 0.17, 0.46]
+    alerts = feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.0) for i, r in enumerate(ratios)])
+    assert [(a.step, a.severity) for a in alerts] == [(3, "warning")] and "running away" in alerts[0].message
+
+
+def test_a_healthy_warm_up_is_not_a_runaway():
+    ratios = [0.001 * (i + 1) for i in range(30)]  # linear warm-up to a sane peak: the ratio stays far below 0.1
+    assert feed(LargeUpdatesDetector(CFG), [rec(i, layer(ratio=r), loss=1.0) for i, r in enumerate(ratios)]) == []
+
+
+def test_high_plateau_with_small_steps_is_slow_progress():
+    # issue #13: a model that learns only the average answer drops to the chance level and sits there with
+    # small SGD steps; a converged run ends far lower, so a plateau at half of the first 10 losses is stuck
+    high = lambda i: max(0.3, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731  (~half the first 10 losses)
+    records = stalled_run(150, lambda i: layer(ratio=1e-3), loss=high)
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].step < 60 and "the plateau is high" in alerts[0].message
+
+
+def test_high_plateau_with_brisk_steps_is_not_called_stuck():
+    high = lambda i: max(0.3, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731
+    records = stalled_run(150, lambda i: layer(ratio=0.03), loss=high)  # Adam still working on it
+    assert feed(SlowProgressDetector(CFG), records) == []

@@ -90,28 +90,37 @@ def where(module: str | None, layer: int | None = None) -> str:
 
 
 class LossProgress:
-    """Whether the loss fed to `monitor.step(loss)` improves, from its finite values.
+    """Whether the loss fed to `monitor.step(loss)` improves, judged on recent windows.
 
-    `initial` is the median of the first `window` losses, `recent` that of the last
-    `window`. The run is "improving" once `recent` is at least `min_improvement` (relative)
-    below `initial`; "stalled" once `steps` losses have been seen and `recent` is still within
-    `min_improvement` of `initial` (neither learning nor diverging); "unknown" otherwise,
-    including when no loss is fed or the initial loss is not positive.
+    `initial` is the median of the first `window` losses, `recent` that of the last `window`,
+    `previous` that of the `window` losses that ended 2 × `window` steps before the last one.
+
+    * "improving": `recent` is at least `min_improvement` (relative) below `initial` and still
+      falling (below `previous` by `min_improvement`); or less than that below `initial` but
+      falling steadily (least-squares slope of the last 3 × `window` losses at least `trend`
+      standard errors below zero);
+    * "plateau": it fell from `initial` but the last 3 × `window` steps brought less than
+      `min_improvement` and no steady fall (`trend`, as below) (a converged run, or a drop from a bad initial loss to chance level;
+      only gradient evidence tells them apart);
+    * "stalled": `steps` losses seen and `recent` is still within `min_improvement` of `initial`:
+      stuck at its starting level, neither learning nor diverging;
+    * "unknown": too little history, a rising loss, no loss fed, or a non-positive initial loss.
     """
 
-    def __init__(self, *, steps: int, window: int, min_improvement: float) -> None:
-        self.steps, self.window, self.min_improvement = steps, window, min_improvement
+    def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf) -> None:
+        self.steps, self.window, self.min_improvement, self.trend = steps, window, min_improvement, trend
         self.reset()
 
     @classmethod
     def from_config(cls, config: DetectorConfig) -> "LossProgress":
         """The progress tracker every loss-aware detector uses (`progress_*` options)."""
-        return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min)
+        return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min,
+                   trend=config.progress_trend)
 
     def reset(self) -> None:
         self.count = 0
         self.first: list[float] = []
-        self.last: collections.deque[float] = collections.deque(maxlen=self.window)
+        self.last: collections.deque[float] = collections.deque(maxlen=3 * self.window)
 
     def update(self, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
@@ -127,7 +136,16 @@ class LossProgress:
 
     @property
     def recent(self) -> float | None:
-        return statistics.median(self.last) if self.count >= 2 * self.window else None
+        if self.count < 2 * self.window:
+            return None
+        return statistics.median(list(self.last)[-self.window :])
+
+    @property
+    def previous(self) -> float | None:
+        """Median of the window that ended 2 × `window` steps before the latest loss."""
+        if len(self.last) < 3 * self.window:
+            return None
+        return statistics.median(list(self.last)[: self.window])
 
     @property
     def improvement(self) -> float | None:
@@ -138,22 +156,45 @@ class LossProgress:
         return (initial - recent) / initial
 
     @property
-    def state(self) -> Literal["unknown", "improving", "stalled"]:
+    def state(self) -> Literal["unknown", "improving", "plateau", "stalled"]:
         gain = self.improvement
         if gain is None:
             return "unknown"
         if gain >= self.min_improvement:
+            previous, recent = self.previous, self.recent
+            if previous is not None and recent is not None and previous > 0:
+                if (previous - recent) / previous < self.min_improvement and self.slope_t() > -self.trend:
+                    return "plateau"
             return "improving"
         if self.count >= self.steps and gain > -self.min_improvement:
-            return "stalled"
+            # a slow but steady fall (a few % over the window, far above the noise) is learning, not a stall
+            return "improving" if self.slope_t() <= -self.trend else "stalled"
         return "unknown"
+
+    def slope_t(self) -> float:
+        """t-statistic of the least-squares slope of the last 3 × `window` losses (0 when flat or too few)."""
+        values = list(self.last)
+        n = len(values)
+        if n < 3:
+            return 0.0
+        mean_x, mean_y = (n - 1) / 2, sum(values) / n
+        sxx = sum((x - mean_x) ** 2 for x in range(n))
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sxx
+        resid = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(values))
+        if resid <= 1e-24 * sum(v * v for v in values):
+            return 0.0 if slope == 0 else math.copysign(math.inf, slope)
+        return slope / math.sqrt(resid / (n - 2) / sxx)
 
     def describe(self) -> str:
         """'the loss went from 0.693 to 0.691 in 150 steps (0.3 % lower)' for messages."""
         gain = self.improvement
         if gain is None:
             return "the loss has too little history to judge"
-        return (
+        text = (
             f"the loss went from {fmt(self.initial)} to {fmt(self.recent)} (medians of the first and last "
             f"{self.window} steps) in {self.count} steps, {abs(gain) * 100:.1f} % {'lower' if gain >= 0 else 'higher'}"
         )
+        if self.state == "plateau":
+            text += (f", but it has stopped falling: {fmt(self.previous)} {2 * self.window} steps earlier "
+                     f"(less than {self.min_improvement * 100:.0f} % since)")
+        return text

@@ -54,18 +54,38 @@ class DetectorConfig:
 
     # ---------------------------------------------------------------- loss progress (slow_progress, and the
     # evidence that turns temporal_decay / tiny_updates from info into warnings)
-    progress_steps: int = 100
-    """Steps of loss history needed before the loss may be called stalled. Short runs are
-    noisy and plateaus of a few dozen steps are normal early in training."""
-    progress_window: int = 30
-    """Steps whose median loss is compared with the median of the first `progress_window`
-    steps. Medians make one noisy batch irrelevant."""
+    progress_steps: int = 30
+    """Steps of loss history needed before the loss may be called stuck at its starting level.
+    Issue #13 asks for a vanishing warning within 40 steps of a run stuck at chance; in the
+    corpus calibration half, healthy runs that fell by less than `progress_min` by step 30 all
+    fell steadily (see `progress_trend`) or were batch-1 language models (one miss)."""
+    progress_window: int = 10
+    """Steps whose median loss is compared: the first `progress_window` (initial), the last
+    (recent) and the one ending 2 × `progress_window` steps earlier (previous). Medians make one
+    noisy batch irrelevant; 10 steps keep the verdict within 30 steps."""
     progress_min: float = 0.1
-    """The loss is stalled when it is within this fraction of its initial level (10 %), neither
-    lower (learning) nor higher (diverging, an exploding-side matter). A run that learns
-    anything at all, or converges to a tiny loss, clears this easily; a network that cannot
-    use its inputs stays at the chance-level loss. Fine-tuning runs that start near their
-    final loss look stalled too: raise `progress_steps` or lower this for them."""
+    """The loss is stuck at its start when the recent median is within this fraction (10 %) of
+    the initial one, neither lower (learning) nor higher (diverging, an exploding-side matter);
+    it has reached a plateau when it fell from the start but the last 3 × `progress_window`
+    steps brought less than this. A run that learns anything at all clears this easily; a
+    network that cannot use its inputs stays at the chance-level loss. Fine-tuning runs that
+    start near their final loss look stuck too: raise `progress_steps` or lower this for them."""
+    progress_trend: float = 3.0
+    """…unless the loss falls steadily: a least-squares slope over the last 3 × `progress_window`
+    losses at least this many standard errors below zero is slow learning, not a stall. A
+    stuck loss is batch noise around a level (|t| < 3 with probability ≈ 0.997 for independent
+    noise); a healthy GRU whose loss fell 1.40 → 1.33 in 40 steps has t ≈ −10."""
+
+    plateau_level: float = 0.3
+    """A plateau (the loss fell, then stopped) is called stuck without gradient evidence only when
+    it is high — the recent median still ≥ this fraction of the median of the first
+    `progress_window` losses (a model that learns only the average answer drops quickly to the
+    chance level and stays there; converged runs end far lower, and the scenario suite's healthy
+    small-batch SGD regression, still falling slowly, sits at 22 %: 0.2 raised a false warning on it)…"""
+    plateau_update_ratio: float = 1e-2
+    """…and every layer's median update ratio is below this (10× the ~1e-3 rule of thumb): steps
+    too small to leave it. Adam runs still learning on a high plateau keep ratios of 0.02–0.03
+    (corpus calibration half)."""
 
     # ---------------------------------------------------------------- tiny_updates
     tiny_update_ratio: float = 1e-5
@@ -87,16 +107,48 @@ class DetectorConfig:
     """Consecutive steps above `large_update_ratio` needed for a warning (one large first
     step of Adam is not a trend)."""
     large_update_critical: float = 1.0
-    """Critical at once when one step moves a layer by more than its whole weight norm."""
+    """Critical at once when one step moves a layer by more than its whole weight norm and the
+    ratio is not falling (step 0 has no previous step, so it is judged from step 1: Adam on weights
+    scaled down 10× moves them by 1.3–4.8× their norm at step 0 and converges, in 3 healthy runs of
+    the corpus calibration half)."""
+    large_update_growth: float = 1.5
+    """Runaway steps: the ratio grew by at least this factor on each of the last 3 steps…"""
+    large_update_growth_ratio: float = 0.1
+    """…to at least this (100× the 1e-3 rule of thumb): a warning before the ratio reaches
+    `large_update_ratio`. A learning-rate warm-up that overshoots makes the step grow
+    geometrically (0.05 → 0.11 → 0.17 → 0.46 → 0.72 → 2.1 before a divergence in the corpus);
+    healthy warm-ups stay far below 0.1 or grow by less than 1.5× per step once there."""
+    large_update_loss_factor: float = 3.0
+    """A large step (≥ `large_update_ratio`) followed by a batch whose loss is at least this
+    multiple of the median loss before it did damage: warning, even when the ratio is falling
+    (Adam at 30× its usual learning rate: 1.8 → 0.68 of the weights while the loss jumped 1.4
+    → 29 and diverged three steps later)."""
 
     # ---------------------------------------------------------------- norm_spike
     spike_window: int = 20
     """Recent finite steps whose total gradient norms form the baseline."""
     spike_min_history: int = 20
-    """Steps of history needed before a norm is judged against its past. The first steps are
+    """Steps of history needed before a norm is judged against its recent median. The first steps are
     noisy: in the labelled suite a healthy Adam LSTM's gradient norm grows 30× over its
-    first 10 steps while it leaves its initial plateau. (Step 0 explosions are caught by the
-    absolute rule below, by large_updates and by temporal_growth, which need no history.)"""
+    first 10 steps while it leaves its initial plateau. Before that the early rule below applies
+    (and step-0 explosions are caught by the absolute rule, by large_updates and by
+    temporal_growth, which need no history)."""
+    spike_early_history: int = 3
+    """From this many steps of history on, a jump is judged even before `spike_min_history`:
+    no blind warm-up when the first steps already explode (the exploding demo's 20× jump at
+    step 3 was ignored before, and its first alert came one step before NaN)."""
+    spike_early_factor: float = 10.0
+    """Early rule: a norm ≥ this multiple of the largest norm seen so far. Measured against the
+    maximum, not the median, because healthy norms grow fast early (30× over 10 steps, never
+    10× in one step in the suite or the corpus calibration half)."""
+    spike_persist_factor: float = 3.0
+    """A spike is a warning only when it persists on the next step: the norm is still at least
+    1/this of the spike, or the next batch's loss is above every loss of the window before the
+    spike (the step damaged the model). Not a multiple of the median: a converged run's norms
+    wander over orders of magnitude (1e-10 to 1e-5 in the corpus at loss ≈ 0), and one
+    misclassified sample there is a 1e5× spike followed by the usual noise. An isolated hard sample
+    (batch size 1, plain SGD: one misclassified sample gives a 100× gradient, and the next
+    step is back to normal) is `info`. Costs one step of lead time on sudden explosions."""
     spike_factor: float = 10.0
     """Warn when the total gradient norm reaches this multiple of the baseline median. An
     order of magnitude is far outside mini-batch noise (healthy suite runs stay within
@@ -145,6 +197,19 @@ class DetectorConfig:
     quarter, which the comparison leaves out (healthy suite profiles stay below 2)."""
     temporal_growth_critical: float = 1e4
     """Critical growth: four orders of magnitude across half the sequence."""
+    temporal_growth_consistency: float = 0.5
+    """…and the norm grows going back on at least this share of adjacent timestep pairs of the
+    first three quarters: recurrent gain above one grows it at (nearly) every step, whereas a
+    packed batch of unsorted variable-length sequences (label at each sequence's last token)
+    makes a saw-tooth — each sequence's gradient decays back from its own end, and short
+    sequences add peaks at early timesteps, which fooled the quarter-median comparison
+    (temporal_growth CRITICAL on healthy packed GRU classifiers, issue #13). Calibration half of
+    the corpus: healthy packed runs flagged by the ratio alone grow on ≤ 21 % of the pairs, the
+    exploding ones on 54–71 %."""
+    temporal_growth_min_grad: float = 1e-6
+    """Growth is not judged when the layer's gradient norm is below this fraction of its weight
+    norm: a converged run's residual gradient (1e-12 of the weights in a corpus run at loss 0)
+    has a profile of rounding noise and cannot blow anything up."""
 
     # ---------------------------------------------------------------- dead_neurons
     dead_share: float = 0.5

@@ -5,13 +5,18 @@
     >>> alerts[0].sign
     'slow_progress'
 
-* slow_progress (vanishing): the loss has stalled near its initial level (see
-  `LossProgress`: after `progress_steps` steps, the median of the last `progress_window`
-  losses is within `progress_min` of the median of the first ones) *and* the gradients show
-  why: decay through time (latest probe ratio ≤ `temporal_decay_ratio`), dead or saturated units
-  (share ≥ `dead_share` on the latest probe), or negligible updates (median update ratio <
-  `tiny_update_ratio`). A stalled loss without such evidence is not a vanishing-gradient
-  problem and raises nothing; a loss that fell (even to a tiny value) never does.
+* slow_progress (vanishing), judged on recent windows of the loss (`LossProgress`):
+  - stuck at the start: after `progress_steps` steps the median of the last `progress_window`
+    losses is within `progress_min` of the median of the first ones, and the loss is not falling
+    steadily (slope t > −`progress_trend`). Warning, naming the strongest gradient evidence —
+    decay through time (latest probe ratio ≤ `temporal_decay_ratio`), dead or saturated units
+    (share ≥ `dead_share`), negligible updates (median ratio < `tiny_update_ratio`) — or saying
+    that none is visible (the remedy then starts with the data and the learning rate);
+  - plateau: the loss fell, then the last 3 × `progress_window` steps brought less than
+    `progress_min`. A converged run plateaus too, so this warns only with dead or saturated units,
+    or when the plateau is high (≥ `plateau_level` × the first losses) and every layer's median
+    update ratio is below `plateau_update_ratio` (steps too small to leave it).
+  A loss that is still falling never raises it.
 * oscillation (exploding): a learning rate that is too high makes the loss climb for several
   steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
   log(loss) when they are all positive (mini-batch noise grows with the loss level; the
@@ -81,25 +86,49 @@ class SlowProgressDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         self.progress.update(stats.loss)
         self._collect(stats)
-        if self.progress.state != "stalled":
+        state = self.progress.state
+        if state not in ("stalled", "plateau"):
             return []
-        found = self._evidence()
+        found = self._evidence(inactive_only=state == "plateau")
+        if found is None and state == "plateau":
+            # a converged run plateaus too: only dead or saturated units, or a high plateau that small steps
+            # cannot leave, say it is stuck
+            return self._high_plateau(stats.step)
         if found is None:
-            return []
+            key = next(iter(self._kinds), None)
+            return [self._alert(stats.step, key, "unexplained", (
+                "no specific cause is visible in the gradients (no decay through time beyond "
+                f"{fmt(self.config.temporal_decay_ratio)}, no dead or saturated units, updates of usual size): the "
+                "learning signal from the inputs does not reach the weights that would use it"))]
         key, cause, text = found
-        return [
-            make_alert(
-                "slow_progress",
-                "warning",
-                stats.step,
-                evidence=f"the loss is not improving: {self.progress.describe()}; and the gradients explain it: {text}.",
-                remedy=remedies.slow_progress(self._kinds.get(key, ""), cause) + ".",
-                value=self.progress.improvement or 0.0,
-                threshold=self.config.progress_min,
-                module=key[0],
-                layer=key[1],
-            )
-        ]
+        return [self._alert(stats.step, key, cause, text)]
+
+    def _high_plateau(self, step: int) -> list[Alert]:
+        c, p = self.config, self.progress
+        if p.recent is None or p.initial is None or p.recent < c.plateau_level * p.initial:
+            return []
+        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
+        if not full or max(full.values()) >= c.plateau_update_ratio:
+            return []
+        key = max(full, key=full.__getitem__)
+        return [self._alert(step, key, "unexplained", (
+            f"the plateau is high ({fmt(p.recent / p.initial)} of the initial loss, above {fmt(c.plateau_level)}: a model "
+            f"that learned only the average answer stops there) and the steps are too small to leave it (largest median "
+            f"update ratio {fmt(full[key])} in {where(*key)}, threshold {fmt(c.plateau_update_ratio)})"))]
+
+    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
+        lead = "the loss is stuck at its starting level" if self.progress.state == "stalled" else "the loss has stopped improving"
+        return make_alert(
+            "slow_progress",
+            "warning",
+            step,
+            evidence=f"{lead}: {self.progress.describe()}; and the gradients: {text}.",
+            remedy=remedies.slow_progress(self._kinds.get(key, "") if key else "", cause) + ".",
+            value=self.progress.improvement or 0.0,
+            threshold=self.config.progress_min,
+            module=key[0] if key else None,
+            layer=key[1] if key else None,
+        )
 
     def _collect(self, stats: StepStats) -> None:
         c = self.config
@@ -121,10 +150,10 @@ class SlowProgressDetector:
             if share is not None:
                 self._inactive[key] = (share, state)
 
-    def _evidence(self) -> tuple[LayerKey, str, str] | None:
+    def _evidence(self, *, inactive_only: bool = False) -> tuple[LayerKey, str, str] | None:
         """(layer, cause, words) of the strongest vanishing evidence, or None."""
         c = self.config
-        decays = {k: r for k, r in self._decay.items() if r <= c.temporal_decay_ratio}
+        decays = {k: r for k, r in self._decay.items() if r <= c.temporal_decay_ratio and not inactive_only}
         if decays:
             key = min(decays, key=decays.__getitem__)
             share = "none" if decays[key] == 0 else fmt(decays[key])
@@ -140,7 +169,7 @@ class SlowProgressDetector:
                 f"{share * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
-        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
+        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
             return key, "tiny_updates", (

@@ -7,9 +7,16 @@
 Three rules on the total gradient norm g (`StepStats.grad_norm`, as `clip_grad_norm_`
 computes it), judged on every step:
 
-* spike (after `spike_min_history` steps): g ≥ `spike_factor` × the median and ≥
-  `spike_over_max` × the maximum of the last `spike_window` norms; critical when g ≥
-  `spike_critical_factor` × the median.
+* spike: after `spike_min_history` steps, g ≥ `spike_factor` × the median and ≥
+  `spike_over_max` × the maximum of the last `spike_window` norms; during the first steps
+  (from `spike_early_history` steps of history on, so there is no blind warm-up), g ≥
+  `spike_early_factor` × the largest norm seen so far. A spike is judged by what it does,
+  on the next step: it is a warning (critical when g ≥ `spike_critical_factor` × the median)
+  when it persists — the next norm is still ≥ 1/`spike_persist_factor` of the spike, or the
+  next batch's loss is above every loss of the window before the spike (the step damaged the
+  model) — and `info` when it is isolated (one hard sample: the next norm and loss are back
+  to usual) or when an adaptive optimiser kept the step its usual size. A non-finite next
+  step confirms it.
 * steady growth (after `spike_min_history` steps): g rose on each of the last
   `norm_growth_steps` steps, to ≥ `norm_growth_factor` × its value before the rise and ≥
   `spike_factor` × the baseline median (warning).
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
@@ -36,6 +44,21 @@ __all__ = ["NormSpikeDetector"]
 
 def _usable(x: float) -> bool:
     return math.isfinite(x) and x > 0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A spike seen at `step`, judged on the next step."""
+
+    step: int
+    severity: str
+    norm: float
+    ratio: float
+    base: float
+    evidence: str
+    key: "LayerKey | None"
+    loss_top: float | None
+    """Largest finite loss of the window before the spike (None without losses)."""
 
 
 class NormSpikeDetector:
@@ -51,25 +74,41 @@ class NormSpikeDetector:
         c = self.config
         self._history: collections.deque[float] = collections.deque(maxlen=c.spike_window)
         self._seen = 0
+        self._top = 0.0
+        """Largest finite norm seen so far (the early rule's reference)."""
         self._run: collections.deque[float] = collections.deque(maxlen=c.norm_growth_steps + 1)
         self._layers: dict[LayerKey, collections.deque[float]] = {}
         self._calm: float | None = None
         """Median norm of the first full window: the run's typical size before any jump."""
         self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
         """Largest layer update ratio of recent steps: did a gradient spike become a large step?"""
+        self._losses: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
+        self._pending: _Pending | None = None
 
     def update(self, stats: StepStats) -> list[Alert]:
         alerts = self._absolute(stats)
+        judged = self._judge_pending(stats)
+        if judged is not None:
+            alerts.append(judged)
         g = stats.grad_norm
         if not _usable(g):
             self._run.clear()
             return alerts
         self._run.append(g)
-        if self._seen >= self.config.spike_min_history:
-            relative = self._spike(stats) or self._growth(stats)
+        c = self.config
+        if self._seen >= c.spike_early_history:
+            relative = self._spike(stats)
+            if relative is None and self._pending is None and self._seen >= c.spike_min_history:
+                relative = self._growth(stats)  # a jump waiting for its verdict is not also reported as growth
             if relative is not None:
                 alerts.append(relative)
+        self._remember(stats)
+        return alerts
+
+    def _remember(self, stats: StepStats) -> None:
+        g = stats.grad_norm
         self._seen += 1
+        self._top = max(self._top, g)
         self._history.append(g)
         if self._calm is None and len(self._history) == self._history.maxlen:
             self._calm = median(self._history)
@@ -79,7 +118,8 @@ class NormSpikeDetector:
         step = _largest_update(stats)
         if step is not None:
             self._steps.append(step)
-        return alerts
+        if stats.loss is not None and math.isfinite(stats.loss):
+            self._losses.append(stats.loss)
 
     # ------------------------------------------------------------------ rules
     def _absolute(self, stats: StepStats) -> list[Alert]:
@@ -114,31 +154,65 @@ class NormSpikeDetector:
         ]
 
     def _spike(self, stats: StepStats) -> Alert | None:
+        """An `info` alert when the jump was absorbed; otherwise None, the jump waiting for its next step."""
         c = self.config
         base, top = median(self._history), max(self._history)
         ratio = stats.grad_norm / base
-        if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
-            return None
+        if self._seen < c.spike_min_history:
+            if stats.grad_norm < c.spike_early_factor * self._top:
+                return None
+            rule = (f"{fmt(stats.grad_norm / self._top)}× the largest of the first {self._seen} steps "
+                    f"(early threshold {fmt(c.spike_early_factor)}×, no warm-up needed)")
+        else:
+            if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
+                return None
+            rule = (f"{fmt(ratio)}× its median {fmt(base)} and {fmt(stats.grad_norm / top)}× its maximum over the "
+                    f"last {len(self._history)} steps (thresholds {fmt(c.spike_factor)}× and {fmt(c.spike_over_max)}×)")
         key, detail = self._located(stats)
         severity = "critical" if ratio >= c.spike_critical_factor else "warning"
+        evidence = f"total gradient norm {fmt(stats.grad_norm)} at step {stats.step} is {rule}{detail}"
         step, usual = _largest_update(stats), (median(self._steps) if self._steps else None)
         if severity == "warning" and step is not None and usual and step < c.spike_step_factor * usual:
             # An adaptive optimiser (Adam) absorbs the jump: the step stayed its usual size.
-            severity = "info"
-            detail += (f"; the update itself stayed small ({fmt(step)} of the weights, {fmt(step / usual)}× its "
-                       f"recent median; info below {fmt(c.spike_step_factor)}×)")
+            evidence += (f"; the update itself stayed small ({fmt(step)} of the weights, {fmt(step / usual)}× its "
+                         f"recent median; info below {fmt(c.spike_step_factor)}×)")
+            return self._alert(stats.step, "info", ratio, base, evidence + ".", key)
+        self._pending = _Pending(stats.step, severity, stats.grad_norm, ratio, base, evidence, key,
+                                 max(self._losses) if self._losses else None)
+        return None
+
+    def _judge_pending(self, stats: StepStats) -> Alert | None:
+        """Did last step's spike persist (warning/critical) or was it one hard batch (info)?"""
+        p, self._pending = self._pending, None
+        if p is None:
+            return None
+        c = self.config
+        g, loss = stats.grad_norm, stats.loss
+        if not math.isfinite(g) or (loss is not None and not math.isfinite(loss)):
+            why = f"and step {stats.step} is non-finite"
+        elif g >= p.norm / c.spike_persist_factor:
+            why = (f"and it persists: at step {stats.step} the norm is still {fmt(g)}, {fmt(g / p.base)}× the median "
+                   f"(at least 1/{fmt(c.spike_persist_factor)} of the spike)")
+        elif loss is not None and p.loss_top is not None and loss > p.loss_top:
+            why = (f"and the step damaged the model: the loss of the next batch, {fmt(loss)}, is above every loss of the "
+                   f"{len(self._losses)} steps before the spike (largest {fmt(p.loss_top)})")
+        else:
+            return self._alert(stats.step, "info", p.ratio, p.base, (
+                f"{p.evidence}; isolated: at step {stats.step} the norm is back to {fmt(g)} "
+                f"({fmt(g / p.base)}× the median) and the loss did not rise, so this was one hard batch, not an "
+                f"explosion (info; a warning when the jump persists or the loss rises)."), p.key)
+        return self._alert(stats.step, p.severity, p.ratio, p.base, f"{p.evidence}; {why}.", p.key)
+
+    def _alert(self, step: int, severity: str, ratio: float, base: float, evidence: str,
+               key: LayerKey | None) -> Alert:
         return make_alert(
             "norm_spike",
-            severity,
-            stats.step,
-            evidence=(
-                f"total gradient norm {fmt(stats.grad_norm)} is {fmt(ratio)}× its median {fmt(base)} and "
-                f"{fmt(stats.grad_norm / top)}× its maximum over the last {len(self._history)} steps (thresholds "
-                f"{fmt(c.spike_factor)}× and {fmt(c.spike_over_max)}×){detail}."
-            ),
+            severity,  # type: ignore[arg-type]
+            step,
+            evidence=evidence,
             remedy=remedies.norm_spike(min(base, self._calm or base)) + ".",
             value=ratio,
-            threshold=c.spike_factor,
+            threshold=self.config.spike_factor,
             module=key[0] if key else None,
             layer=key[1] if key else None,
         )

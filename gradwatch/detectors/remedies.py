@@ -16,6 +16,7 @@ __all__ = [
     "temporal_decay",
     "temporal_growth",
     "slow_progress",
+    "stuck_at_start",
     "tiny_updates",
     "dead_units",
     "saturated_units",
@@ -80,7 +81,23 @@ def slow_progress(kind: str, cause: str) -> str:
         return dead_units()
     if cause == "saturated":
         return saturated_units()
+    if cause == "unexplained":
+        return stuck_at_start(kind)
     return temporal_decay(kind)
+
+
+def stuck_at_start(kind: str) -> str:
+    text = (
+        "check that the target can be predicted from the inputs the model sees (labels aligned with the "
+        "sequences, padding masked), then try a learning rate 10× higher for a few dozen steps (Adam 1e-3 to 1e-2 "
+        "is a safe start)"
+    )
+    if _vanilla(kind):
+        return text + "; if the answer depends on distant timesteps, switch the vanilla RNN to nn.LSTM or nn.GRU"
+    return text + (
+        "; if the answer depends on distant timesteps, initialise weight_hh orthogonally and give the model a "
+        "shorter path to them (a shorter sequence, attention, skip connections)"
+    )
 
 
 def tiny_updates(kind: str) -> str:

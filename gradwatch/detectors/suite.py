@@ -9,6 +9,11 @@ No spam: an alert with the same (problem, sign, module, layer) as one reported l
 `cooldown` steps earlier is held back (and counted), unless its severity is higher, in which
 case it is reported as an escalation. `summary()` is the one-screen account of everything
 seen, which the console and logging sinks print on `monitor.close()`.
+
+Consequences are not reported as causes: once an exploding sign has been raised at warning or
+above (step N), a later vanishing alert (saturated or dead units, tiny updates, a stalled loss)
+is most likely what the explosion left behind, so it says "after the explosion at step N", is
+capped at `warning`, and its remedy points at the explosion first.
 """
 
 from __future__ import annotations
@@ -123,6 +128,22 @@ class AlertSummary:
         return out
 
 
+def _after_explosion(alert: Alert, step: int) -> Alert:
+    """A vanishing alert raised after an explosion, said to be its likely consequence."""
+    if alert.problem != "vanishing":
+        return alert
+    evidence, _, remedy = alert.message.partition(REMEDY)
+    return replace(
+        alert,
+        severity="warning" if alert.severity == "critical" else alert.severity,
+        message=(
+            f"After the explosion at step {step} (likely its consequence, not a separate vanishing problem): "
+            f"{evidence}{REMEDY}first prevent the explosion (see its alert: lower the learning rate, clip the "
+            f"gradient norm); then, if it persists: {remedy}"
+        ),
+    )
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -149,6 +170,8 @@ class DetectorSuite:
         self._last: dict[AlertKey, tuple[int, str]] = {}
         self._entries: dict[tuple[str, str], SummaryEntry] = {}
         self._steps = 0
+        self._explosion: tuple[int, int] | None = None
+        """(first, latest) step of the latest exploding episode raised at warning or above."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         self._steps += 1
@@ -161,7 +184,20 @@ class DetectorSuite:
                 old = found.get(key)
                 if old is None or SEVERITY_RANK[alert.severity] > SEVERITY_RANK[old.severity]:
                     found[key] = alert
+        if self._explosion is not None:
+            found = {k: _after_explosion(a, self._explosion[0]) for k, a in found.items()}
+        self._note_explosion(list(found.values()))
         return [a for a in (self._filter(k, a) for k, a in found.items()) if a is not None]
+
+    def _note_explosion(self, alerts: list[Alert]) -> None:
+        steps = [a.step for a in alerts if a.problem == "exploding" and a.severity != "info"]
+        if not steps:
+            return
+        step = min(steps)
+        if self._explosion is None or step - self._explosion[1] > self.config.cooldown:
+            self._explosion = (step, step)  # a new episode
+        else:
+            self._explosion = (self._explosion[0], step)
 
     def _filter(self, key: AlertKey, alert: Alert) -> Alert | None:
         last = self._last.get(key)

@@ -17,7 +17,12 @@ from the few timesteps left to the end of the sequence, which would read as grow
   memory decays strongly and trains fine); warning when the loss has stalled near its
   initial level, i.e. evidence that the missing long-range signal hurts.
 * temporal_growth: ratio ≥ `temporal_growth_ratio` (warning) or ≥ `temporal_growth_critical`
-  (critical), on any probe step including step 0.
+  (critical), on any probe step including step 0, when the growth is consistent — the norm grows
+  going back on ≥ `temporal_growth_consistency` of the adjacent timestep pairs of the first three
+  quarters — and the gradient is not negligible (≥ `temporal_growth_min_grad` × the layer's weight
+  norm). Packed batches of unsorted variable-length sequences make a saw-tooth profile (each
+  sequence's gradient decays back from its own end; short sequences end early) that the quarter
+  medians alone read as growth; the consistency test does not.
 
 Bidirectional layers are skipped (their input gradient mixes both time directions), as
 are sequences shorter than `temporal_min_steps` and profiles with non-finite entries
@@ -53,6 +58,11 @@ class TemporalProfile:
     """early / late: < 1 decays going back in time, > 1 grows."""
     span: int
     """Timesteps between the centres of the two ranges."""
+    growing: float = 0.0
+    """Share of adjacent timesteps (t−1, t) with t < 3T/4 where the norm is larger at t−1: how
+    consistently it grows going back. Geometric growth (gain > 1) gives 1; the saw-tooth of a
+    packed, variable-length batch (each sequence's gradient decays back from its own end, and a
+    short sequence's end adds a fresh peak at an early timestep) stays far below 0.5."""
 
     @property
     def per_step(self) -> float:
@@ -74,7 +84,9 @@ def temporal_profile(norms: list[float] | None, *, min_steps: int) -> TemporalPr
     if not late > 0:
         return None
     span = max(1, round((lo + hi) / 2 - q / 2))
-    return TemporalProfile(t, early, late, (lo, hi), early / late, span)
+    pairs = [(norms[i - 1], norms[i]) for i in range(1, 3 * q)]
+    growing = sum(a > b for a, b in pairs) / len(pairs) if pairs else 0.0
+    return TemporalProfile(t, early, late, (lo, hi), early / late, span, growing)
 
 
 def _latest(norms: list[float], test) -> int | None:  # type: ignore[no-untyped-def]
@@ -90,6 +102,11 @@ def analysable(ls: LayerStats) -> bool:
 
 def _is_relu(ls: LayerStats) -> bool:
     return ls.kind == "RNN" and ls.dead_fraction is not None and ls.saturated_fraction is None
+
+
+def _material(ls: LayerStats, floor: float) -> bool:
+    """The layer's gradient is not numerically negligible (≥ `floor` × its weight norm)."""
+    return ls.grad_norm >= floor * ls.weight_norm
 
 
 def _describe(key: LayerKey, p: TemporalProfile, going: str) -> str:
@@ -144,6 +161,8 @@ class TemporalDecayDetector:
                 )
             if state == "stalled":
                 evidence += f"; and it hurts: {self.progress.describe()}"
+            elif state == "plateau":
+                evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
             elif state == "improving":
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
@@ -180,14 +199,21 @@ class TemporalGrowthDetector:
         c = self.config
         if not stats.probed:
             return []
-        grows = {k: p for k, p in _profiles(stats, c.temporal_min_steps).items() if p.ratio >= c.temporal_growth_ratio}
+        grows = {
+            k: p for k, p in _profiles(stats, c.temporal_min_steps).items()
+            if p.ratio >= c.temporal_growth_ratio and p.growing >= c.temporal_growth_consistency
+            and _material(stats.layers[k], c.temporal_growth_min_grad)
+        }
         alerts = []
         for module in dict.fromkeys(k[0] for k in grows):
             worst = max((k for k in grows if k[0] == module), key=lambda k: grows[k].ratio)
             p, ls = grows[worst], stats.layers[worst]
             norms = ls.timestep_grad_norms or []
             t_cut = _latest(norms, lambda v: v >= c.temporal_growth_ratio * p.late)
-            evidence = _describe(worst, p, "grows") + f" (threshold {fmt(c.temporal_growth_ratio)})"
+            evidence = _describe(worst, p, "grows") + (
+                f" (threshold {fmt(c.temporal_growth_ratio)}); it grows from one timestep to the one before on "
+                f"{p.growing * 100:.0f} % of the first three quarters (threshold {c.temporal_growth_consistency * 100:.0f} %)"
+            )
             if t_cut is not None:
                 evidence += f"; from timestep {t_cut} back it is over {fmt(c.temporal_growth_ratio)}× the recent level"
             critical = p.ratio >= c.temporal_growth_critical

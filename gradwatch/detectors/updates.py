@@ -13,7 +13,11 @@ near 1e-3 per step.
   loss: a loss that improves silences it, a stalled loss makes it a warning, and without
   loss history it is only info.
 * large_updates: the ratio is ≥ `large_update_ratio` on `large_update_steps` consecutive
-  steps (warning), or ≥ `large_update_critical` on any step (critical, also on step 0).
+  steps without shrinking (warning), or ≥ `large_update_critical` on a step where it did not
+  shrink (critical), or a step ≥ `large_update_ratio` is followed by a batch whose loss is
+  ≥ `large_update_loss_factor` × the median before it (warning: the step did damage). A step
+  whose ratio is below the previous one is not judged on its size: Adam's first steps on small
+  weights are large by design (≈ lr·√n/‖θ‖) and shrink as the weights grow.
 
 Frozen layers (no gradient) and steps without a finite ratio are left out. Each module
 reports its most affected layer; the message names the others.
@@ -75,7 +79,7 @@ class TinyUpdatesDetector:
                 if m < c.tiny_update_ratio:
                     low[key] = m
         state = self.progress.state
-        if not low or state == "improving":
+        if not low or state in ("improving", "plateau"):
             return []
         alerts = []
         for module in dict.fromkeys(k[0] for k in low):
@@ -108,7 +112,7 @@ class TinyUpdatesDetector:
 
 
 class LargeUpdatesDetector:
-    """Steps that move a layer by a large share of its weight norm."""
+    """Steps that move a layer by a large share of its weight norm, and keep doing so or do damage."""
 
     signs = ("large_updates",)
 
@@ -119,49 +123,90 @@ class LargeUpdatesDetector:
     def reset(self) -> None:
         self._streak: dict[LayerKey, int] = {}
         self._trail: dict[LayerKey, collections.deque[float]] = {}
+        self._losses: collections.deque[float] = collections.deque(maxlen=self.config.update_window)
+        self._loss_before: float | None = None
+        """Median loss up to the previous step, i.e. before the previous step's update."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        flagged: dict[LayerKey, float] = {}
+        loss = stats.loss if stats.loss is not None and math.isfinite(stats.loss) else None
+        flagged: dict[LayerKey, tuple[float, str]] = {}
         for key in stats.layers:
             r = _ratio(stats, key)
             trail = self._trail.setdefault(key, collections.deque(maxlen=4))
             if r is None:
                 self._streak[key] = 0
                 continue
+            prev = trail[-1] if trail else None
             trail.append(r)
-            self._streak[key] = self._streak.get(key, 0) + 1 if r >= c.large_update_ratio else 0
-            if r >= c.large_update_critical or self._streak[key] >= c.large_update_steps:
-                flagged[key] = r
-        alerts = []
-        for module in dict.fromkeys(k[0] for k in flagged):
-            keys = [k for k in flagged if k[0] == module]
-            worst = max(keys, key=lambda k: flagged[k])
-            r = flagged[worst]
-            critical = r >= c.large_update_critical
-            rule = (
-                f"critical at {fmt(c.large_update_critical)}: the step was larger than the weights"
-                if critical
-                else f"threshold {fmt(c.large_update_ratio)} on {c.large_update_steps} consecutive steps"
-            )
-            trail = " → ".join(fmt(v) for v in self._trail[worst])
-            ls = stats.layers[worst]
-            evidence = (
-                f"step {stats.step} moved {where(*worst)} by {fmt(r)} of its weight norm (‖Δθ‖/‖θ‖, {rule}; "
-                f"rule of thumb ~1e-3); recent ratios {trail}{_others(keys, worst)}. Gradient norm {fmt(ls.grad_norm)}, "
-                f"weight norm {fmt(ls.weight_norm)}"
-            )
-            alerts.append(
-                make_alert(
-                    "large_updates",
-                    "critical" if critical else "warning",
-                    stats.step,
-                    evidence=evidence + ".",
-                    remedy=remedies.large_updates() + ".",
-                    value=r,
-                    threshold=c.large_update_critical if critical else c.large_update_ratio,
-                    module=worst[0],
-                    layer=worst[1],
-                )
-            )
+            # Adam moves every weight by about lr at first, so on small weights its first steps are large
+            # by design and shrink step after step as the weights grow: only a large step that is not
+            # falling is a sign of a step size that is too large.
+            rising = prev is not None and r >= prev
+            if r < c.large_update_ratio or (prev is not None and prev >= c.large_update_ratio and not rising):
+                self._streak[key] = 0
+            else:
+                self._streak[key] = self._streak.get(key, 0) + 1
+            if r >= c.large_update_critical and rising:
+                flagged[key] = (r, "critical")
+            elif self._streak[key] >= c.large_update_steps:
+                flagged[key] = (r, "streak")
+            elif self._growing(trail):
+                flagged[key] = (r, "growing")
+            elif prev is not None and prev >= c.large_update_ratio and self._damaged(loss):
+                flagged[key] = (prev, "damage")
+        alerts = [self._alert(stats, [k for k in flagged if k[0] == m], flagged, loss)
+                  for m in dict.fromkeys(k[0] for k in flagged)]
+        if loss is not None:
+            self._losses.append(loss)
         return alerts
+
+    def _growing(self, trail: collections.deque[float]) -> bool:
+        """The ratio grew by `large_update_growth` or more on each of the last 3 steps, to ≥ `large_update_growth_ratio`."""
+        c = self.config
+        values = list(trail)
+        if len(values) < 4 or values[-1] < c.large_update_growth_ratio:
+            return False
+        return all(b >= c.large_update_growth * a for a, b in zip(values, values[1:]))
+
+    def _damaged(self, loss: float | None) -> bool:
+        """This batch's loss (after last step's update) is `large_update_loss_factor` × the median before it."""
+        if loss is None or not self._losses:
+            return False
+        return loss >= self.config.large_update_loss_factor * median(self._losses)
+
+    def _alert(self, stats: StepStats, keys: list[LayerKey], flagged: dict[LayerKey, tuple[float, str]],
+               loss: float | None) -> Alert:
+        c = self.config
+        worst = max(keys, key=lambda k: flagged[k][0])
+        r, why = flagged[worst]
+        critical = why == "critical"
+        if critical:
+            rule = f"critical at {fmt(c.large_update_critical)}: the step was larger than the weights"
+        elif why == "growing":
+            rule = (f"it grew ≥ {fmt(c.large_update_growth)}× on each of the last 3 steps to ≥ "
+                    f"{fmt(c.large_update_growth_ratio)}: the step size is running away")
+        elif why == "streak":
+            rule = f"threshold {fmt(c.large_update_ratio)} on {c.large_update_steps} consecutive, non-shrinking steps"
+        else:
+            rule = (f"threshold {fmt(c.large_update_ratio)}, and it did damage: the loss of the next batch, {fmt(loss)}, is "
+                    f"{fmt((loss or 0) / median(self._losses))}× the median before it (threshold "
+                    f"{fmt(c.large_update_loss_factor)}×)")
+        trail = " → ".join(fmt(v) for v in self._trail[worst])
+        ls = stats.layers[worst]
+        evidence = (
+            f"step {stats.step if why != 'damage' else stats.step - 1} moved {where(*worst)} by {fmt(r)} of its weight "
+            f"norm (‖Δθ‖/‖θ‖, {rule}; rule of thumb ~1e-3); recent ratios {trail}{_others(keys, worst)}. Gradient norm "
+            f"{fmt(ls.grad_norm)}, weight norm {fmt(ls.weight_norm)}"
+        )
+        return make_alert(
+            "large_updates",
+            "critical" if critical else "warning",
+            stats.step,
+            evidence=evidence + ".",
+            remedy=remedies.large_updates() + ".",
+            value=r,
+            threshold=c.large_update_critical if critical else c.large_update_ratio,
+            module=worst[0],
+            layer=worst[1],
+        )

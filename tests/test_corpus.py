@@ -1,0 +1,66 @@
+"""The labelled run corpus (benchmarks/corpus.py): labels from raw losses, the family split, offline replay."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gradwatch_bench_corpus", ROOT / "benchmarks" / "corpus.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+corpus = _load()
+
+
+@pytest.mark.parametrize("losses, chance, label, step", [
+    ([1.0, 1.1, 2.0, math.nan], 1.0, "diverged", 3),
+    ([1.0, 1.2, 150.0, 1.0], 1.0, "diverged", 2),
+    ([1.39] * 100, 1.386, "stuck", None),
+    ([1.2] + [0.168] * 99, 1 / 6, "stuck", None),          # dropped to chance: still no better than chance
+    ([1.0] * 50 + [0.3, 0.3, 0.9, 0.9, 0.9, 0.3, 0.3, 0.3, 0.3, 0.3, 0.9, 0.9, 0.9, 0.9, 0.9] * 3 + [0.3] * 5,
+     1.0, "oscillating", None),
+    ([1.0 * 0.97**i for i in range(100)], 1.0, "healthy", None),
+    ([1.0 - 0.0015 * i for i in range(100)], 1.0, "slow", None),
+], ids=["nan", "x100", "at-chance", "drop-to-chance", "oscillating", "healthy", "slow"])
+def test_labels_come_from_raw_losses(losses, chance, label, step):
+    assert corpus.label_run(losses, chance) == (label, step)
+
+
+def test_families_split_into_two_stable_halves():
+    specs = corpus.make_specs(330)
+    assert len(specs) == 330 and len({s.name for s in specs}) == 330
+    halves = {s.half for s in specs}
+    assert halves == {"calibration", "held-out"}
+    by_family: dict[str, set[str]] = {}
+    for s in specs:
+        by_family.setdefault(s.family, set()).add(s.half)
+    assert all(len(h) == 1 for h in by_family.values())  # a family never straddles the split
+    assert {s.task for s in specs} == set(corpus.TASKS) and {s.cell for s in specs} == set(corpus.CELLS)
+    assert {s.batch for s in specs} >= {1, 64} and max(s.timesteps for s in specs) == 500
+
+
+def test_offline_replay_reproduces_the_live_alerts():
+    spec = corpus.make_specs(12, quick=True)[8]
+    run = corpus.record_run(spec)
+    assert run["records"] and len(run["records"]) == len(run["losses"])
+    live = [(a.step, a.sign, a.severity, a.message) for a in run["live_alerts"]]
+    assert [(a.step, a.sign, a.severity, a.message) for a in corpus.replay(run["records"])] == live
+
+
+def test_quick_report_runs_in_seconds(tmp_path, capsys):
+    assert corpus.main(["report", "--quick", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| problem | target | measured |" in text and "stuck runs warned as vanishing" in text
+    assert (tmp_path / "corpus.md").read_text().strip() == text.strip()
+    assert (tmp_path / "corpus.png").stat().st_size > 10_000
