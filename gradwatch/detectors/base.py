@@ -104,7 +104,11 @@ class LossProgress:
       only gradient evidence tells them apart);
     * "stalled": `steps` losses seen and `recent` is still within `min_improvement` of `initial`:
       stuck at its starting level, neither learning nor diverging;
-    * "unknown": too little history, a rising loss, no loss fed, or a non-positive initial loss.
+    * "worse": `steps` losses seen, `recent` more than `min_improvement` above `initial`, and
+      the last 3 × `window` losses not climbing steadily (slope t < `trend`): it got worse and
+      stays there, neither learning nor diverging (a steady climb stays "unknown", an
+      exploding-side matter);
+    * "unknown": too little history, no loss fed, or a non-positive initial loss.
     """
 
     def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf) -> None:
@@ -156,7 +160,7 @@ class LossProgress:
         return (initial - recent) / initial
 
     @property
-    def state(self) -> Literal["unknown", "improving", "plateau", "stalled"]:
+    def state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         gain = self.improvement
         if gain is None:
             return "unknown"
@@ -169,6 +173,8 @@ class LossProgress:
         if self.count >= self.steps and gain > -self.min_improvement:
             # a slow but steady fall (a few % over the window, far above the noise) is learning, not a stall
             return "improving" if self.slope_t() <= -self.trend else "stalled"
+        if self.count >= self.steps and self.slope_t() < self.trend:
+            return "worse"  # above where it started and no longer climbing steadily: not learning, not (yet) diverging
         return "unknown"
 
     def slope_t(self) -> float:
