@@ -23,6 +23,11 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   chance loss) — no better than chance or than where it started;
 * oscillating: not diverged or stuck, and the 5-step running median of the second half of the
   losses swings up and down by a factor ≥ 2 at least three times;
+* recovered: none of those, but the 5-step running median of the loss reached ≥ 3× the median of
+  the first three losses at some step: a sustained loss explosion that the run survived (a 5-step
+  median ignores one hard sample in a batch-1 run). Warnings there are neither required nor false
+  alarms; the report counts them apart. (Added in round 2 of issue #13: "healthy" = converged at
+  the end had hidden such runs — a packed GRU whose loss sat at 25× its start for several steps.)
 * raw sign (for lead times): the first step whose loss or total gradient norm is ≥ 10× its
   step-0 value; a diverging run "gives a sign k steps early" when that step is ≤ divergence − k;
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
@@ -84,6 +89,8 @@ HEALTHY_SHARE = 0.8
 FINAL_WINDOW = 20
 LEAD_WANTED, LEAD_LEAST = 5, 3
 SIGN_FACTOR = 10.0
+RECOVERED_FACTOR, RECOVERED_WIDTH = 3.0, 5
+LABELS = ("diverged", "stuck", "oscillating", "recovered", "healthy", "slow")
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -352,6 +359,8 @@ def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
     second = losses[len(losses) // 2 :]
     if min(second) > 0 and _swings(_running_median(second, 5), 2.0) >= 3:
         return "oscillating", None
+    if max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * statistics.median(losses[:3]):
+        return "recovered", None
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
     return "slow", None
@@ -388,6 +397,7 @@ def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
         "first_vanishing": min((a.step for a in vanishing), default=None),
         "serious": [(a.step, a.severity, a.sign) for a in serious],
         "signs": sorted({a.sign for a in serious}),
+        "problems": sorted({a.problem for a in serious}),
     }
 
 
@@ -423,7 +433,7 @@ def _percentile(values: list[int], q: float) -> float | None:
 
 def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> dict[str, Any]:
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
-    by = {lab: [v for v in verdicts if v["label"] == lab] for lab in ("diverged", "stuck", "oscillating", "healthy", "slow")}
+    by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
     div = by["diverged"]
     early = lambda v, k: v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k  # noqa: E731
     eligible5 = [v for v in div if early(v, LEAD_WANTED)]
@@ -458,6 +468,8 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
         "false_per_1000": 1000 * sum(len(v["serious"]) for v in by["healthy"]) / healthy_steps if healthy_steps else 0.0,
         "healthy_steps": healthy_steps,
         "oscillating_warned": (sum(bool(v["serious"]) for v in by["oscillating"]), len(by["oscillating"])),
+        "recovered_warned": (sum(any(p == "exploding" for p in v["problems"]) for v in by["recovered"]),
+                             len(by["recovered"])),
         "signs": signs,
         "misses": _misses(by, vanishing_within),
     }
@@ -506,6 +518,8 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"| healthy | runs with any warning/critical | {_frac(r['healthy_runs_warned'])} |",
         f"| healthy | false warnings per 1,000 healthy steps | {r['false_per_1000']:.2f} (over {r['healthy_steps']} steps) |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
+        f"| exploding | recovered runs (a sustained loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
+        f"{_frac(r['recovered_warned'])} |",
         "",
         "Runs in which each sign was raised at warning or critical, by label (recall on the label it "
         "belongs to; on healthy runs every count is a false alarm):",
