@@ -23,8 +23,8 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   chance loss) — no better than chance or than where it started;
 * oscillating: not diverged or stuck, and the 5-step running median of the second half of the
   losses swings up and down by a factor ≥ 2 at least three times;
-* recovered: none of those, but the 5-step running median of the loss reached ≥ 3× the median of
-  the first three losses at some step: a sustained loss explosion that the run survived (a 5-step
+* recovered: none of those, but the 5-step running median of the loss reached ≥ 3× the step-0
+  loss at some step: a sustained loss explosion that the run survived (a 5-step
   median ignores one hard sample in a batch-1 run). Warnings there are neither required nor false
   alarms; the report counts them apart. (Added in round 2 of issue #13: "healthy" = converged at
   the end had hidden such runs — a packed GRU whose loss sat at 25× its start for several steps.)
@@ -359,7 +359,7 @@ def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
     second = losses[len(losses) // 2 :]
     if min(second) > 0 and _swings(_running_median(second, 5), 2.0) >= 3:
         return "oscillating", None
-    if max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * statistics.median(losses[:3]):
+    if max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
         return "recovered", None
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
