@@ -495,6 +495,21 @@ def test_drop_to_a_plateau_is_not_improving_for_ever():
     assert progress.state == "plateau" and "stopped falling" in progress.describe()
 
 
+def test_noisy_flat_loss_after_a_drop_is_a_plateau_although_two_medians_differ_by_10_percent():
+    # issue #13 corpus: the adding problem at batch 8 drops to chance (0.167) in a few steps and then sits there
+    # with batch losses of 0.07-0.35; two 10-step medians of that noise differ by > 10 %, which read as
+    # "improving" and kept the stuck run's plateau (and its vanishing warning) waiting until step 45-55
+    noise = [0.4 + 1.2 * ((14 * 7919 + i * 104729) % 1000) / 1000 for i in range(80)]  # deterministic, uniform-ish
+    progress = LossProgress.from_config(CFG)
+    states = []
+    for i in range(40):
+        progress.update(max(0.17, 1.2 * 0.6**i) * noise[i])
+        states.append((progress.state, progress.previous, progress.recent))
+    assert [s for s, _, _ in states[32:36]] == ["plateau"] * 4
+    _, previous, recent = states[32]
+    assert (previous - recent) / previous >= CFG.progress_min  # the medians alone said "still falling"
+
+
 def test_plateau_with_saturated_units_is_slow_progress():
     records = stalled_run(150, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, sat=0.8), loss=plateau)
     alerts = feed(SlowProgressDetector(CFG), records)

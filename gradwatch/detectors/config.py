@@ -85,6 +85,13 @@ class DetectorConfig:
     stuck loss is batch noise around a level (|t| < 3 with probability ≈ 0.997 for independent
     noise); a healthy GRU whose loss fell 1.40 → 1.33 in 40 steps has t ≈ −10."""
 
+    plateau_flat_t: float = 1.0
+    """A loss that fell is also on a plateau (after `progress_steps` steps) when the least-squares
+    slope of its last 3 × `progress_window` losses is flat: |t| < this. Small noisy batches (the
+    adding problem at batch 8: losses 0.09–0.43 around the chance level 0.167) put more than
+    `progress_min` between two 10-step medians of a flat loss, so the plateau was recognised
+    only after 45–55 steps. A plateau still warns only with the evidence below. Calibration half:
+    stuck runs warned within 40 steps 86 → 88 of 96, no healthy run more (0.5 gave 87, 1.5 88)."""
     plateau_level: float = 0.3
     """A plateau (the loss fell, then stopped) is called stuck without gradient evidence only when
     it is high — the recent median still ≥ this fraction of the median of the first
