@@ -732,6 +732,15 @@ def test_high_plateau_with_small_steps_is_slow_progress():
     assert alerts and alerts[0].step < 60 and "the plateau is high" in alerts[0].message
 
 
+def test_high_plateau_with_small_steps_waits_like_a_flat_loss_alone():
+    # issue #13 corpus: a healthy packed LSTM (plain SGD, ratios 5e-3) was 11 % below its start at step 30 and
+    # flat for 20 steps, so the high-plateau rule called it stuck at step 30; it learned from step 35 on
+    high = lambda i: max(0.3, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731
+    records = stalled_run(150, lambda i: layer(ratio=1e-3), loss=high)
+    alerts = feed(SlowProgressDetector(CFG), records)
+    assert alerts and alerts[0].step == CFG.progress_unexplained_steps - 1
+
+
 def test_high_plateau_with_brisk_steps_is_not_called_stuck():
     high = lambda i: max(0.3, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731
     records = stalled_run(150, lambda i: layer(ratio=0.03), loss=high)  # Adam still working on it

@@ -67,7 +67,9 @@ class DetectorConfig:
     loss stuck *above* its start ("worse"). On the corpus calibration half, 30 → 40 silenced one
     healthy slow starter (a packed GRU at chance until step 35; a batch-1 character model is still
     flat at step 39 and warned), at the cost of two noisy batch-1/warm-up stuck runs whose flat
-    spell at step 30 did not last to step 40 (warned at 45 and 89 instead)."""
+    spell at step 30 did not last to step 40 (warned at 45 and 89 instead). The high-plateau rule
+    (small steps are weak evidence) waits as long: one healthy slow starter fewer (a packed LSTM
+    11 % below its start at step 30), one stuck run fewer within 40 steps."""
     progress_window: int = 10
     """Steps whose median loss is compared: the first `progress_window` (initial), the last
     (recent) and the one ending 2 × `progress_window` steps earlier (previous). Medians make one

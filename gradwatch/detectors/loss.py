@@ -18,7 +18,8 @@
   - plateau: the loss fell, then the last 3 × `progress_window` steps brought less than
     `progress_min`. A converged run plateaus too, so this warns only with dead or saturated units,
     or when the plateau is high (≥ `plateau_level` × the first losses) and every layer's median
-    update ratio is below `plateau_update_ratio` (steps too small to leave it).
+    update ratio is below `plateau_update_ratio` (steps too small to leave it) — weak evidence, so
+    that one also waits for `progress_unexplained_steps`.
   A loss that is still falling never raises it.
 * oscillation (exploding): a learning rate that is too high makes the loss climb for several
   steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
@@ -112,6 +113,8 @@ class SlowProgressDetector:
         c, p = self.config, self.progress
         if p.recent is None or p.initial is None or p.recent < c.plateau_level * p.initial:
             return []
+        if p.count < c.progress_unexplained_steps:
+            return []  # small steps are weak evidence: it waits as long as a flat loss alone
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         if not full or max(full.values()) >= c.plateau_update_ratio:
             return []
