@@ -4,6 +4,7 @@
     $ python benchmarks/corpus.py report              # replay the detectors offline, held-out table + plot
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
+    $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
     >>> run = record_run(make_specs(12, quick=True)[0])      # trains once under gradwatch
@@ -347,8 +348,10 @@ def _swings(values: list[float], factor: float) -> int:
     return legs
 
 
-def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
-    """(label, divergence step or None) from the raw losses (rules in the module docstring)."""
+def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> tuple[str, int | None]:
+    """(label, divergence step or None) from the raw losses (rules in the module docstring).
+
+    `recovered=False` gives round 1's labels (no 'recovered': those runs are healthy or slow)."""
     for step, v in enumerate(losses):
         if not math.isfinite(v) or v > DIVERGED_FACTOR * losses[0]:
             return "diverged", step
@@ -359,7 +362,7 @@ def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
     second = losses[len(losses) // 2 :]
     if min(second) > 0 and _swings(_running_median(second, 5), 2.0) >= 3:
         return "oscillating", None
-    if max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
+    if recovered and max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
         return "recovered", None
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
@@ -377,9 +380,9 @@ def _serious(alerts: Iterable[Alert]) -> list[Alert]:
     return [a for a in alerts if a.severity in ("warning", "critical")]
 
 
-def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
+def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -> dict[str, Any]:
     """One run's label and what the detectors said about it."""
-    label, bad = label_run(run["losses"], run["chance"])
+    label, bad = label_run(run["losses"], run["chance"], recovered=recovered)
     serious = _serious(alerts)
     exploding = [a for a in serious if a.problem == "exploding"]
     vanishing = [a for a in serious if a.problem == "vanishing"]
@@ -589,10 +592,10 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
         log(f"{spec.name}: {label_run(run['losses'], run['chance'])[0]} {run['seconds']:.1f} s")
 
 
-def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None,
+def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
            out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
-    verdicts = [judge(r, replay(r["records"], options)) for r in chosen]
+    verdicts = [judge(r, replay(r["records"], options), recovered=recovered) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -611,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
     parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "all"))
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
+    parser.add_argument("--round1-labels", action="store_true",
+                        help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -627,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, out_dir=args.out or (ROOT / "docs" / "bench"))
+    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels,
+                        out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0
 
