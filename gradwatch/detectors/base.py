@@ -2,7 +2,7 @@
 
     >>> progress = LossProgress(steps=100, window=30, min_improvement=0.1)
     >>> for loss in losses: progress.update(loss)
-    >>> progress.state          # "unknown", "improving" or "stalled"
+    >>> progress.state          # "unknown", "improving", "plateau", "stalled" or "worse"
 
 A detector is a pure state machine over `StepStats` records: `update(stats)` returns the
 alerts that this record raises and `reset()` forgets everything. It never touches a module,
