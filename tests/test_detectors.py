@@ -348,6 +348,16 @@ def test_decay_with_a_stalled_loss_is_a_warning():
     assert alerts[-1].severity == "warning" and "and it hurts" in alerts[-1].message
 
 
+def test_decay_with_a_loss_stuck_above_its_start_says_so_and_stays_info():
+    # LossProgress "worse" (issue #13 round 2) used to be "unknown": the message said the loss had not been seen to
+    # stall although it sat 40 % above its start
+    loss = lambda i: 0.693 if i < 5 else 0.97  # noqa: E731
+    records = [decay_probe(i, loss(i)) if i % 10 == 0 else rec(i, loss=loss(i)) for i in range(61)]
+    alerts = feed(TemporalDecayDetector(CFG), records)
+    assert alerts[-1].severity == "info" and "higher" in alerts[-1].message and "stays there" in alerts[-1].message
+    assert "not been seen to stall" not in alerts[-1].message
+
+
 def test_decay_with_an_improving_loss_stays_info():
     # a short-memory task: strong decay, yet the loss falls steadily
     records = [decay_probe(i, 2.0 * 0.99**i) if i % 10 == 0 else rec(i, loss=2.0 * 0.99**i) for i in range(200)]
