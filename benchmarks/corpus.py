@@ -4,6 +4,7 @@
     $ python benchmarks/corpus.py report              # replay the detectors offline, held-out table + plot
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
+    $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
     >>> run = record_run(make_specs(12, quick=True)[0])      # trains once under gradwatch
@@ -23,6 +24,11 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   chance loss) — no better than chance or than where it started;
 * oscillating: not diverged or stuck, and the 5-step running median of the second half of the
   losses swings up and down by a factor ≥ 2 at least three times;
+* recovered: none of those, but the 5-step running median of the loss reached ≥ 3× the step-0
+  loss at some step: a sustained loss explosion that the run survived (a 5-step
+  median ignores one hard sample in a batch-1 run). Warnings there are neither required nor false
+  alarms; the report counts them apart. (Added in round 2 of issue #13: "healthy" = converged at
+  the end had hidden such runs — a packed GRU whose loss sat at 25× its start for several steps.)
 * raw sign (for lead times): the first step whose loss or total gradient norm is ≥ 10× its
   step-0 value; a diverging run "gives a sign k steps early" when that step is ≤ divergence − k;
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
@@ -84,6 +90,8 @@ HEALTHY_SHARE = 0.8
 FINAL_WINDOW = 20
 LEAD_WANTED, LEAD_LEAST = 5, 3
 SIGN_FACTOR = 10.0
+RECOVERED_FACTOR, RECOVERED_WIDTH = 3.0, 5
+LABELS = ("diverged", "stuck", "oscillating", "recovered", "healthy", "slow")
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -340,8 +348,10 @@ def _swings(values: list[float], factor: float) -> int:
     return legs
 
 
-def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
-    """(label, divergence step or None) from the raw losses (rules in the module docstring)."""
+def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> tuple[str, int | None]:
+    """(label, divergence step or None) from the raw losses (rules in the module docstring).
+
+    `recovered=False` gives round 1's labels (no 'recovered': those runs are healthy or slow)."""
     for step, v in enumerate(losses):
         if not math.isfinite(v) or v > DIVERGED_FACTOR * losses[0]:
             return "diverged", step
@@ -352,6 +362,8 @@ def label_run(losses: list[float], chance: float) -> tuple[str, int | None]:
     second = losses[len(losses) // 2 :]
     if min(second) > 0 and _swings(_running_median(second, 5), 2.0) >= 3:
         return "oscillating", None
+    if recovered and max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
+        return "recovered", None
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
     return "slow", None
@@ -368,9 +380,9 @@ def _serious(alerts: Iterable[Alert]) -> list[Alert]:
     return [a for a in alerts if a.severity in ("warning", "critical")]
 
 
-def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
+def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -> dict[str, Any]:
     """One run's label and what the detectors said about it."""
-    label, bad = label_run(run["losses"], run["chance"])
+    label, bad = label_run(run["losses"], run["chance"], recovered=recovered)
     serious = _serious(alerts)
     exploding = [a for a in serious if a.problem == "exploding"]
     vanishing = [a for a in serious if a.problem == "vanishing"]
@@ -388,6 +400,7 @@ def judge(run: dict[str, Any], alerts: list[Alert]) -> dict[str, Any]:
         "first_vanishing": min((a.step for a in vanishing), default=None),
         "serious": [(a.step, a.severity, a.sign) for a in serious],
         "signs": sorted({a.sign for a in serious}),
+        "problems": sorted({a.problem for a in serious}),
     }
 
 
@@ -423,7 +436,7 @@ def _percentile(values: list[int], q: float) -> float | None:
 
 def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> dict[str, Any]:
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
-    by = {lab: [v for v in verdicts if v["label"] == lab] for lab in ("diverged", "stuck", "oscillating", "healthy", "slow")}
+    by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
     div = by["diverged"]
     early = lambda v, k: v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k  # noqa: E731
     eligible5 = [v for v in div if early(v, LEAD_WANTED)]
@@ -458,6 +471,8 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
         "false_per_1000": 1000 * sum(len(v["serious"]) for v in by["healthy"]) / healthy_steps if healthy_steps else 0.0,
         "healthy_steps": healthy_steps,
         "oscillating_warned": (sum(bool(v["serious"]) for v in by["oscillating"]), len(by["oscillating"])),
+        "recovered_warned": (sum(any(p == "exploding" for p in v["problems"]) for v in by["recovered"]),
+                             len(by["recovered"])),
         "signs": signs,
         "misses": _misses(by, vanishing_within),
     }
@@ -506,6 +521,8 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"| healthy | runs with any warning/critical | {_frac(r['healthy_runs_warned'])} |",
         f"| healthy | false warnings per 1,000 healthy steps | {r['false_per_1000']:.2f} (over {r['healthy_steps']} steps) |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
+        f"| exploding | recovered runs (a sustained loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
+        f"{_frac(r['recovered_warned'])} |",
         "",
         "Runs in which each sign was raised at warning or critical, by label (recall on the label it "
         "belongs to; on healthy runs every count is a false alarm):",
@@ -575,10 +592,10 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
         log(f"{spec.name}: {label_run(run['losses'], run['chance'])[0]} {run['seconds']:.1f} s")
 
 
-def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None,
+def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
            out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
-    verdicts = [judge(r, replay(r["records"], options)) for r in chosen]
+    verdicts = [judge(r, replay(r["records"], options), recovered=recovered) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -597,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
     parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "all"))
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
+    parser.add_argument("--round1-labels", action="store_true",
+                        help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -613,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, out_dir=args.out or (ROOT / "docs" / "bench"))
+    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels,
+                        out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0
 

@@ -32,7 +32,10 @@ corpus = _load()
      1.0, "oscillating", None),
     ([1.0 * 0.97**i for i in range(100)], 1.0, "healthy", None),
     ([1.0 - 0.0015 * i for i in range(100)], 1.0, "slow", None),
-], ids=["nan", "x100", "at-chance", "drop-to-chance", "oscillating", "healthy", "slow"])
+    ([1.0, 1.0, 1.0] + [4.0] * 6 + [1.0 * 0.95**i for i in range(91)], 1.0, "recovered", None),
+    ([1.0, 1.0, 1.0, 30.0] + [1.0 * 0.97**i for i in range(96)], 1.0, "healthy", None),
+], ids=["nan", "x100", "at-chance", "drop-to-chance", "oscillating", "healthy", "slow", "recovered",
+        "one-hard-sample-is-still-healthy"])
 def test_labels_come_from_raw_losses(losses, chance, label, step):
     assert corpus.label_run(losses, chance) == (label, step)
 

@@ -2,7 +2,7 @@
 
     >>> progress = LossProgress(steps=100, window=30, min_improvement=0.1)
     >>> for loss in losses: progress.update(loss)
-    >>> progress.state          # "unknown", "improving" or "stalled"
+    >>> progress.state          # "unknown", "improving", "plateau", "stalled" or "worse"
 
 A detector is a pure state machine over `StepStats` records: `update(stats)` returns the
 alerts that this record raises and `reset()` forgets everything. It never touches a module,
@@ -100,22 +100,29 @@ class LossProgress:
       falling steadily (least-squares slope of the last 3 × `window` losses at least `trend`
       standard errors below zero);
     * "plateau": it fell from `initial` but the last 3 × `window` steps brought less than
-      `min_improvement` and no steady fall (`trend`, as below) (a converged run, or a drop from a bad initial loss to chance level;
+      `min_improvement` and no steady fall (`trend`, as below), or (after `steps` losses) their
+      slope is flat, |t| < `flat_t`, whatever two noisy 10-step medians say (a converged run, or a drop from a bad initial loss to chance level;
       only gradient evidence tells them apart);
     * "stalled": `steps` losses seen and `recent` is still within `min_improvement` of `initial`:
       stuck at its starting level, neither learning nor diverging;
-    * "unknown": too little history, a rising loss, no loss fed, or a non-positive initial loss.
+    * "worse": `steps` losses seen, `recent` more than `min_improvement` above `initial`, and
+      the last 3 × `window` losses not climbing steadily (slope t < `trend`): it got worse and
+      stays there, neither learning nor diverging (a steady climb stays "unknown", an
+      exploding-side matter);
+    * "unknown": too little history, no loss fed, or a non-positive initial loss.
     """
 
-    def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf) -> None:
+    def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf,
+                 flat_t: float = 0.0) -> None:
         self.steps, self.window, self.min_improvement, self.trend = steps, window, min_improvement, trend
+        self.flat_t = flat_t
         self.reset()
 
     @classmethod
     def from_config(cls, config: DetectorConfig) -> "LossProgress":
         """The progress tracker every loss-aware detector uses (`progress_*` options)."""
         return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min,
-                   trend=config.progress_trend)
+                   trend=config.progress_trend, flat_t=config.plateau_flat_t)
 
     def reset(self) -> None:
         self.count = 0
@@ -156,7 +163,7 @@ class LossProgress:
         return (initial - recent) / initial
 
     @property
-    def state(self) -> Literal["unknown", "improving", "plateau", "stalled"]:
+    def state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         gain = self.improvement
         if gain is None:
             return "unknown"
@@ -165,10 +172,14 @@ class LossProgress:
             if previous is not None and recent is not None and previous > 0:
                 if (previous - recent) / previous < self.min_improvement and self.slope_t() > -self.trend:
                     return "plateau"
+                if self.count >= self.steps and abs(self.slope_t()) < self.flat_t:
+                    return "plateau"  # noisy batches can put 10 % between two 10-step medians of a flat loss
             return "improving"
         if self.count >= self.steps and gain > -self.min_improvement:
             # a slow but steady fall (a few % over the window, far above the noise) is learning, not a stall
             return "improving" if self.slope_t() <= -self.trend else "stalled"
+        if self.count >= self.steps and self.slope_t() < self.trend:
+            return "worse"  # above where it started and no longer climbing steadily: not learning, not (yet) diverging
         return "unknown"
 
     def slope_t(self) -> float:

@@ -59,6 +59,17 @@ class DetectorConfig:
     Issue #13 asks for a vanishing warning within 40 steps of a run stuck at chance; in the
     corpus calibration half, healthy runs that fell by less than `progress_min` by step 30 all
     fell steadily (see `progress_trend`) or were batch-1 language models (one miss)."""
+    progress_unexplained_steps: int = 40
+    """A loss stuck at its start with no gradient evidence (no decay through time, no dead or
+    saturated units, no tiny updates) is called stuck only after this many steps, not
+    `progress_steps`: healthy slow starters (packed classifiers sitting at chance for 30 steps
+    before they learn) show a flat loss and nothing else, while stuck runs stay flat. Also for a
+    loss stuck *above* its start ("worse"). On the corpus calibration half, 30 → 40 silenced one
+    healthy slow starter (a packed GRU at chance until step 35; a batch-1 character model is still
+    flat at step 39 and warned), at the cost of two noisy batch-1/warm-up stuck runs whose flat
+    spell at step 30 did not last to step 40 (warned at 45 and 89 instead). The high-plateau rule
+    (small steps are weak evidence) waits as long: one healthy slow starter fewer (a packed LSTM
+    11 % below its start at step 30), one stuck run fewer within 40 steps."""
     progress_window: int = 10
     """Steps whose median loss is compared: the first `progress_window` (initial), the last
     (recent) and the one ending 2 × `progress_window` steps earlier (previous). Medians make one
@@ -76,6 +87,13 @@ class DetectorConfig:
     stuck loss is batch noise around a level (|t| < 3 with probability ≈ 0.997 for independent
     noise); a healthy GRU whose loss fell 1.40 → 1.33 in 40 steps has t ≈ −10."""
 
+    plateau_flat_t: float = 1.0
+    """A loss that fell is also on a plateau (after `progress_steps` steps) when the least-squares
+    slope of its last 3 × `progress_window` losses is flat: |t| < this. Small noisy batches (the
+    adding problem at batch 8: losses 0.09–0.43 around the chance level 0.167) put more than
+    `progress_min` between two 10-step medians of a flat loss, so the plateau was recognised
+    only after 45–55 steps. A plateau still warns only with the evidence below. Calibration half:
+    stuck runs warned within 40 steps 86 → 88 of 96, no healthy run more (0.5 gave 87, 1.5 88)."""
     plateau_level: float = 0.3
     """A plateau (the loss fell, then stopped) is called stuck without gradient evidence only when
     it is high — the recent median still ≥ this fraction of the median of the first

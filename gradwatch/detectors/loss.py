@@ -11,11 +11,15 @@
     steadily (slope t > −`progress_trend`). Warning, naming the strongest gradient evidence —
     decay through time (latest probe ratio ≤ `temporal_decay_ratio`), dead or saturated units
     (share ≥ `dead_share`), negligible updates (median ratio < `tiny_update_ratio`) — or saying
-    that none is visible (the remedy then starts with the data and the learning rate);
+    that none is visible (the remedy then starts with the data and the learning rate) — that
+    last one only after `progress_unexplained_steps` (40), since a healthy slow starter also
+    sits flat for 30 steps; a loss stuck *above* its start (it jumped up, then stays there
+    without climbing steadily: `LossProgress` "worse") is judged the same way;
   - plateau: the loss fell, then the last 3 × `progress_window` steps brought less than
     `progress_min`. A converged run plateaus too, so this warns only with dead or saturated units,
     or when the plateau is high (≥ `plateau_level` × the first losses) and every layer's median
-    update ratio is below `plateau_update_ratio` (steps too small to leave it).
+    update ratio is below `plateau_update_ratio` (steps too small to leave it) — weak evidence, so
+    that one also waits for `progress_unexplained_steps`.
   A loss that is still falling never raises it.
 * oscillation (exploding): a learning rate that is too high makes the loss climb for several
   steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
@@ -87,13 +91,15 @@ class SlowProgressDetector:
         self.progress.update(stats.loss)
         self._collect(stats)
         state = self.progress.state
-        if state not in ("stalled", "plateau"):
+        if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
         if found is None and state == "plateau":
             # a converged run plateaus too: only dead or saturated units, or a high plateau that small steps
             # cannot leave, say it is stuck
             return self._high_plateau(stats.step)
+        if found is None and self.progress.count < self.config.progress_unexplained_steps:
+            return []  # a flat loss alone: a slow start looks the same for a while
         if found is None:
             key = next(iter(self._kinds), None)
             return [self._alert(stats.step, key, "unexplained", (
@@ -107,6 +113,8 @@ class SlowProgressDetector:
         c, p = self.config, self.progress
         if p.recent is None or p.initial is None or p.recent < c.plateau_level * p.initial:
             return []
+        if p.count < c.progress_unexplained_steps:
+            return []  # small steps are weak evidence: it waits as long as a flat loss alone
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         if not full or max(full.values()) >= c.plateau_update_ratio:
             return []
@@ -117,7 +125,8 @@ class SlowProgressDetector:
             f"update ratio {fmt(full[key])} in {where(*key)}, threshold {fmt(c.plateau_update_ratio)})"))]
 
     def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
-        lead = "the loss is stuck at its starting level" if self.progress.state == "stalled" else "the loss has stopped improving"
+        lead = {"stalled": "the loss is stuck at its starting level", "worse": "the loss is above its starting level"}.get(
+            self.progress.state, "the loss has stopped improving")
         return make_alert(
             "slow_progress",
             "warning",

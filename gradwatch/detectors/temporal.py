@@ -163,6 +163,8 @@ class TemporalDecayDetector:
                 evidence += f"; and it hurts: {self.progress.describe()}"
             elif state == "plateau":
                 evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
+            elif state == "worse":
+                evidence += f"; {self.progress.describe()} (it got worse and stays there; slow_progress says whether it is stuck)"
             elif state == "improving":
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
