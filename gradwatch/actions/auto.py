@@ -182,6 +182,9 @@ class _UpdateBound:
         return self.limit is not None or self.weights is not None
 
     def _measure(self, batch: GradBatch, group_lrs: tuple[float, ...], device: torch.device) -> None:
+        if not any(lr > 0 for lr in group_lrs):  # scale-invariant optimizers, or none (updates by hand)
+            self.theta, self.group_of = None, []
+            return
         group_index: dict[int, int] = {}
         flat = 0
         for opt in batch.optimizers:
