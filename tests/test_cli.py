@@ -183,6 +183,48 @@ def test_run_clip_applies_to_a_script_that_updates_by_hand(tmp_path, capsys):
             assert layer["update_norm"] == pytest.approx(20 * coefficient * layer["grad_norm"], rel=1e-4)
 
 
+def test_remedies_name_the_cli_flag_under_gradwatch_run():
+    from gradwatch.detectors import remedies
+
+    assert "clip=1" in remedies.norm_spike(0.5) and "--clip" not in remedies.norm_spike(0.5)
+    with remedies.spelled_for_cli():
+        for text in (remedies.norm_spike(0.5), remedies.norm_absolute("RNN", True), remedies.large_updates(),
+                     remedies.norm_growth(), remedies.non_finite("gradients", None, None, None)):
+            assert "--clip norm:" in text and "clip=<" not in text and "watch(..., clip" not in text
+        assert "--clip norm:1 " in remedies.norm_spike(0.5) + " "
+    assert "--clip" not in remedies.norm_growth()  # reset when the run ends
+
+
+EXPLODING_SCRIPT = """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.RNN(4, 16, nonlinearity="relu"), nn.Linear(16, 1)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.copy_(1.5 * torch.eye(16))
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(6):
+        loss = model(torch.randn(40, 8, 4)).square().mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+
+def test_run_prints_remedies_with_the_cli_flag(tmp_path, capsys):
+    script = write_script(tmp_path, "boom.py", EXPLODING_SCRIPT)
+    assert main(["run", "--no-live", script]) == 0
+    err = capsys.readouterr().err
+    assert "remedy:" in err and "gradwatch run --clip norm:" in err
+    assert "gradwatch.watch(..., clip=" not in err
+
+
 @pytest.mark.parametrize("spelling", ["auto", "zclip", "autoclip", "agc:0.01", "value:1", "norm:0.25", "0.25"])
 def test_run_clip_takes_every_policy_by_its_cli_spelling(tmp_path, spelling):
     script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
