@@ -461,6 +461,33 @@ def healthy_verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
+def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30) -> dict[str, dict[str, float]]:
+    """What "auto"'s update bound sees, unclipped: lr_eff · ‖g‖ / ‖θ‖ (weights with auto's floors) at
+    step 0 and its median over the first `steps` steps (SGD-like optimizers only)."""
+    from gradwatch.actions.auto import _floor, effective_lr
+
+    out = {}
+    for task in tasks:
+        torch.manual_seed(seed)
+        model, opt, draw, loss_fn = task.build(seed)
+        lr = effective_lr(opt, opt.param_groups[0])
+        if lr == 0:
+            continue
+        ratios = []
+        for _ in range(steps):
+            x, y = draw()
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            g = float(nn.utils.clip_grad_norm_(model.parameters(), math.inf))
+            theta = math.sqrt(sum(max(float(p.detach().norm()), _floor(p)) ** 2 for p in model.parameters()))
+            if not math.isfinite(g):
+                break
+            ratios.append(lr * g / theta)
+            opt.step()
+        out[task.name] = {"step0": ratios[0], "median": statistics.median(ratios)}
+    return out
+
+
 # ------------------------------------------------------------------------------------ timing
 TIMING_MODELS = {"small": (None, 0, 0), "medium": (5000, 256, 512), "large": (10000, 512, 1024)}
 """size: (vocab, embedding, hidden) of an LSTM language model; "small" is the benchmark's RNN."""
@@ -603,7 +630,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="100 steps per run and fewer policies (smoke test)")
     parser.add_argument("--seeds", type=int, help="seeds per task and policy (default 10, 3 with --quick)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--ratios", action="store_true",
+                        help="only print lr_eff·‖g‖/‖θ‖ per task, unclipped (what auto's update bound sees)")
     args = parser.parse_args(argv)
+    if args.ratios:
+        torch.set_num_threads(1)
+        for name, r in update_ratios(EXPLODING + HEALTHY).items():
+            print(f"{name:>24}: step 0 {100 * r['step0']:.3g}%, median of 30 steps {100 * r['median']:.3g}%")
+        return {}
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     results = run_benchmark(quick=args.quick, seeds=args.seeds, log=lambda s: print(s, file=sys.stderr, flush=True))
