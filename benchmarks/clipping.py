@@ -7,8 +7,8 @@
     >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
 
 What it measures, per task and policy, over seeds 0 … N−1:
-- divergences: runs whose training loss became NaN/Inf, or whose final held-out loss is not
-  below the initial one;
+- divergences: runs whose training loss became NaN/Inf, or whose final held-out loss ended
+  above 1.05× the initial one (`BLEW_UP`);
 - final loss: held-out loss (8 fixed batches) averaged over 6 snapshots in the last sixth of
   training, then over the seeds that did not diverge (± its standard error in the verdict);
 - how often the policy clipped (share of steps with coefficient < 0.999) and how hard (median
@@ -331,6 +331,13 @@ HEALTHY = [
 
 SPLIT = {t.name: t.split for t in EXPLODING + HEALTHY}
 
+BLEW_UP = 1.05
+"""A run diverged when its final held-out loss ended above this × its initial loss (or became NaN/Inf).
+A run that merely stays at chance (temporal order, a multiplication seed whose initial prediction is
+already near the mean) did not learn but did not diverge either: the margin keeps those apart."""
+TRAINS = 0.95
+"""A fixed threshold 'trains' a task when its mean final loss is below this × the mean initial loss."""
+
 QUICK_GRID = (0.1, 1.0, 3.0, 10.0)
 """The fixed thresholds of a --quick run (a smoke test: fewer steps, fewer policies)."""
 
@@ -385,7 +392,7 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         if step > steps - tail and (steps - step) % max(tail // 5, 1) == 0:
             late.append(evaluate())
     final = statistics.fmean(late)  # the last sixth of training, 6 snapshots: less SGD jitter than one
-    diverged = not math.isfinite(final) or final >= initial
+    diverged = not math.isfinite(final) or final > BLEW_UP * initial
     return Run(initial, final, diverged, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
 
 
@@ -407,6 +414,7 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
         "final_loss": statistics.fmean(ok) if ok else None,
         "final_loss_sem": statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None,
         "final_losses": [r.final for r in runs],
+        "initial_loss": statistics.fmean(r.initial for r in runs),
         "clipped_share": statistics.fmean(r.clipped_share for r in runs),
         "clipped_coefficient": statistics.median(coefs) if coefs else None,
     }
@@ -427,7 +435,8 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per task: best fixed threshold (no divergence, lowest mean loss) and how 'auto' compares."""
     out = {}
     for task, by_policy in results.items():
-        fixed = {k: v for k, v in by_policy.items() if k.startswith("norm ") and v["divergences"] == 0}
+        fixed = {k: v for k, v in by_policy.items() if k.startswith("norm ") and v["divergences"] == 0
+                 and v["final_loss"] < TRAINS * v["initial_loss"]}
         best = min(fixed, key=lambda k: fixed[k]["final_loss"]) if fixed else None
         auto = by_policy.get("auto", {})
         ratio = ratio_sem = None
@@ -621,7 +630,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                      f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} |")
     lines.append("")
     lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
-                 "its loss became NaN/Inf or its final held-out loss was not below the initial one.")
+                 f"its loss became NaN/Inf or its final held-out loss ended above {BLEW_UP:g}× the initial one; a threshold "
+                 f"'trains' when its mean final loss is below {TRAINS:g}× the mean initial loss.")
     return "\n".join(lines)
 
 
