@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=10, metavar="N",
                         help="measure per-timestep gradient norms every N steps (default: 10)")
     parser.add_argument("--clip", default=None, metavar="POLICY",
-                        help="clip gradients after every backward, before the update: auto, norm:MAX_NORM (or a "
-                             "bare number), value:V, zclip[:Z], autoclip[:PERCENTILE], agc[:FACTOR], or "
-                             "NAME:KEY=VALUE,... (default: off)")
+                        help="clip gradients before each update (before optimizer.step(), or right after "
+                             "backward() for updates by hand): auto, norm:MAX_NORM (or a bare number), value:V, "
+                             "zclip[:Z], autoclip[:PERCENTILE], agc[:FACTOR], or NAME:KEY=VALUE,... (default: off)")
     parser.add_argument("--jsonl", default=None, metavar="PATH", help="write one JSON record per step to PATH")
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard events to DIR")
     parser.add_argument("--no-live", action="store_true",
