@@ -1,14 +1,18 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run (300 steps, 10 seeds per cell), prints Markdown tables
-    python benchmarks/clipping.py --seeds 3  # the issue's minimum (see below why 10 is the default)
-    python benchmarks/clipping.py --quick    # 100 steps, 3 seeds, fewer policies: a smoke test (~1 min)
+    python benchmarks/clipping.py            # full run: 10 exploding + 4 healthy tasks, 100 steps, 10 seeds per cell
+                                             # (~13 min of CPU on one thread of a 2-core Xeon VM)
+    python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
+    python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
     >>> from benchmarks.clipping import run_benchmark, to_markdown
     >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
 
+Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on which auto's
+constants may be chosen, "held-out" ones are only reported.
+
 What it measures, per task and policy, over seeds 0 … N−1:
-- divergences: runs whose training loss became NaN/Inf, or whose final held-out loss is not
-  below the initial one;
+- divergences: runs whose training loss became NaN/Inf, or whose final held-out loss ended
+  above 1.05× the initial one (`BLEW_UP`);
 - final loss: held-out loss (8 fixed batches) averaged over 6 snapshots in the last sixth of
   training, then over the seeds that did not diverge (± its standard error in the verdict);
 - how often the policy clipped (share of steps with coefficient < 0.999) and how hard (median
@@ -43,24 +47,25 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradwatch.actions import AGC, AutoClip, ZClip, build_actions  # noqa: E402
+from gradwatch.actions import AutoClip, ZClip, build_actions  # noqa: E402
 
 Batch = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
-FIXED_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+FIXED_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 """Thresholds tried for the fixed-norm policy (clip_grad_norm_)."""
 
 
 # ------------------------------------------------------------------------------------ tasks
 class Recurrent(nn.Module):
-    """One recurrent layer and a linear read-out at every timestep."""
+    """One recurrent layer and a linear read-out at every timestep (`last`: at the last one only)."""
 
-    def __init__(self, rnn: nn.Module, hidden: int, out: int) -> None:
+    def __init__(self, rnn: nn.Module, hidden: int, out: int, *, last: bool = False) -> None:
         super().__init__()
-        self.rnn, self.head = rnn, nn.Linear(hidden, out)
+        self.rnn, self.head, self.last = rnn, nn.Linear(hidden, out), last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0])
+        h = self.rnn(x)[0]
+        return self.head(h[-1] if self.last else h)
 
 
 class LM(nn.Module):
@@ -74,6 +79,14 @@ class LM(nn.Module):
 
 def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out - y).square().mean()
+
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def _bce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(out.reshape(-1), y.reshape(-1))
 
 
 def _delayed_copy(gen: torch.Generator, *, T: int, delay: int = 5, batch: int = 32) -> Batch:
@@ -99,49 +112,170 @@ def _markov_text(gen: torch.Generator, *, vocab: int = 16, T: int = 30, batch: i
     return draw
 
 
-def _irnn(gain: float) -> nn.Module:
+def _remember_sign(gen: torch.Generator, *, T: int, batch: int = 16) -> Batch:
+    """Noise x_t ~ N(0, 0.1²) with one marked step in the first tenth carrying ±1; label: its sign (at T)."""
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.zeros(T, batch, 2)
+        x[:, :, 0] = 0.1 * torch.randn(T, batch, generator=gen)
+        where = torch.randint(0, max(T // 10, 1), (batch,), generator=gen)
+        sign = torch.randint(0, 2, (batch,), generator=gen).float()
+        x[where, torch.arange(batch), 0] = 2 * sign - 1
+        x[where, torch.arange(batch), 1] = 1.0
+        return x, sign
+    return draw
+
+
+def _pascanu(gen: torch.Generator, kind: str, *, T: int, batch: int = 32) -> Batch:
+    """Pascanu, Mikolov & Bengio (2013) / Hochreiter & Schmidhuber (1997) pathological problems.
+
+    adding / multiplication: x_t = (u_t ~ U(0, 1), marker); two marked steps, one in each half of
+    the first half… second half; target: their sum / product (at T, MSE).
+    temporal order: symbols from 6 (one-hot); two of them (A or B) at steps in [T/10, 2T/10] and
+    [5T/10, 6T/10]; target: the class of the pair among AA, AB, BA, BB (at T, cross-entropy).
+    """
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(batch)
+        if kind == "order":
+            sym = torch.randint(2, 6, (T, batch), generator=gen)
+            i = torch.randint(T // 10, 2 * T // 10, (batch,), generator=gen)
+            j = torch.randint(5 * T // 10, 6 * T // 10, (batch,), generator=gen)
+            a, b = (torch.randint(0, 2, (batch,), generator=gen) for _ in range(2))
+            sym[i, rows], sym[j, rows] = a, b
+            return nn.functional.one_hot(sym, 6).float(), 2 * a + b
+        u = torch.rand(T, batch, generator=gen)
+        i = torch.randint(0, T // 2, (batch,), generator=gen)
+        j = torch.randint(T // 2, T, (batch,), generator=gen)
+        marker = torch.zeros(T, batch)
+        marker[i, rows] = marker[j, rows] = 1.0
+        first, second = u[i, rows], u[j, rows]
+        y = first + second if kind == "adding" else first * second
+        return torch.stack([u, marker], -1), y.unsqueeze(-1)
+    return draw
+
+
+def _corpus_words() -> list[str]:
+    """English text shipped with Python (the documentation topics behind `help()`), as lowercase words."""
+    import re
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    return re.findall(r"[a-z]+|[.,;:()]", text.lower())
+
+
+_CORPUS: dict[int, tuple[torch.Tensor, int]] = {}
+
+
+def _corpus(vocab: int) -> tuple[torch.Tensor, int]:
+    """Token ids of the corpus, with the `vocab − 1` most frequent words and <unk> (cached per vocab)."""
+    if vocab not in _CORPUS:
+        import collections
+
+        words = _corpus_words()
+        keep = [w for w, _ in collections.Counter(words).most_common(vocab - 1)]
+        index = {w: i + 1 for i, w in enumerate(keep)}
+        _CORPUS[vocab] = torch.tensor([index.get(w, 0) for w in words]), len(keep) + 1
+    return _CORPUS[vocab]
+
+
+def _word_lm(gen: torch.Generator, *, vocab: int = 1000, T: int = 20, batch: int = 16,
+             held_out: bool = False) -> Batch:
+    """Windows of T + 1 consecutive words: the first 90% of the corpus for training, the rest held out."""
+    ids, _ = _corpus(vocab)
+    cut = int(0.9 * len(ids))
+    lo, hi = (cut, len(ids)) if held_out else (0, cut)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(lo, hi - T - 1, (batch,), generator=gen)
+        window = torch.stack([ids[s:s + T + 1] for s in starts.tolist()], 1)
+        return window[:-1], window[1:]
+    return draw
+
+
+def _irnn(gain: float, *, inputs: int = 1, hidden: int = 64, out: int = 1, last: bool = False) -> nn.Module:
     """ReLU RNN with W_hh = gain · I and zero biases (Le, Jaitly & Hinton 2015, 'IRNN')."""
-    rnn = nn.RNN(1, 64, nonlinearity="relu")
+    rnn = nn.RNN(inputs, hidden, nonlinearity="relu")
     with torch.no_grad():
-        rnn.weight_hh_l0.copy_(gain * torch.eye(64))
+        rnn.weight_hh_l0.copy_(gain * torch.eye(hidden))
         rnn.bias_hh_l0.zero_()
         rnn.bias_ih_l0.zero_()
-    return Recurrent(rnn, 64, 1)
+    return Recurrent(rnn, hidden, out, last=last)
+
+
+Build = Callable[[int], tuple[nn.Module, torch.optim.Optimizer, Batch, Callable]]
 
 
 @dataclass
 class Task:
     name: str
     description: str
-    build: Callable[[int], tuple[nn.Module, torch.optim.Optimizer, Batch, Callable]]
+    build: Build
+    split: str = "held-out"
+    """"calibration": auto's constants were chosen on this task; "held-out": they were not."""
+    steps: int = 100
+    held_out: Callable[[torch.Generator], Batch] | None = None
+    """Draws the held-out batches from another part of the data (default: the training distribution)."""
+    schedule: Callable[[int], float] | None = None
+    """Learning-rate multiplier at each step (LambdaLR-style), or None for a constant rate."""
 
 
-def _sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+def _sgd(model: nn.Module, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
 
 
-def _high_gain(seed: int):
+def _irnn_sign(T: int, lr: float) -> Build:
+    def build(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        model = _irnn(1.0, inputs=2, hidden=32, last=True)
+        return model, _sgd(model, lr, 0.0), _remember_sign(gen, T=T), _bce
+    return build
+
+
+def _vanilla(kind: str, T: int, lr: float, *, momentum: float = 0.0, relu: bool = False) -> Build:
+    def build(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        features, out, loss = (6, 4, _cross_entropy) if kind == "order" else (2, 1, _mse)
+        rnn = nn.RNN(features, 32, nonlinearity="relu" if relu else "tanh")
+        model = Recurrent(rnn, 32, out, last=True)
+        return model, _sgd(model, lr, momentum), _pascanu(gen, kind, T=T), loss
+    return build
+
+
+def _word_lm_sgd20(seed: int):
+    """pytorch/examples word_language_model: init U(±0.1), plain SGD at lr 20 (its hand-tuned clip: 0.25)."""
     gen = torch.Generator().manual_seed(seed)
-    model = _irnn(1.1)
-    return model, _sgd(model, 0.01), _delayed_copy(gen, T=50), _mse
+    _, vocab = _corpus(1000)
+    model = LM(vocab, nn.LSTM, emb=32, hidden=64)
+    with torch.no_grad():
+        model.emb.weight.uniform_(-0.1, 0.1)
+        model.head.weight.uniform_(-0.1, 0.1)
+        model.head.bias.zero_()
+    return model, _sgd(model, 20.0, 0.0), _word_lm(gen), _cross_entropy
 
 
-def _lr_too_high(seed: int):
+def _gated_lr_too_high(cell: type[nn.Module], lr: float) -> Build:
+    def build(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        model = LM(16, cell)
+        return model, _sgd(model, lr), _markov_text(gen), _cross_entropy
+    return build
+
+
+def _warmup_overshoot(seed: int):
     gen = torch.Generator().manual_seed(seed)
     model = Recurrent(nn.RNN(1, 64), 64, 1)
     return model, _sgd(model, 0.3), _delayed_copy(gen, T=40), _mse
 
 
-def _long_sequence(seed: int):
+def _relu_rnn(seed: int):
     gen = torch.Generator().manual_seed(seed)
-    model = _irnn(1.0)
-    return model, _sgd(model, 0.01), _delayed_copy(gen, T=200), _mse
+    model = _irnn(1.1)
+    return model, _sgd(model, 0.01), _delayed_copy(gen, T=50), _mse
 
 
 def _healthy_rnn_sgd(seed: int):
     gen = torch.Generator().manual_seed(seed)
     model = Recurrent(nn.RNN(1, 64), 64, 1)
-    return model, _sgd(model, 0.03), _delayed_copy(gen, T=40), _mse
+    return model, _sgd(model, 0.01), _delayed_copy(gen, T=40), _mse
 
 
 def _healthy_lstm_adam(seed: int):
@@ -150,36 +284,63 @@ def _healthy_lstm_adam(seed: int):
     return model, torch.optim.Adam(model.parameters(), lr=3e-3), _markov_text(gen), _cross_entropy
 
 
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
 def _healthy_gru_sgd(seed: int):
     gen = torch.Generator().manual_seed(seed)
     model = LM(16, nn.GRU)
     return model, torch.optim.SGD(model.parameters(), lr=1.0), _markov_text(gen), _cross_entropy
 
 
-def _aggressive_gru_sgd(seed: int):
+def _healthy_batch_one(seed: int):
     gen = torch.Generator().manual_seed(seed)
-    model = LM(16, nn.GRU)
-    return model, _sgd(model, 0.5), _markov_text(gen), _cross_entropy
+    model = LM(16, nn.LSTM)
+    return model, torch.optim.SGD(model.parameters(), lr=0.3), _markov_text(gen, batch=1), _cross_entropy
+
+
+def _warmup(peak_at: int, steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the optimizer's lr at `peak_at`, then linear decay to 10% at `steps`."""
+    return lambda t: (t + 1) / peak_at if t < peak_at else max(0.1, 1 - 0.9 * (t - peak_at) / max(steps - peak_at, 1))
 
 
 EXPLODING = [
-    Task("high-gain RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _high_gain),
-    Task("LR too high", "tanh RNN, default init, delayed copy T=40, SGD lr 0.3 m 0.9 (10× the stable lr)", _lr_too_high),
-    Task("long sequence", "ReLU RNN, W_hh = I, delayed copy T=200, SGD lr 0.01 m 0.9", _long_sequence),
+    Task("IRNN T=150", "IRNN (W_hh = I, ReLU, H 32), remember the sign of a marked step over T=150, plain SGD lr 0.01",
+         _irnn_sign(150, 0.01), split="calibration"),
+    Task("IRNN T=300", "the same over T=300", _irnn_sign(300, 0.01)),
+    Task("adding T=50", "Pascanu et al. adding problem, tanh RNN H 32, T=50, plain SGD lr 0.5",
+         _vanilla("adding", 50, 0.5), split="calibration"),
+    Task("multiplication T=50", "Pascanu et al. multiplication problem, tanh RNN H 32, T=50, plain SGD lr 0.5",
+         _vanilla("multiplication", 50, 0.5)),
+    Task("temporal order T=20", "Pascanu et al. temporal order problem (4 classes), tanh RNN H 32, T=20, plain SGD lr 1",
+         _vanilla("order", 20, 1.0)),
+    Task("word LM (SGD lr 20)", "word-level LSTM LM (1000 words of Python's own docs, emb 32, H 64, bptt 20), "
+         "plain SGD lr 20 (word_language_model recipe; hand-tuned clip 0.25)", _word_lm_sgd20, split="calibration",
+         held_out=lambda gen: _word_lm(gen, held_out=True)),
+    Task("LSTM lr too high", "LSTM LM on a Markov chain, SGD lr 10 m 0.9", _gated_lr_too_high(nn.LSTM, 10.0),
+         split="calibration"),
+    Task("GRU lr too high", "GRU LM on a Markov chain, SGD lr 4 m 0.9", _gated_lr_too_high(nn.GRU, 4.0)),
+    Task("warm-up overshoot", "tanh RNN, delayed copy T=40, SGD m 0.9, lr warmed up to 0.3 over 30 steps then decayed",
+         _warmup_overshoot, schedule=_warmup(30, 100)),
+    Task("ReLU RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _relu_rnn),
 ]
 HEALTHY = [
-    Task("tanh RNN + SGD", "tanh RNN, delayed copy T=40, SGD lr 0.03 m 0.9", _healthy_rnn_sgd),
-    Task("LSTM LM + Adam", "LSTM language model on a Markov chain, Adam lr 3e-3", _healthy_lstm_adam),
+    Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,
+         split="calibration"),
+    Task("LSTM LM + Adam", "LSTM language model on a Markov chain, Adam lr 3e-3", _healthy_lstm_adam,
+         split="calibration"),
     Task("GRU LM + SGD", "GRU language model on a Markov chain, SGD lr 1 (Zaremba-style, no momentum)",
          _healthy_gru_sgd),
-    Task("GRU LM + fast SGD", "the same with SGD lr 0.5 m 0.9 (lr_eff = lr / (1 − m) = 5)",
-         _aggressive_gru_sgd),
+    Task("LSTM LM batch 1", "LSTM language model on a Markov chain, batch size 1, plain SGD lr 0.3",
+         _healthy_batch_one),
 ]
 
+
+SPLIT = {t.name: t.split for t in EXPLODING + HEALTHY}
+
+BLEW_UP = 1.05
+"""A run diverged when its final held-out loss ended above this × its initial loss (or became NaN/Inf).
+A run that merely stays at chance (temporal order, a multiplication seed whose initial prediction is
+already near the mean) did not learn but did not diverge either: the margin keeps those apart."""
+TRAINS = 0.95
+"""A fixed threshold 'trains' a task when its mean final loss is below this × the mean initial loss."""
 
 QUICK_GRID = (0.1, 1.0, 3.0, 10.0)
 """The fixed thresholds of a --quick run (a smoke test: fewer steps, fewer policies)."""
@@ -188,7 +349,7 @@ QUICK_GRID = (0.1, 1.0, 3.0, 10.0)
 def policies(*, quick: bool = False) -> list[tuple[str, Any]]:
     """(label, watch(clip=...) value) for every policy compared."""
     fixed = [(f"norm {v:g}", v) for v in (QUICK_GRID if quick else FIXED_GRID)]
-    adaptive = [("zclip", ZClip())] if quick else [("autoclip", AutoClip()), ("zclip", ZClip()), ("agc", AGC())]
+    adaptive = [("zclip", ZClip())] if quick else [("autoclip", AutoClip()), ("zclip", ZClip())]
     return [("none", None), *fixed, *adaptive, ("auto", "auto")]
 
 
@@ -203,13 +364,16 @@ class Run:
     seconds: float
 
 
-def train(task: Task, clip: Any, seed: int, steps: int) -> Run:
+def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
     """Train one run of `task` with `clip`; the loss is read on the host only for the record."""
     torch.manual_seed(seed)
     model, opt, draw, loss_fn = task.build(seed)
+    steps = steps or task.steps
     actions = build_actions(clip, False)
     monitor = types.SimpleNamespace(optimizers=[opt])
-    held_out = [draw() for _ in range(8)]
+    sample = task.held_out(torch.Generator().manual_seed(10_000 + seed)) if task.held_out else draw
+    held_out = [sample() for _ in range(8)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
 
     def evaluate() -> float:
         with torch.no_grad():
@@ -225,12 +389,14 @@ def train(task: Task, clip: Any, seed: int, steps: int) -> Run:
         if actions is not None:
             coefs.append(float(actions.before_step(monitor)["clip"][2]))
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if not math.isfinite(float(loss.detach())):
             return Run(initial, math.nan, True, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
         if step > steps - tail and (steps - step) % max(tail // 5, 1) == 0:
             late.append(evaluate())
     final = statistics.fmean(late)  # the last sixth of training, 6 snapshots: less SGD jitter than one
-    diverged = not math.isfinite(final) or final >= initial
+    diverged = not math.isfinite(final) or final > BLEW_UP * initial
     return Run(initial, final, diverged, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
 
 
@@ -252,12 +418,13 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
         "final_loss": statistics.fmean(ok) if ok else None,
         "final_loss_sem": statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None,
         "final_losses": [r.final for r in runs],
+        "initial_loss": statistics.fmean(r.initial for r in runs),
         "clipped_share": statistics.fmean(r.clipped_share for r in runs),
         "clipped_coefficient": statistics.median(coefs) if coefs else None,
     }
 
 
-def efficacy(tasks: list[Task], labelled: list[tuple[str, Any]], *, seeds: int, steps: int,
+def efficacy(tasks: list[Task], labelled: list[tuple[str, Any]], *, seeds: int, steps: int | None,
              log: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -272,16 +439,65 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per task: best fixed threshold (no divergence, lowest mean loss) and how 'auto' compares."""
     out = {}
     for task, by_policy in results.items():
-        fixed = {k: v for k, v in by_policy.items() if k.startswith("norm ") and v["divergences"] == 0}
+        fixed = {k: v for k, v in by_policy.items() if k.startswith("norm ") and v["divergences"] == 0
+                 and v["final_loss"] < TRAINS * v["initial_loss"]}
         best = min(fixed, key=lambda k: fixed[k]["final_loss"]) if fixed else None
         auto = by_policy.get("auto", {})
-        ratio = (auto["final_loss"] / fixed[best]["final_loss"]
-                 if best and auto.get("final_loss") is not None else None)
-        out[task] = {"best_fixed": best, "best_fixed_loss": fixed[best]["final_loss"] if best else None,
+        ratio = ratio_sem = None
+        if best and auto.get("final_loss") is not None:
+            b, a = fixed[best], auto
+            ratio = a["final_loss"] / b["final_loss"]
+            # s.e. of a ratio of two independent means (first-order propagation)
+            rel = [(x["final_loss_sem"] or 0.0) / x["final_loss"] for x in (a, b) if x["final_loss"]]
+            ratio_sem = ratio * math.sqrt(sum(r * r for r in rel))
+        out[task] = {"split": SPLIT.get(task), "best_fixed": best,
+                     "best_fixed_loss": fixed[best]["final_loss"] if best else None,
                      "best_fixed_sem": fixed[best]["final_loss_sem"] if best else None,
                      "auto_loss": auto.get("final_loss"), "auto_sem": auto.get("final_loss_sem"),
-                     "auto_over_best": ratio,
-                     "auto_divergences": auto.get("divergences")}
+                     "auto_over_best": ratio, "auto_over_best_sem": ratio_sem,
+                     "auto_divergences": auto.get("divergences"),
+                     "none_divergences": by_policy.get("none", {}).get("divergences")}
+    return out
+
+
+def healthy_verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per healthy task: share of steps 'auto' clipped, and its final loss against no clipping."""
+    out = {}
+    for task, by_policy in results.items():
+        none, auto = by_policy.get("none", {}), by_policy.get("auto", {})
+        ratio = (auto["final_loss"] / none["final_loss"]
+                 if auto.get("final_loss") is not None and none.get("final_loss") else None)
+        out[task] = {"split": SPLIT.get(task), "clipped_share": auto.get("clipped_share"),
+                     "none_loss": none.get("final_loss"), "none_sem": none.get("final_loss_sem"),
+                     "auto_loss": auto.get("final_loss"), "auto_sem": auto.get("final_loss_sem"),
+                     "auto_over_none": ratio, "auto_divergences": auto.get("divergences")}
+    return out
+
+
+def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30) -> dict[str, dict[str, float]]:
+    """What "auto"'s update bound sees, unclipped: lr_eff · ‖g‖ / ‖θ‖ (weights with auto's floors) at
+    step 0 and its median over the first `steps` steps (SGD-like optimizers only)."""
+    from gradwatch.actions.auto import _floor, effective_lr
+
+    out = {}
+    for task in tasks:
+        torch.manual_seed(seed)
+        model, opt, draw, loss_fn = task.build(seed)
+        lr = effective_lr(opt, opt.param_groups[0])
+        if lr == 0:
+            continue
+        ratios = []
+        for _ in range(steps):
+            x, y = draw()
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            g = float(nn.utils.clip_grad_norm_(model.parameters(), math.inf))
+            theta = math.sqrt(sum(max(float(p.detach().norm()), _floor(p)) ** 2 for p in model.parameters()))
+            if not math.isfinite(g):
+                break
+            ratios.append(lr * g / theta)
+            opt.step()
+        out[task.name] = {"step0": ratios[0], "median": statistics.median(ratios)}
     return out
 
 
@@ -343,19 +559,20 @@ def run_benchmark(*, quick: bool = False, seeds: int | None = None,
     """Everything, as a JSON-ready dict: settings, efficacy, healthy runs, verdict, timing.
     `seeds` per cell: 10 by default, 3 with `quick`."""
     torch.set_num_threads(1)
-    steps = 100 if quick else 300
+    steps = 40 if quick else None  # None: each task's own length (100 steps)
     seeds = seeds if seeds is not None else (3 if quick else 10)
     labelled = policies(quick=quick)
     exploding = efficacy(EXPLODING, labelled, seeds=seeds, steps=steps, log=log)
     healthy_policies = [p for p in labelled if p[0] in (("none", "auto") if quick else ("none", "zclip", "autoclip", "auto"))]
     healthy = efficacy(HEALTHY, healthy_policies, seeds=seeds, steps=steps, log=log)
     results = {
-        "settings": {"steps": steps, "seeds": seeds, "fixed_grid": list(QUICK_GRID if quick else FIXED_GRID),
+        "settings": {"steps": steps or EXPLODING[0].steps, "seeds": seeds, "fixed_grid": list(QUICK_GRID if quick else FIXED_GRID),
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick},
         "tasks": {t.name: t.description for t in EXPLODING + HEALTHY},
         "exploding": exploding,
         "healthy": healthy,
         "verdict": verdict(exploding),
+        "healthy_verdict": healthy_verdict(healthy),
         "timing_us": timing(quick=quick),
     }
     # flat rows and the Markdown table, as benchmarks/bench.py (`gradwatch bench`) consumes them
@@ -392,12 +609,21 @@ def to_markdown(results: dict[str, Any]) -> str:
                              + (f" ×{r['clipped_coefficient']:.2g}" if r["clipped_coefficient"] is not None else ""))
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### 'auto' against the best fixed threshold", "",
-              "| task | best fixed | its loss (± s.e.) | auto loss (± s.e.) | auto / best | auto divergences |", "|---|---|---|---|---|---|"]
+    lines += ["### 'auto' against the best fixed threshold (s.e. over seeds)", "",
+              "| task | split | best fixed | its loss | auto loss | auto / best | auto div. | unclipped div. |",
+              "|---|---|---|---|---|---|---|---|"]
     for task, v in results["verdict"].items():
-        lines.append(f"| {task} | {v['best_fixed']} | {_pm(v['best_fixed_loss'], v.get('best_fixed_sem'))} | "
+        lines.append(f"| {task} | {v.get('split')} | {v['best_fixed']} | {_pm(v['best_fixed_loss'], v.get('best_fixed_sem'))} | "
                      f"{_pm(v['auto_loss'], v.get('auto_sem'))} | "
-                     f"{_fmt(v['auto_over_best'], '.3f')} | {v['auto_divergences']} |")
+                     f"{_pm(v['auto_over_best'], v.get('auto_over_best_sem'))} | "
+                     f"{v['auto_divergences']}/{s['seeds']} | {v.get('none_divergences')}/{s['seeds']} |")
+    lines += ["", "### Healthy runs: does 'auto' stay out of the way?", "",
+              "| task | split | steps clipped by auto | unclipped loss | auto loss | auto / unclipped |",
+              "|---|---|---|---|---|---|"]
+    for task, v in results.get("healthy_verdict", {}).items():
+        lines.append(f"| {task} | {v.get('split')} | {100 * (v['clipped_share'] or 0):.1f}% | "
+                     f"{_pm(v['none_loss'], v.get('none_sem'))} | {_pm(v['auto_loss'], v.get('auto_sem'))} | "
+                     f"{_fmt(v['auto_over_none'], '.3f')} |")
     lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks)", "",
               "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD) / cgn | auto (Adam) / cgn |",
               "|---|---|---|---|---|---|---|---|"]
@@ -408,16 +634,24 @@ def to_markdown(results: dict[str, Any]) -> str:
                      f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} |")
     lines.append("")
     lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
-                 "its loss became NaN/Inf or its final held-out loss was not below the initial one.")
+                 f"its loss became NaN/Inf or its final held-out loss ended above {BLEW_UP:g}× the initial one; a threshold "
+                 f"'trains' when its mean final loss is below {TRAINS:g}× the mean initial loss.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 steps per run and fewer policies (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="40 steps per run, 3 seeds, fewer policies (smoke test)")
     parser.add_argument("--seeds", type=int, help="seeds per task and policy (default 10, 3 with --quick)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--ratios", action="store_true",
+                        help="only print lr_eff·‖g‖/‖θ‖ per task, unclipped (what auto's update bound sees)")
     args = parser.parse_args(argv)
+    if args.ratios:
+        torch.set_num_threads(1)
+        for name, r in update_ratios(EXPLODING + HEALTHY).items():
+            print(f"{name:>24}: step 0 {100 * r['step0']:.3g}%, median of 30 steps {100 * r['median']:.3g}%")
+        return {}
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     results = run_benchmark(quick=args.quick, seeds=args.seeds, log=lambda s: print(s, file=sys.stderr, flush=True))

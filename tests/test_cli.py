@@ -156,11 +156,94 @@ def test_run_clip_acts_before_the_optimizer_step(tmp_path):
     assert all(r["clip"]["norm_after"] == pytest.approx(0.05, rel=1e-4) for r in records)
 
 
-def test_run_clip_is_declined_for_a_script_without_optimizer(tmp_path, capsys):
+def test_run_clip_applies_to_a_script_that_updates_by_hand(tmp_path, capsys):
+    """Bug: `--clip` printed "does not apply" for scripts without an optimizer. Now the gradients are
+    clipped right after backward(), before the hand-written update: the run follows, step by step,
+    the same script clipping itself with torch.nn.utils.clip_grad_norm_(..., 0.25)."""
+    reference, clipped = tmp_path / "reference.json", tmp_path / "clipped.json"
+    common = [WORD_LM, "--steps", "12", "--eval-every", "100", "--model", "RNN_TANH", "--lr", "20"]  # the recipe's lr
+    subprocess.run([sys.executable, *common, "--clip", "0.25", "--log-norms", str(reference)], check=True,
+                   capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     jsonl = tmp_path / "run.jsonl"
-    assert main(["run", "--no-live", "--clip", "0.5", "--jsonl", str(jsonl), WORD_LM, "--steps", "3"]) == 0
-    assert "--clip does not apply" in capsys.readouterr().err
-    assert [r["clip"] for r in steps_of(jsonl)] == [None] * 3
+    # the script's own clip_grad_norm_ is told 1e9 (no effect): only gradwatch clips
+    status = main(["run", "--no-live", "--clip", "norm:0.25", "--jsonl", str(jsonl),
+                   *common, "--clip", "1e9", "--log-norms", str(clipped)])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "does not apply" not in err and "--clip acts after each backward()" in err
+    before = json.loads(reference.read_text())  # clip_grad_norm_'s norms before clipping, reference run
+    after = json.loads(clipped.read_text())     # what the script's update saw under gradwatch run
+    records = steps_of(jsonl)
+    assert [r["grad_norm"] for r in records] == pytest.approx(before, rel=1e-4)  # same trajectory
+    assert after == pytest.approx([min(n, 0.25) for n in before], rel=1e-4)
+    assert max(before) > 0.25 * 2  # the test clips for real
+    for r, total in zip(records, before):
+        coefficient = min(1.0, 0.25 / (total + 1e-6))
+        for layer in r["layers"].values():
+            assert layer["update_norm"] == pytest.approx(20 * coefficient * layer["grad_norm"], rel=1e-4)
+
+
+def test_remedies_name_the_cli_flag_under_gradwatch_run():
+    from gradwatch.detectors import remedies
+
+    assert "clip=1" in remedies.norm_spike(0.5) and "--clip" not in remedies.norm_spike(0.5)
+    with remedies.spelled_for_cli():
+        for text in (remedies.norm_spike(0.5), remedies.norm_absolute("RNN", True), remedies.large_updates(),
+                     remedies.norm_growth(), remedies.non_finite("gradients", None, None, None)):
+            assert "--clip norm:" in text and "clip=<" not in text and "watch(..., clip" not in text
+        assert "--clip norm:1 " in remedies.norm_spike(0.5) + " "
+    assert "--clip" not in remedies.norm_growth()  # reset when the run ends
+
+
+EXPLODING_SCRIPT = """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.RNN(4, 16, nonlinearity="relu"), nn.Linear(16, 1)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.copy_(1.5 * torch.eye(16))
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(6):
+        loss = model(torch.randn(40, 8, 4)).square().mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+
+def test_run_prints_remedies_with_the_cli_flag(tmp_path, capsys):
+    script = write_script(tmp_path, "boom.py", EXPLODING_SCRIPT)
+    assert main(["run", "--no-live", script]) == 0
+    err = capsys.readouterr().err
+    assert "remedy:" in err and "gradwatch run --clip norm:" in err
+    assert "gradwatch.watch(..., clip=" not in err
+
+
+@pytest.mark.parametrize("spelling", ["auto", "zclip", "autoclip", "agc:0.01", "value:1", "norm:0.25", "0.25"])
+def test_run_clip_takes_every_policy_by_its_cli_spelling(tmp_path, spelling):
+    script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
+    jsonl, ref = tmp_path / "run.jsonl", tmp_path / "ref.json"
+    assert main(["run", "--no-live", "--clip", spelling, "--jsonl", str(jsonl), script, "3", str(ref)]) == 0
+    records = steps_of(jsonl)
+    expected = spelling.partition(":")[0] if not spelling[0].isdigit() else "norm"
+    assert records and all(r["clip"]["policy"] == expected for r in records)
+
+
+def test_run_clip_error_lists_cli_spellings_not_constructors(tmp_path, capsys):
+    script = write_script(tmp_path, "tagger.py", OPTIMIZER_SCRIPT)
+    status = main(["run", "--no-live", "--clip", "zclip:beta=3", script, "3", str(tmp_path / "ref.json")])
+    assert status != 0
+    err = capsys.readouterr().err
+    assert "--clip zclip:beta=3" in err and "alpha, z_threshold" in err
+    status = main(["run", "--no-live", "--clip", "Zclipp", script])
+    err = capsys.readouterr().err
+    assert status != 0 and "norm:MAX_NORM" in err and "zclip" in err and "ZClip(" not in err
 
 
 def test_run_watches_each_model_of_a_seq2seq_script(tmp_path, capsys):

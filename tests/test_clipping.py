@@ -477,6 +477,58 @@ def test_policies_reject_bad_settings(make):
         make()
 
 
+# --------------------------------------------------------------------------- --clip spellings (CLI)
+@pytest.mark.parametrize("text,expected", [
+    ("auto", Auto()), ("AUTO", Auto()), ("0.25", Norm(0.25)), ("norm:0.25", Norm(0.25)), ("value:1", Value(1.0)),
+    ("zclip", ZClip()), ("zclip:3", ZClip(z_threshold=3.0)), ("zclip:alpha=0.95,z_threshold=3", ZClip(alpha=0.95, z_threshold=3.0)),
+    ("autoclip", AutoClip()), ("autoclip:25", AutoClip(percentile=25.0)), ("agc:0.02", AGC(clip_factor=0.02)),
+    ("auto:max_update=0.02", Auto(max_update=0.02)), (" norm : 1e-1 ", Norm(0.1)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_cli_clip_spellings_parse_to_the_same_policy_as_the_python_api(text, expected):
+    from gradwatch.actions.spelling import cli_spelling, parse_clip
+
+    policy = parse_clip(text)
+    assert policy == expected
+    assert parse_clip(cli_spelling(policy)) == policy  # the spelling remedies print reads back
+
+
+@pytest.mark.parametrize("text,says", [
+    ("fast", "is not a clipping policy"), ("ZClip()", "is not a clipping policy"), ("norm", "needs its threshold"),
+    ("norm:-1", "max_norm must be a positive"), ("-1", "positive finite"), ("nan", "positive finite"),
+    ("zclip:beta=2", "alpha, z_threshold"), ("value:x", "must be a number"), ("auto:3", "KEY=VALUE"),
+    ("auto:min_std=0.9", "must not exceed"),
+])
+def test_cli_clip_errors_list_cli_spellings_not_constructors(text, says):
+    from gradwatch.actions.spelling import parse_clip
+
+    with pytest.raises(GradwatchError) as info:
+        parse_clip(text)
+    message = str(info.value)
+    assert says in message and f"--clip {text}".replace("'", "") in message.replace("'", "")
+    rest = message.replace(text, "")
+    assert "gradwatch.actions" not in rest and "ZClip(" not in rest and "Norm(" not in rest
+
+
+def test_clip_by_hand_equals_clip_grad_norm_and_auto_needs_no_optimizer():
+    """Scripts that update by hand (no optimizer): the same coefficient as clip_grad_norm_; 'auto' keeps
+    its spike bound only (no learning rate to bound the update with)."""
+    torch.manual_seed(0)
+    params, ref = list(Net().parameters()), list(Net().parameters())
+    before = set_grads(params, 3.0, 0)
+    for r, b in zip(ref, before):
+        r.grad = b.clone()
+    record = build_actions(Norm(0.25), False).clip_by_hand(params)["clip"]
+    returned = nn.utils.clip_grad_norm_(ref, 0.25)
+    assert record[0].item() == pytest.approx(float(returned), rel=1e-6)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.grad, r.grad, rtol=0, atol=0)
+    auto = build_actions("auto", False)
+    coefs = [auto.clip_by_hand(params)["clip"][2].item() for step in range(12) if set_grads(params, 1.0, step)]
+    assert coefs == [1.0] * 12  # ordinary noise: nothing to clip, and no update bound without a learning rate
+    set_grads(params, 1e3, 99)
+    assert auto.clip_by_hand(params)["clip"][2].item() < 0.01  # a spike is still cut
+
+
 def test_clip_needs_an_optimizer_and_not_lbfgs():
     model = SeqClassifier()
     with pytest.raises(GradwatchError, match="needs the optimizer"):
@@ -675,3 +727,19 @@ def test_constant_clipping_is_reported_through_the_detector_suite():
     mon.close()
     found = [a for a in mon.alerts if a.sign == "constant_clipping"]
     assert found and found[-1].severity == "warning" and found[-1].problem == "exploding"
+
+
+# ------------------------------------------------------------------------- benchmarks/clipping.py
+def test_every_clipping_benchmark_task_builds_and_trains_a_few_steps():
+    """Smoke test of the efficacy benchmark's tasks (the numbers come from `python benchmarks/clipping.py`)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import clipping as bench
+
+    assert len(bench.EXPLODING) >= 8 and len(bench.HEALTHY) >= 4
+    assert {t.split for t in bench.EXPLODING} == {"calibration", "held-out"}
+    for task in bench.EXPLODING + bench.HEALTHY:
+        run = bench.train(task, "auto", seed=0, steps=3)
+        assert math.isfinite(run.initial) and 0 <= run.clipped_share <= 1, task.name

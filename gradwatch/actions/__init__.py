@@ -108,6 +108,22 @@ class Actions:
         return {"clip": record, "policy": self.clipper.name}
 
 
+    def clip_by_hand(self, params: Sequence[torch.Tensor]) -> dict:
+        """Clip the gradients of `params` that a script is about to apply by hand (no optimizer:
+        `p.data.add_(p.grad, alpha=-lr)`), as `before_step` clips an optimizer's. Call it right
+        after backward. The non-finite guard does not apply (it skips by dropping `p.grad`, which
+        a hand-written update would trip on), and no optimizer means no learning rate: "auto"
+        keeps its spike bound only."""
+        if self.clipper is None:
+            return {}
+        batch = GradBatch([p for p in params if p.grad is not None])
+        if not batch.params:
+            return {}
+        with torch.no_grad():
+            record = self.clipper.clip_(batch)
+        return {"clip": record, "policy": self.clipper.name}
+
+
 def build_actions(
     clip: Any,
     skip_nonfinite: Any,

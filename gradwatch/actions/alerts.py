@@ -56,8 +56,10 @@ def constant_clipping(
         remedy = ("'auto' clips this often when updates would be too large for the weights: the learning rate "
                   "is probably too high; lower it (or warm it up) until clipping becomes rare.")
     else:
+        from ..detectors.remedies import auto_clip_option  # here: gradwatch.detectors imports this module
+
         remedy = ("the threshold is probably below this model's normal gradient scale (raise it towards the "
-                  "median norm, or use clip='auto'), or the learning rate is too high.")
+                  f"median norm, or use {auto_clip_option()}), or the learning rate is too high.")
     return Alert(
         problem="exploding",
         sign="constant_clipping",

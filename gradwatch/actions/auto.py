@@ -59,10 +59,22 @@ statistics live depends on where the gradients live.
 
 Plus a weight-norm pass every `refresh` steps (SGD-like optimizers only).
 
-Benchmark (`benchmarks/clipping.py`, 10 seeds): no divergence in 30 exploding runs, final loss
-1.03× / 0.92× / 1.02× the best fixed threshold of a grid; healthy Adam and plain-SGD runs are
-clipped on 0.2–0.3% of their steps, a tanh RNN with momentum SGD on 9% (×0.7), SGD at
-lr_eff = 5 on 59% (×0.88, same final loss); see the README's table.
+Without an optimizer (`gradwatch run --clip auto` on a script that updates its parameters by
+hand) there is no learning rate to read: only the spike bound applies.
+
+Benchmark (`python benchmarks/clipping.py`: 10 exploding tasks and 4 healthy runs × 10 seeds,
+docs/updates/14-clipping.md has the tables): 2 of 100 exploding runs ended above 1.05× their
+initial loss (none overflowed); final loss within 10% of the grid's best fixed threshold on 6
+of the 9 tasks that a fixed threshold trains (0.99–1.05×), better than every fixed threshold on
+the temporal-order task, 1.83× on a warm-up that overshoots, 5.7–8.8× on the IRNN (below);
+healthy runs: final loss unchanged, 0–0.3% of steps clipped, 1.7% with batch size 1.
+
+What no rule here can do: an identity-initialised ReLU RNN (IRNN) on T = 150–300 trains only
+with a threshold of 0.1–1, 8× (T = 150) to over 100× (T = 300) below its first gradient norm,
+i.e. updates of 0.015–0.15% of ‖θ‖ from step 0 on; a healthy plain-SGD GRU language model moves 1.1–1.9% of ‖θ‖ every step
+(`python benchmarks/clipping.py --ratios`). The update bound cannot tell them apart, and the
+spike bound has no history at step 0; what separates them is the recurrence's sensitivity
+(≈ T through an identity W_hh), which the gradients, the weights and the learning rate do not show.
 """
 
 from __future__ import annotations
@@ -182,6 +194,9 @@ class _UpdateBound:
         return self.limit is not None or self.weights is not None
 
     def _measure(self, batch: GradBatch, group_lrs: tuple[float, ...], device: torch.device) -> None:
+        if not any(lr > 0 for lr in group_lrs):  # scale-invariant optimizers, or none (updates by hand)
+            self.theta, self.group_of = None, []
+            return
         group_index: dict[int, int] = {}
         flat = 0
         for opt in batch.optimizers:

@@ -40,7 +40,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from ..capture.modules import RECURRENT_KINDS, find_recurrent
 from ..capture.optimizer_hooks import closure_of
+from ..actions import Actions, build_actions
+from ..actions.spelling import parse_clip
 from ..capture.stack import installed_adapter
+from ..detectors.remedies import spelled_for_cli
 from ..errors import GradwatchError
 from ..monitor import Monitor
 from ..sinks.logging_sink import plain_width
@@ -55,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=positive_int, default=10, metavar="N",
                         help="measure per-timestep gradient norms every N steps (default: 10)")
     parser.add_argument("--clip", default=None, metavar="POLICY",
-                        help="clip gradients: a max norm (e.g. 1.0) or a policy name such as 'auto' (default: off)")
+                        help="clip gradients before each update (before optimizer.step(), or right after "
+                             "backward() for updates by hand): auto, norm:MAX_NORM (or a bare number), value:V, "
+                             "zclip[:Z], autoclip[:PERCENTILE], agc[:FACTOR], or NAME:KEY=VALUE,... (default: off)")
     parser.add_argument("--jsonl", default=None, metavar="PATH", help="write one JSON record per step to PATH")
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard events to DIR")
     parser.add_argument("--no-live", action="store_true",
@@ -66,13 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def clip_value(text: str | None) -> Any:
-    """`--clip 1.0` means a max norm; any other text is a policy name for `watch(clip=...)`."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    """The policy for `--clip TEXT` (`gradwatch.actions.spelling`): `1.0` or `norm:1.0`, `auto`, `zclip:3`, …"""
+    return None if text is None else parse_clip(text)
 
 
 def plain_output(no_live: bool) -> bool:
@@ -133,6 +133,8 @@ class _Model:
     closure_loss_taken: bool = False
     """The first closure evaluation of the `optimizer.step(closure)` running now gave the step's loss."""
     steps_seen: int = 0
+    clip_by_hand: Actions | None = None
+    """--clip for a model updated by hand (no optimizer): applied right after each backward()."""
 
 
 def _contains_recurrent(module: nn.Module) -> bool:
@@ -280,18 +282,20 @@ class ScriptWatcher:
         if index > 0 and options.get("console") in ("auto", "rich"):
             options["console"] = "logging"  # one live display at a time
         optimizers = [o for o in list(self._optimizers) if _holds_parameters_of(o, module)]
+        by_hand = None
         if not optimizers and (options.get("clip") is not None or options.get("skip_nonfinite")):
-            # Clipping acts just before optimizer.step(); a script that updates by hand clips itself.
-            self._announce(f"gradwatch: {name} is updated without an optimizer: --clip does not apply to it")
+            # No optimizer.step() to act before: clip right after each backward(), before the hand update.
+            by_hand = build_actions(options["clip"], False) if options.get("clip") is not None else None
             options["clip"], options["skip_nonfinite"] = None, False
         monitor = watch(module, optimizers or None, **options)
-        entry = _Model(module, monitor)
+        entry = _Model(module, monitor, clip_by_hand=by_hand)
         self.models.append(entry)
         self._by_module[id(module)] = entry
         layers = ", ".join(f"{w.name or name} ({type(w.module).__name__}, {w.num_layers} layer"
                            f"{'s' if w.num_layers > 1 else ''})" for w in monitor.watched)
         boundary = "optimizer.step()" if optimizers else "the next training forward after backward()"
-        self._announce(f"gradwatch: watching {name}: {layers}; a step ends at {boundary}")
+        clipping = "; --clip acts after each backward(), before the update by hand" if by_hand is not None else ""
+        self._announce(f"gradwatch: watching {name}: {layers}; a step ends at {boundary}{clipping}")
         return entry
 
     # ------------------------------------------------------------------ optimizers
@@ -359,7 +363,9 @@ class ScriptWatcher:
                 value = loss.detach().reshape(()).float()
                 m.loss = value if m.loss is None else m.loss + value
             if not m.monitor.optimizers:
-                m.monitor.before_update()
+                m.monitor.before_update()  # measures the gradients as backward left them, then:
+                if m.clip_by_hand is not None:
+                    m.clip_by_hand.clip_by_hand(list(m.module.parameters()))
 
     def _end_manual_step(self, m: _Model) -> None:
         m.monitor.end_step(m.loss)
@@ -468,7 +474,8 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
     watcher.install()
     status, failure = 0, None
     try:
-        runpy.run_path(path, run_name="__main__")
+        with spelled_for_cli():  # remedies name --clip, not watch(clip=...)
+            runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
         status = _exit_status(exc)
     except KeyboardInterrupt as exc:
@@ -477,7 +484,8 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
         status, failure = 1, exc
     finally:
         try:
-            watcher.finish(complete=failure is None)  # also stops the live display and flushes the JSONL file
+            with spelled_for_cli():
+                watcher.finish(complete=failure is None)  # also stops the live display and flushes the JSONL file
         finally:
             sys.argv = saved_argv
             if saved_path0 is not None:

@@ -10,6 +10,10 @@ GRUCell ('' when unknown).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
 from .base import fmt
 
 __all__ = [
@@ -26,9 +30,46 @@ __all__ = [
     "norm_growth",
     "oscillation",
     "non_finite",
+    "spelled_for_cli",
+    "auto_clip_option",
 ]
 
-CLIP = "clip the gradient norm (gradwatch.watch(..., clip=<max norm>), or torch.nn.utils.clip_grad_norm_ before optimizer.step())"
+_FOR_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("gradwatch_remedies_for_cli", default=False)
+"""True while `gradwatch run` runs a script: remedies then name its flags (`--clip norm:1`), not
+watch()'s keywords. A context variable, set and reset by `spelled_for_cli`, not a module flag."""
+
+
+@contextlib.contextmanager
+def spelled_for_cli() -> Iterator[None]:
+    """Meanwhile (in this thread/context), remedies name `gradwatch run`'s flags instead of watch()'s keywords."""
+    token = _FOR_CLI.set(True)
+    try:
+        yield
+    finally:
+        _FOR_CLI.reset(token)
+
+
+def _clip_example(max_norm: str) -> str:
+    """How to ask for a max-norm clip of `max_norm`: `clip=1.0`, or `--clip norm:1.0` under `gradwatch run`."""
+    return f"--clip norm:{max_norm}" if _FOR_CLI.get() else f"clip={max_norm}"
+
+
+def auto_clip_option() -> str:
+    """How to ask for clip="auto" where the remedy will be read: `clip='auto'`, or `--clip auto`."""
+    return "--clip auto" if _FOR_CLI.get() else "clip='auto'"
+
+
+def _clip() -> str:
+    if _FOR_CLI.get():
+        return ("clip the gradient norm (gradwatch run --clip norm:<max norm>, or --clip auto; in the script, "
+                "torch.nn.utils.clip_grad_norm_ before the update)")
+    return "clip the gradient norm (gradwatch.watch(..., clip=<max norm>), or torch.nn.utils.clip_grad_norm_ before optimizer.step())"
+
+
+def _skip_nonfinite() -> str:
+    if _FOR_CLI.get():
+        return "gradwatch.watch(..., skip_nonfinite=True) in the script (gradwatch run has no flag for it)"
+    return "gradwatch.watch(..., skip_nonfinite=True)"
 
 
 def _vanilla(kind: str) -> bool:
@@ -60,7 +101,7 @@ def temporal_decay(kind: str) -> str:
 
 def temporal_growth(kind: str, relu: bool) -> str:
     text = (
-        f"the recurrent gain is above one: {CLIP} (Pascanu et al. 2013 clip at about the average norm), and "
+        f"the recurrent gain is above one: {_clip()} (Pascanu et al. 2013 clip at about the average norm), and "
         "initialise weight_hh orthogonally or rescale it to a spectral radius of at most 1"
     )
     if relu:
@@ -130,20 +171,20 @@ def saturated_units() -> str:
 
 def large_updates() -> str:
     return (
-        f"lower the learning rate (at least 10×) or add a warm-up, and {CLIP}; with Adam, a larger eps "
+        f"lower the learning rate (at least 10×) or add a warm-up, and {_clip()}; with Adam, a larger eps "
         "(e.g. 1e-6) also damps steps on parameters whose gradients are tiny"
     )
 
 
 def norm_spike(typical: float) -> str:
     return (
-        f"{CLIP} at about its usual size, e.g. clip={fmt(2 * typical)} (twice its typical norm {fmt(typical)}; "
+        f"{_clip()} at about its usual size, e.g. {_clip_example(fmt(2 * typical))} (twice its typical norm {fmt(typical)}; "
         "Pascanu et al. 2013 clip near the average norm); if spikes recur, lower the learning rate or add a warm-up"
     )
 
 
 def norm_absolute(kind: str, first: bool) -> str:
-    text = f"{CLIP}, e.g. clip=1.0, so that no single step can blow the weights up"
+    text = f"{_clip()}, e.g. {_clip_example('1.0')}, so that no single step can blow the weights up"
     if first:
         text += (
             "; at initialisation this points at the recurrent weights' scale: initialise weight_hh orthogonally "
@@ -159,7 +200,7 @@ def norm_absolute(kind: str, first: bool) -> str:
 def norm_growth() -> str:
     return (
         f"the run is heading for divergence: lower the learning rate (or stop the warm-up at a lower peak) and "
-        f"{CLIP}"
+        f"{_clip()}"
     )
 
 
@@ -181,7 +222,7 @@ def non_finite(where: str, module: str | None, layer: int | None, timestep: int 
     if where == "forward":
         return (
             "the recurrent activations overflowed: lower the learning rate, add LayerNorm, and "
-            f"{CLIP} so that weights cannot grow that far"
+            f"{_clip()} so that weights cannot grow that far"
         )
     if where == "loss":
         return (
@@ -191,9 +232,9 @@ def non_finite(where: str, module: str | None, layer: int | None, timestep: int 
     if where == "weights":
         return (
             "an earlier update already wrote NaN/Inf into the weights: reload the last good checkpoint, and enable "
-            "gradwatch.watch(..., skip_nonfinite=True) so that a non-finite step is skipped instead of applied"
+            f"{_skip_nonfinite()} so that a non-finite step is skipped instead of applied"
         )
     return (
-        f"the gradients overflowed during backpropagation through time: {CLIP}, lower the learning rate, and "
-        "use gradwatch.watch(..., skip_nonfinite=True) so that such a step is skipped"
+        f"the gradients overflowed during backpropagation through time: {_clip()}, lower the learning rate, and "
+        f"use {_skip_nonfinite()} so that such a step is skipped"
     )
