@@ -63,7 +63,7 @@ Without an optimizer (`gradwatch run --clip auto` on a script that updates its p
 hand) there is no learning rate to read: only the spike bound applies.
 
 Benchmark (`python benchmarks/clipping.py`: 10 exploding tasks and 4 healthy runs × 10 seeds,
-docs/updates/14-clipping.md has the tables): 2 of 100 exploding runs ended above 1.05× their
+docs/clipping.md has the tables): 2 of 100 exploding runs ended above 1.05× their
 initial loss (none overflowed); final loss within 10% of the grid's best fixed threshold on 6
 of the 9 tasks that a fixed threshold trains (0.99–1.05×), better than every fixed threshold on
 the temporal-order task, 1.83× on a warm-up that overshoots, 5.7–8.8× on the IRNN (below);
