@@ -70,8 +70,8 @@ class LayerStats:
 class NonFinite:
     """Where a NaN/Inf first appeared in a step."""
 
-    where: Literal["forward", "backward", "loss", "weights"]
-    """'forward': in a module's forward activations; 'backward': only in gradients; 'loss': only the loss; 'weights': the parameters were already non-finite."""
+    where: Literal["input", "forward", "backward", "loss", "weights"]
+    """'input': already in the input of a watched module (layer 0); 'forward': born in a module's forward activations; 'backward': only in gradients; 'loss': only the loss; 'weights': the parameters were already non-finite."""
     module: str | None
     """Qualified module name, or None when not attributable to a watched module (loss, other layers)."""
     layer: int | None

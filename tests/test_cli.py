@@ -346,7 +346,7 @@ def test_demo_nan_scenario_locates_the_corrupted_input():
     at = SCENARIOS["nan"].nan_at_step
     monitor = run_demo("nan", steps=at + 1, every=50, console=False)
     bad = monitor.history[at].nonfinite
-    assert (bad.where, bad.module, bad.layer, bad.timestep) == ("forward", "rnn", 0, 17)
+    assert (bad.where, bad.module, bad.layer, bad.timestep) == ("input", "rnn", 0, 17)
     assert monitor.history[at - 1].nonfinite is None
 
 

@@ -124,13 +124,14 @@ def test_disable_switches_a_detector_off():
 @pytest.mark.parametrize(
     "where, layer_index, timestep, words, remedy",
     [
-        ("forward", 0, 13, "in the forward activations", "data pipeline"),
+        ("input", 0, 13, "already in the input sequence", "data pipeline"),
+        ("forward", 0, 13, "in the forward activations", "LayerNorm"),
         ("forward", 1, 4, "in the forward activations", "LayerNorm"),
         ("backward", 1, 40, "only in the backward gradients", "clip="),
         ("loss", None, None, "in the loss only", "log_softmax"),
         ("weights", 0, None, "in the weights themselves", "skip_nonfinite=True"),
     ],
-    ids=["forward-input", "forward-layer1", "backward", "loss", "weights"],
+    ids=["input", "forward-layer0", "forward-layer1", "backward", "loss", "weights"],
 )
 def test_non_finite_is_critical_at_its_step_with_location(where, layer_index, timestep, words, remedy):
     module = None if where == "loss" else "rnn"

@@ -97,7 +97,7 @@ def test_loss_is_the_mean_over_ranks(ranks):
 def test_a_nan_on_one_rank_is_located_on_every_rank(ranks):
     _, (r0, r1) = ranks
     for r in (r0, r1):
-        assert r["history"][NAN_STEP]["nonfinite"] == {"where": "forward", "module": "rnn", "layer": 0, "timestep": 4}
+        assert r["history"][NAN_STEP]["nonfinite"] == {"where": "input", "module": "rnn", "layer": 0, "timestep": 4}
 
 
 def test_only_rank_0_writes(ranks):

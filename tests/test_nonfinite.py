@@ -53,11 +53,11 @@ def _run(every, step_of_nan, inject):
 
 
 @pytest.mark.parametrize("every", [1, 10], ids=["probe-step", "non-probe-step"])
-def test_nan_in_input_is_forward_at_its_timestep(every):
+def test_nan_in_input_is_input_at_its_timestep(every):
     mon = _run(every, 1, "input")
     assert mon.history[0].nonfinite is None
     nf = mon.history[1].nonfinite
-    assert (nf.where, nf.module, nf.layer, nf.timestep) == ("forward", "enc", 0, 5)
+    assert (nf.where, nf.module, nf.layer, nf.timestep) == ("input", "enc", 0, 5)
 
 
 @pytest.mark.parametrize("every", [1, 10], ids=["probe-step", "non-probe-step"])
@@ -104,3 +104,24 @@ def test_nonfinite_loss_only():
     mon.close()
     nf = mon.history[0].nonfinite
     assert nf.where == "loss" and mon.history[0].loss != mon.history[0].loss
+
+
+@pytest.mark.parametrize("every", [1, 10], ids=["probe-step", "non-probe-step"])
+def test_overflow_born_in_layer_0_is_not_blamed_on_the_input(every):
+    """Regression: finite data through weights that overflow layer 0 was reported as NaN 'already in the
+    input sequence' with a data-pipeline remedy (the exploding demo's NaN step)."""
+    torch.manual_seed(0)
+    m = nn.RNN(3, 4, num_layers=2, nonlinearity="relu")
+    with torch.no_grad():
+        m.weight_hh_l0.fill_(1e20)  # finite weights; h_t grows ×4e20 per timestep and overflows by t=2
+    mon = gradwatch.watch(m, every=every, console=False, strict=True)
+    for _ in range(2):  # step 1 is a non-probe step when every=10
+        out, _ = m(torch.rand(6, 2, 3) + 1.0)
+        out.sum().backward()
+        mon.step()
+    mon.close()
+    for record in mon.history:
+        nf = record.nonfinite
+        assert (nf.where, nf.module, nf.layer) == ("forward", "", 0)
+    alert = next(a for a in mon.alerts if a.sign == "non_finite")
+    assert "data pipeline" not in alert.message and "overflowed" in alert.message

@@ -1,6 +1,6 @@
 """`non_finite`: NaN or Inf in the loss, the activations, the gradients or the weights.
 
-    >>> NonFiniteDetector().update(stats)      # stats.nonfinite = NonFinite("forward", "rnn", 0, 13)
+    >>> NonFiniteDetector().update(stats)      # stats.nonfinite = NonFinite("forward", "rnn", 1, 13)
     [Alert(problem='exploding', sign='non_finite', severity='critical', step=37, module='rnn', layer=0, timestep=13, ...)]
 
 Rule: every step whose record carries `StepStats.nonfinite` raises a critical alert at that
@@ -23,6 +23,7 @@ from .base import fmt, make_alert, where as where_words
 __all__ = ["NonFiniteDetector"]
 
 _WHERE = {
+    "input": "already in the input sequence",
     "forward": "in the forward activations",
     "backward": "only in the backward gradients (the forward pass and the loss were finite)",
     "loss": "in the loss only (activations and gradients of the watched modules were finite)",

@@ -212,7 +212,7 @@ def oscillation(momentum_hint: bool = True) -> str:
 
 
 def non_finite(where: str, module: str | None, layer: int | None, timestep: int | None) -> str:
-    if where == "forward" and layer == 0 and module is not None:
+    if where == "input" and module is not None:
         t = f" at timestep {timestep}" if timestep is not None else ""
         return (
             f"the input sequence of '{module}' already holds NaN/Inf{t}: check the data pipeline for missing "

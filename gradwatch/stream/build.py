@@ -120,7 +120,7 @@ def locate_nonfinite(
     for m in p.modules:
         t = _first_bad(v.get(("in_act", m.name)))
         if t is not None:
-            return NonFinite("forward", m.name, 0, t)
+            return NonFinite("input", m.name, 0, t)
         t_out = _first_bad(v.get(("out_act", m.name)))
         if t_out is None:
             continue
