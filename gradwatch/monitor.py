@@ -381,7 +381,7 @@ class Monitor:
         if flat is not None and self.reducer is not None:
             readback, layout = self.reducer.start(flat, layout, self._modules)
         elif flat is not None:
-            readback = start_readback(flat)
+            readback = start_readback(flat, owned=True)
         pending = PendingStep(
             step=self._step,
             layout=layout,

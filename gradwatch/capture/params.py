@@ -40,7 +40,7 @@ class ParameterMap:
         """Parameters of watched modules that belong to no layer: only in the model's total norm."""
         self.shared: list[tuple[str, str]] = []
         """(parameter, first owner) for parameters shared between watched modules: counted in the first only."""
-        self._identity = [(w.module, [id(p) for p in w.module.parameters()]) for w in watched]
+        self._identity = [(w.module, _parameter_ids(w.module)) for w in watched]
         for w in watched:
             for pname, p in w.module.named_parameters():
                 qualified = f"{w.name}.{pname}" if w.name else pname
@@ -65,7 +65,7 @@ class ParameterMap:
     def is_current(self) -> bool:
         """False once a watched module's parameters were replaced (`load_state_dict(..., assign=True)`,
         a parametrisation registered or removed, a Parameter re-assigned): then build a new map."""
-        return all([id(p) for p in module.parameters()] == ids for module, ids in self._identity)
+        return all(_parameter_ids(module) == ids for module, ids in self._identity)
 
     def _index(self, slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """`slots` (a group per tensor) as an index tensor, cached per device (copied without a sync)."""
@@ -151,7 +151,7 @@ class ParameterMap:
             weight = None  # taken again or moved since the read
         assert self.snapshot is not None
         with torch.no_grad():
-            current = [p.detach() for p in self.params]
+            current = self.params  # under no_grad: the foreach ops read them as they are
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
@@ -163,6 +163,14 @@ class ParameterMap:
             update = group_sumsq(self.snapshot, index, len(self.groups))
             torch._foreach_copy_(self.snapshot, current)
         return weight, update
+
+
+def _parameter_ids(module: nn.Module) -> list[int]:
+    """ids of `module.parameters()`, in order. A module without submodules (a plain RNN/LSTM/GRU: a
+    parametrisation adds one) holds them all in `_parameters`: read directly, without walking."""
+    if not module._modules:
+        return [id(p) for p in module._parameters.values() if p is not None]
+    return [id(p) for p in module.parameters()]
 
 
 class BeforeUpdate:

@@ -132,10 +132,12 @@ class StepAccumulator:
             part = _flat64(t.detach() if t.requires_grad else t)
             parts.append(part)
             layout.append((key, part.shape[0]))
+        first_timestep = sum(n for _, n in layout)
         for key, v in self.timesteps().items():
-            part = _flat64(v).sqrt()
+            part = _flat64(v)
             parts.append(part)
             layout.append((key, part.shape[0]))
+        timestep_values = sum(n for _, n in layout) - first_timestep
         for key, (maxabs, satcount, positions) in self.activity.items():
             dead = (maxabs < DEAD_EPS).float().mean()
             sat = (satcount >= SATURATION_SHARE * positions).float().mean()
@@ -144,7 +146,11 @@ class StepAccumulator:
         if not parts:
             return None, layout
         device = parts[0].device
-        return torch.cat([p if p.device == device else p.to(device) for p in parts]), layout
+        flat = torch.cat([p if p.device == device else p.to(device) for p in parts])
+        if timestep_values:
+            # squared norms -> norms: one in-place sqrt over all the per-timestep segments (same bits as one per segment)
+            flat[first_timestep : first_timestep + timestep_values].sqrt_()
+        return flat, layout
 
 
 def _flat64(t: torch.Tensor) -> torch.Tensor:
