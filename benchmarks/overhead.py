@@ -268,12 +268,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--small", action="store_true", help="issue #15's small-model and per-token rows")
     parser.add_argument("--block", type=int, default=10, help="optimizer steps per timed block")
+    parser.add_argument("--rows", default=None, help="with --small: which rows, e.g. 0,2,3 (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.small:
         configs = {k: CONFIGS[k] for k in ("plain", "default", "probe every step", "baseline: per-param .item() logger")}
         rows = []
-        for case in GRID_SMALL:
+        picked = [int(i) for i in args.rows.split(",")] if args.rows else range(len(GRID_SMALL))
+        for case in [GRID_SMALL[i] for i in picked]:
             rows.append((case, measure(case, configs, reps=args.reps or 15, block=args.block)))
             print(table(rows[-1:]), flush=True)
         print(f"machine: {machine()}")
