@@ -97,7 +97,8 @@ def tensor_sumsqs(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _host_overflowed(values: torch.Tensor) -> bool:
     """Whether a CPU tensor holds a non-finite value. The CPU has no device to wait for, so this
     branch costs no synchronisation; it is marked as a host buffer for the hot-path test."""
-    total = values.sum()  # finite float64 norms never sum to Inf: one number to look at
+    # finite float64 norms never sum to Inf: one number to look at (a single norm is that number)
+    total = values if values.numel() == 1 else values.sum()
     setattr(total, HOST_MARK, True)
     return not math.isfinite(total.item())
 
