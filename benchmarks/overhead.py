@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                  # the issue's reference: 2-layer LSTM, H=256, T=100, B=32, 1 thread
     python benchmarks/overhead.py --quick          # smaller and fewer repetitions
+    python benchmarks/overhead.py --small          # issue #15's rows: small GRUs (Adam), a per-token decoder, the reference
 
 Method: for each repetition the configurations run one block each, in an order rotated per
 repetition (A B C, B C A, ...), on the same model and data; a block is `block` optimizer steps
@@ -36,6 +37,11 @@ class Case:
     layers: int = 2
     batch: int = 32
     features: int = 64
+    optimizer: str = "SGD"
+    """"SGD" (lr 1e-3) or "Adam" (lr 1e-3)."""
+    per_token: bool = False
+    """Call the recurrent module once per timestep (a decoding loop: `seq_len` calls of T=1 per step,
+    the hidden state carried from call to call) instead of once over the whole sequence."""
 
 
 def _watch_default(model, opt):
@@ -136,6 +142,17 @@ GRID_QUICK = [Case(cell="GRU", hidden=64, seq_len=32, batch=16), Case(hidden=64,
               Case(hidden=64, seq_len=128, batch=16), Case(hidden=128, seq_len=32, batch=16)]
 """Small cases for `--quick` (seconds each)."""
 
+GRID_SMALL = [
+    Case(cell="GRU", hidden=64, seq_len=50, layers=1, optimizer="Adam"),
+    Case(cell="GRU", hidden=256, seq_len=100, layers=1, optimizer="Adam"),
+    Case(cell="GRU", hidden=32, seq_len=20, layers=1, optimizer="Adam"),
+    Case(cell="GRU", hidden=64, seq_len=20, layers=1, optimizer="Adam", per_token=True),
+    Case(),
+]
+"""Issue #15's rows: where the fixed per-step cost shows. GRU H=64 T=50 B=32 Adam (goal: default
+<= 1.03x, every=1 <= 1.10x); GRU H=256 T=100; a 1-layer GRU H=32 T=20 (a ~3 ms step, <= 1.10x); a GRU
+called once per token, 20 calls per step (<= 1.10x); the reference 2-layer LSTM (default <= 1.02x)."""
+
 
 class _Model(nn.Module):
     def __init__(self, case: Case):
@@ -144,8 +161,16 @@ class _Model(nn.Module):
         self.rnn = cls(case.features, case.hidden, num_layers=case.layers)
         self.head = nn.Linear(case.hidden, case.features)
 
+        self.per_token = case.per_token
+
     def forward(self, x):
-        return self.head(self.rnn(x)[0])
+        if not self.per_token:
+            return self.head(self.rnn(x)[0])
+        outputs, hidden = [], None
+        for t in range(x.shape[0]):
+            out, hidden = self.rnn(x[t : t + 1], hidden)
+            outputs.append(out)
+        return self.head(torch.cat(outputs))
 
 
 def _block(model, opt, x, y, steps: int, factory, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -175,7 +200,8 @@ def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, b
     clock = time.process_time if device == "cpu" else time.perf_counter
     torch.manual_seed(0)
     model = _Model(case).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt_class = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam}[case.optimizer]
+    opt = opt_class(model.parameters(), lr=1e-3)
     x = torch.randn(case.seq_len, case.batch, case.features, device=device)
     y = torch.randn_like(x)
     _block(model, opt, x, y, 2, None)  # warm-up
@@ -224,10 +250,12 @@ def table(rows: list[tuple[Case, dict]]) -> str:
     lines = ["| model | T | hidden | layers | config | step ms | overhead (median) | IQR |",
              "|---|---|---|---|---|---|---|---|"]
     for case, result in rows:
+        model = case.cell + (" per token" if case.per_token else "") + (f", {case.optimizer}" if case.optimizer != "SGD" else "")
         for name, r in result.items():
             if name == "plain":
+                lines.append(f"| {model} | {case.seq_len} | {case.hidden} | {case.layers} | plain | {r['step_ms']:.1f} | | |")
                 continue
-            lines.append(f"| {case.cell} | {case.seq_len} | {case.hidden} | {case.layers} | {name} | "
+            lines.append(f"| {model} | {case.seq_len} | {case.hidden} | {case.layers} | {name} | "
                          f"{r['step_ms']:.1f} | {100 * (r['ratio'] - 1):+.1f}% | "
                          f"{100 * (r['p25'] - 1):+.1f}% .. {100 * (r['p75'] - 1):+.1f}% |")
     return "\n".join(lines)
@@ -238,8 +266,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--small", action="store_true", help="issue #15's small-model and per-token rows")
+    parser.add_argument("--block", type=int, default=10, help="optimizer steps per timed block")
+    parser.add_argument("--rows", default=None, help="with --small: which rows, e.g. 0,2,3 (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.small:
+        configs = {k: CONFIGS[k] for k in ("plain", "default", "probe every step", "baseline: per-param .item() logger")}
+        rows = []
+        picked = [int(i) for i in args.rows.split(",")] if args.rows else range(len(GRID_SMALL))
+        for case in [GRID_SMALL[i] for i in picked]:
+            rows.append((case, measure(case, configs, reps=args.reps or 15, block=args.block)))
+            print(table(rows[-1:]), flush=True)
+        print(f"machine: {machine()}")
+        print(table(rows))
+        return
     case = Case(hidden=64, seq_len=50, batch=16) if args.quick else Case()
     reps = args.reps or (5 if args.quick else 9)
     configs = {k: CONFIGS[k] for k in ("plain", "default", "probe every step")}

@@ -350,27 +350,26 @@ class Monitor:
     def _read_grads(self) -> dict:
         if not self.params.is_current():
             self._map_parameters()  # load_state_dict(assign=True) & co. replaced the parameters
-        gsq, has_grad, total = self.params.grad_sumsq()
-        outside_names, outside_wsq = self.params.outside_weight_sumsq()  # before the update, as the snapshot
-        return {"gsq": gsq, "has_grad": has_grad, "total": total, "outside": (outside_names, outside_wsq)}
+        return {"read": self.params.read_before_update()}
 
     def _end_step(self, loss: Any = None, *, loss_fed: bool = False) -> None:
         grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
         self._grad_stats = None
-        self._stepped = set()
-        weight, update = self.params.weight_and_update_sumsq()
+        if self._stepped:
+            self._stepped = set()
+        read = grads["read"]
+        weight, update = self.params.weight_and_update_sumsq(read.weight_sumsq)
         scalars: dict = {("wsq",): weight, ("usq",): update}
-        if grads["gsq"] is not None:
-            scalars[("gsq",)] = grads["gsq"]
-        if grads["total"] is not None:
-            scalars[("total",)] = grads["total"]
-        outside_names, outside_wsq = grads["outside"]
-        if outside_wsq is not None:
-            scalars[("outside_wsq",)] = outside_wsq
+        if read.grad_sumsq is not None:
+            scalars[("gsq",)] = read.grad_sumsq
+        if read.total is not None:
+            scalars[("total",)] = read.total
+        if read.outside_weight_sumsq is not None:
+            scalars[("outside_wsq",)] = read.outside_weight_sumsq
         action = grads.get("action") or {}
         if "clip" in action:
             scalars[("clip",)] = action["clip"]
-        if self.session.eval_forwards and not self.session.forwards and any(grads["has_grad"]):
+        if self.session.eval_forwards and not self.session.forwards and any(read.has_grad):
             self.session.tell_once("eval", (
                 "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
                 "per-timestep and activation statistics only in train mode, so that validation forwards run "
@@ -382,18 +381,18 @@ class Monitor:
         if flat is not None and self.reducer is not None:
             readback, layout = self.reducer.start(flat, layout, self._modules)
         elif flat is not None:
-            readback = start_readback(flat)
+            readback = start_readback(flat, owned=True)
         pending = PendingStep(
             step=self._step,
             layout=layout,
             groups=self.params.groups,
-            has_grad=grads["has_grad"],
+            has_grad=read.has_grad,
             probed=probed,
             modules=self._modules,
             readback=readback,
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
-            outside_params=tuple(outside_names),
+            outside_params=tuple(read.outside_names),
         )
         if loss_fed:
             self._attach_loss(pending, loss)

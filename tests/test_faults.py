@@ -149,7 +149,7 @@ def _same_training(a, b):
     return all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
 
 
-@pytest.mark.parametrize("target", ["gradwatch.capture.params.ParameterMap.grad_sumsq",
+@pytest.mark.parametrize("target", ["gradwatch.capture.params.ParameterMap.read_before_update",
                                     "gradwatch.capture.params.ParameterMap.weight_and_update_sumsq",
                                     "gradwatch.monitor.build_step_stats"],
                          ids=["gradient-read", "update-read", "record-build"])

@@ -125,3 +125,24 @@ def test_overflow_born_in_layer_0_is_not_blamed_on_the_input(every):
         assert (nf.where, nf.module, nf.layer) == ("forward", "", 0)
     alert = next(a for a in mon.alerts if a.sign == "non_finite")
     assert "data pipeline" not in alert.message and "overflowed" in alert.message
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+def test_overflow_inside_a_one_layer_module_is_located_on_ordinary_steps_without_final_state_sums(bidirectional):
+    """A one-layer module skips the per-call final-state sums (they can only name layer 0): the
+    location on a non-probe step is the same as with them."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(2, 3, nonlinearity="relu", bidirectional=bidirectional)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.fill_(1e13)  # finite weights; the relu recurrence overflows to Inf after a few timesteps
+    mon = gradwatch.watch(rnn, every=10, console=False)
+    for _ in range(2):  # step 1 is not a probe step
+        out, _ = rnn(torch.ones(6, 1, 2))
+        out.sum().backward()
+        mon.step(0.0)
+    record = mon.history[-1]
+    assert not record.probed
+    assert record.nonfinite is not None and record.nonfinite.where == "forward"
+    assert (record.nonfinite.module, record.nonfinite.layer) == ("", 0)
+    mon.close()

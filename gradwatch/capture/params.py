@@ -1,8 +1,8 @@
 """Which parameter belongs to which (module, layer, direction), and the per-step reads of them.
 
     >>> pmap = ParameterMap(model, watched)
-    >>> grad_sq, has_grad, total_sq = pmap.grad_sumsq()        # per group and over the whole model
-    >>> weight_sq, update_sq = pmap.weight_and_update_sumsq()  # ‖θ_before‖², ‖θ_now − θ_before‖² per group
+    >>> read = pmap.read_before_update()     # Σ grad² per group and in all, Σθ² before the update: one pass
+    >>> weight_sq, update_sq = pmap.weight_and_update_sumsq(read.weight_sumsq)  # ‖θ_now − θ_before‖² per group
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..stats.tensor_stats import group_sumsq, stack_scalars
+from ..stats.tensor_stats import group_sumsq
 from .modules import WatchedModule, layer_of_parameter
 
-__all__ = ["GroupKey", "ParameterMap"]
+__all__ = ["BeforeUpdate", "GroupKey", "ParameterMap"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ParameterMap:
         """Parameters of watched modules that belong to no layer: only in the model's total norm."""
         self.shared: list[tuple[str, str]] = []
         """(parameter, first owner) for parameters shared between watched modules: counted in the first only."""
-        self._identity = [(w.module, [id(p) for p in w.module.parameters()]) for w in watched]
+        self._identity = [(w.module, _parameter_ids(w.module)) for w in watched]
         for w in watched:
             for pname, p in w.module.named_parameters():
                 qualified = f"{w.name}.{pname}" if w.name else pname
@@ -65,7 +65,7 @@ class ParameterMap:
     def is_current(self) -> bool:
         """False once a watched module's parameters were replaced (`load_state_dict(..., assign=True)`,
         a parametrisation registered or removed, a Parameter re-assigned): then build a new map."""
-        return all([id(p) for p in module.parameters()] == ids for module, ids in self._identity)
+        return all(_parameter_ids(module) == ids for module, ids in self._identity)
 
     def _index(self, slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """`slots` (a group per tensor) as an index tensor, cached per device (copied without a sync)."""
@@ -77,40 +77,49 @@ class ParameterMap:
             self._index_cache[key] = cpu.to(device, non_blocking=True) if device.type != "cpu" else cpu
         return self._index_cache[key]
 
-    def outside_weight_sumsq(self) -> tuple[list[str], torch.Tensor | None]:
-        """Names and per-tensor Σθ² of the model's parameters outside the watched modules (an
-        embedding, a head): a NaN/Inf in them reaches a watched module as a non-finite input,
-        which must not be mistaken for bad data. One foreach norm kernel, no sync."""
-        names, tensors = [], []
-        for name, p in self.model.named_parameters():
-            if id(p) not in self._group_by_id:
-                names.append(name)
-                tensors.append(p.detach())
-        if not tensors:
-            return names, None
-        return names, stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64).square()
-
-    def grad_sumsq(self) -> tuple[torch.Tensor | None, list[bool], torch.Tensor | None]:
-        """Per-group Σ grad² (None when no watched parameter has a gradient), which groups received
-        any gradient (known on the host), and Σ grad² over every parameter of the model that has
-        one (clip_grad_norm_'s total, squared; None when none has). One norm kernel serves both:
-        the gradients outside the watched groups go to one extra slot."""
+    def read_before_update(self) -> "BeforeUpdate":
+        """Everything measured before the update, in one norm pass: per-group Σ grad², Σ grad² over the
+        whole model, Σθ² of each parameter outside the watched modules and per-group Σθ² of the
+        snapshot (the weights before this update). One foreach norm kernel and one scatter over
+        gradients, outside weights and snapshot together, no sync; see `BeforeUpdate`."""
         groups = len(self.groups)
-        grads: list[torch.Tensor] = []
+        self._check_snapshot()
+        assert self.snapshot is not None
+        tensors: list[torch.Tensor] = []
         slots: list[int] = []
         has_grad = [False] * groups
-        for p in self.model.parameters():
+        outside_names: list[str] = []
+        outside: list[torch.Tensor] = []
+        group_by_id = self._group_by_id
+        for name, p in self.model.named_parameters():
+            group = group_by_id.get(id(p), groups)
+            if group == groups:
+                outside_names.append(name)
+                outside.append(p.detach())
             if p.grad is None:
                 continue
-            group = self._group_by_id.get(id(p), groups)
             if group < groups:
                 has_grad[group] = True
-            grads.append(p.grad)
+            tensors.append(p.grad)
             slots.append(group)
-        if not grads:
-            return None, has_grad, None
-        sums = group_sumsq(grads, self._index(tuple(slots), grads[0].device), groups + 1)
-        return (sums[:groups] if any(has_grad) else None), has_grad, sums.sum()
+        n_grads, n_out = len(tensors), len(outside)
+        first_outside = groups + 1
+        first_weight = first_outside + n_out
+        slots.extend(range(first_outside, first_weight))
+        slots.extend(first_weight + g for g in self.group_of)
+        tensors.extend(outside)
+        tensors.extend(self.snapshot)
+        if not tensors:
+            return BeforeUpdate(None, has_grad, None, outside_names, None, None)
+        sums = group_sumsq(tensors, self._index(tuple(slots), tensors[0].device), first_weight + groups)
+        return BeforeUpdate(
+            grad_sumsq=sums[:groups] if any(has_grad) else None,
+            has_grad=has_grad,
+            total=sums[:first_outside].sum() if n_grads else None,
+            outside_names=outside_names,
+            outside_weight_sumsq=sums[first_outside:first_weight] if n_out else None,
+            weight_sumsq=sums[first_weight:] if self.params else None,
+        )
 
     def take_snapshot(self) -> None:
         """Copy the current parameters; the next update is measured against this copy."""
@@ -121,25 +130,66 @@ class ParameterMap:
             else:
                 torch._foreach_copy_(self.snapshot, [p.detach() for p in self.params])
 
-    def weight_and_update_sumsq(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-group Σθ² of the snapshot (weights before the update) and Σ(θ − snapshot)²; then re-snapshot."""
-        if self.snapshot is None:
+    def _check_snapshot(self) -> None:
+        """Make the snapshot match the parameters: taken when missing, taken again when a parameter
+        was resized, moved when one changed device or dtype."""
+        if self.snapshot is None or any(s.shape != p.shape for s, p in zip(self.snapshot, self.params)):
+            self.snapshot = None  # parameters resized: start over
             self.take_snapshot()
+            return
+        if any(s.device != p.device or s.dtype != p.dtype for s, p in zip(self.snapshot, self.params)):
+            self.snapshot = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(self.snapshot, self.params)]
+
+    def weight_and_update_sumsq(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group Σθ² of the snapshot (weights before the update) and Σ(θ − snapshot)²; then re-snapshot.
+
+        `weight`: the snapshot's Σθ² already measured by `read_before_update` this step (reused when the
+        snapshot still matches the parameters; measured again otherwise)."""
+        snapshot = self.snapshot
+        self._check_snapshot()
+        if self.snapshot is not snapshot:
+            weight = None  # taken again or moved since the read
         assert self.snapshot is not None
         with torch.no_grad():
-            current = [p.detach() for p in self.params]
-            if any(s.shape != c.shape for s, c in zip(self.snapshot, current)):
-                self.snapshot = None  # parameters resized: start over
-                return self.weight_and_update_sumsq()
-            if any(s.device != c.device or s.dtype != c.dtype for s, c in zip(self.snapshot, current)):
-                self.snapshot = [s.to(device=c.device, dtype=c.dtype) for s, c in zip(self.snapshot, current)]
+            current = self.params  # under no_grad: the foreach ops read them as they are
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
             index = self._index(self.group_of, current[0].device)
-            weight = group_sumsq(self.snapshot, index, len(self.groups))
+            if weight is None:
+                weight = group_sumsq(self.snapshot, index, len(self.groups))
             # θ_before − θ_now in place: no parameter-sized temporary (its norm is the update's)
             torch._foreach_sub_(self.snapshot, current)
             update = group_sumsq(self.snapshot, index, len(self.groups))
             torch._foreach_copy_(self.snapshot, current)
         return weight, update
+
+
+def _parameter_ids(module: nn.Module) -> list[int]:
+    """ids of `module.parameters()`, in order. A module without submodules (a plain RNN/LSTM/GRU: a
+    parametrisation adds one) holds them all in `_parameters`: read directly, without walking."""
+    if not module._modules:
+        return [id(p) for p in module._parameters.values() if p is not None]
+    return [id(p) for p in module.parameters()]
+
+
+class BeforeUpdate:
+    """What `ParameterMap.read_before_update` measured (device tensors, float64; nothing read back)."""
+
+    __slots__ = ("grad_sumsq", "has_grad", "total", "outside_names", "outside_weight_sumsq", "weight_sumsq")
+
+    def __init__(self, grad_sumsq: torch.Tensor | None, has_grad: list[bool], total: torch.Tensor | None,
+                 outside_names: list[str], outside_weight_sumsq: torch.Tensor | None,
+                 weight_sumsq: torch.Tensor | None) -> None:
+        self.grad_sumsq = grad_sumsq
+        """Per-group Σ grad² (None when no watched parameter has a gradient)."""
+        self.has_grad = has_grad
+        """Per group: whether any of its parameters received a gradient (known on the host)."""
+        self.total = total
+        """Σ grad² over every parameter of the model that has one (clip_grad_norm_'s total, squared), or None."""
+        self.outside_names = outside_names
+        """Names of the model's parameters outside the watched modules, in model order."""
+        self.outside_weight_sumsq = outside_weight_sumsq
+        """Σθ² of each of them (a NaN/Inf there reaches a watched module as a non-finite input), or None."""
+        self.weight_sumsq = weight_sumsq
+        """Per-group Σθ² of the snapshot: the weights before this update (None without watched parameters)."""

@@ -270,9 +270,10 @@ class StackForward(_Adapter):
         y, hidden = output
         data = y.data if isinstance(y, PackedSequence) else y
         acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes), start)
-        final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
-        if final is not None:
-            acc.add_timesteps(("final", name), final)
+        if self.watched.num_layers > 1:  # one layer: a non-finite output can only have appeared there
+            final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
+            if final is not None:
+                acc.add_timesteps(("final", name), final)
         acc.end_call(name, hidden, span[1])
         if data.requires_grad:
             sink = lambda sq: acc.add_timesteps(("out_grad", name), sq, start)  # noqa: E731

@@ -40,14 +40,36 @@ class StepAccumulator:
         self.activity: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
         self.chains: dict[str, tuple[tuple[weakref.ref, ...], int]] = {}
+        self._owned: set[Hashable] = set()
+        """Keys of `vectors` whose tensor this accumulator made (may be added to in place)."""
 
     def add_timesteps(self, key: Hashable, sumsq: torch.Tensor, offset: int = 0) -> None:
         """Add a per-timestep vector of squared norms starting at timestep `offset` (several calls
-        add up, aligned at t=0 unless a call continues the previous one; see `continuation`)."""
+        add up, aligned at t=0 unless a call continues the previous one; see `continuation`).
+
+        Two shapes of call cost one kernel, not a padded copy and a sum: a call that continues the
+        vector right where it ends (a decoding loop's forwards) appends; a call that lands inside a
+        vector this accumulator made (the same loop's backward, last token first) adds in place.
+        Both give the bits the padded sum gives: squared norms are never -0.0, and x + 0.0 == x."""
+        old = self.vectors.get(key)
+        if old is not None and offset and sumsq.dim() == 1 and old.dtype == sumsq.dtype:
+            length, n = old.shape[0], sumsq.shape[0]
+            if length == offset:
+                self.vectors[key] = torch.cat([old, sumsq])
+                self._owned.add(key)
+                return
+            if offset + n <= length and key in self._owned:
+                old[offset : offset + n].add_(sumsq)
+                return
         if offset:
             sumsq = torch.cat([sumsq.new_zeros(offset), sumsq])
-        old = self.vectors.get(key)
-        self.vectors[key] = sumsq if old is None else _add_padded(old, sumsq)
+        if old is None:
+            self.vectors[key] = sumsq
+            if offset:
+                self._owned.add(key)
+        else:
+            self.vectors[key] = _add_padded(old, sumsq)
+            self._owned.add(key)
 
     def set_timestep(self, key: Hashable, t: int, sumsq: torch.Tensor) -> None:
         """Add a squared norm for timestep `t` (cells, where each call is one timestep)."""
@@ -107,11 +129,15 @@ class StepAccumulator:
         parts: list[torch.Tensor] = []
         layout: Layout = []
         for key, t in scalars.items():
-            parts.append(t.detach().double().reshape(-1))
-            layout.append((key, parts[-1].numel()))
+            part = _flat64(t.detach() if t.requires_grad else t)
+            parts.append(part)
+            layout.append((key, part.shape[0]))
+        first_timestep = sum(n for _, n in layout)
         for key, v in self.timesteps().items():
-            parts.append(v.double().reshape(-1).sqrt())
-            layout.append((key, parts[-1].numel()))
+            part = _flat64(v)
+            parts.append(part)
+            layout.append((key, part.shape[0]))
+        timestep_values = sum(n for _, n in layout) - first_timestep
         for key, (maxabs, satcount, positions) in self.activity.items():
             dead = (maxabs < DEAD_EPS).float().mean()
             sat = (satcount >= SATURATION_SHARE * positions).float().mean()
@@ -120,5 +146,16 @@ class StepAccumulator:
         if not parts:
             return None, layout
         device = parts[0].device
-        return torch.cat([p.to(device) for p in parts]), layout
+        flat = torch.cat([p if p.device == device else p.to(device) for p in parts])
+        if timestep_values:
+            # squared norms -> norms: one in-place sqrt over all the per-timestep segments (same bits as one per segment)
+            flat[first_timestep : first_timestep + timestep_values].sqrt_()
+        return flat, layout
+
+
+def _flat64(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a float64 vector; no operation at all for one already (the usual case)."""
+    if t.dtype != torch.float64:
+        t = t.double()
+    return t if t.dim() == 1 else t.reshape(-1)
 

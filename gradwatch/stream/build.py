@@ -65,8 +65,8 @@ def _ratio(a: float, b: float) -> float:
 
 
 def _first_bad(values: list[float] | None, *, last: bool = False) -> int | None:
-    if not values:
-        return None
+    if not values or math.isfinite(sum(values)):
+        return None  # norms are >= 0: a finite sum means every entry is finite (one C loop, the usual case)
     bad = [t for t, v in enumerate(values) if not math.isfinite(v)]
     if not bad:
         return None

@@ -34,9 +34,15 @@ class PendingReadback:
         return self.host.tolist()
 
 
-def start_readback(tensor: torch.Tensor) -> PendingReadback:
-    """Start copying a 1-D tensor to the host; returns immediately on CUDA."""
+def start_readback(tensor: torch.Tensor, *, owned: bool = False) -> PendingReadback:
+    """Start copying a 1-D tensor to the host; returns immediately on CUDA.
+
+    `owned`: the tensor is a buffer gradwatch just made and nobody else holds (a packed step); on
+    the CPU it is then read in place instead of copied."""
     tensor = tensor.detach()
+    if owned and tensor.device.type == "cpu":
+        setattr(tensor, HOST_MARK, True)
+        return PendingReadback(tensor, None)
     if tensor.device.type == "cuda":
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)

@@ -1,0 +1,106 @@
+"""Where gradwatch's per-step CPU time goes, part by part, inside a real training loop.
+
+    python benchmarks/step_parts.py                # GRU H=64, T=50, B=32, Adam, every=10, 1 thread
+
+Each part is timed with the thread's CPU time where it runs in the loop (after backward, with
+caches as training leaves them: the same code costs several times more there than in a
+micro-benchmark run back to back). Reported: median over the non-probe steps, and mean over all
+steps (probe steps included). "forward adapter (own)" excludes the module's own forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradwatch  # noqa: E402
+import gradwatch.monitor as monitor_module  # noqa: E402
+from gradwatch.capture import probe, stack  # noqa: E402
+from gradwatch.capture.params import ParameterMap  # noqa: E402
+from gradwatch.stream.accumulator import StepAccumulator  # noqa: E402
+
+PARTS = [
+    (monitor_module.Monitor, "_on_update_start", "end of step: optimizer pre-hook"),
+    (monitor_module.Monitor, "_on_update_end", "end of step: optimizer post-hook"),
+    (monitor_module.Monitor, "step", "end of step: monitor.step(loss)"),
+    (ParameterMap, "is_current", "  parameter map check"),
+    (ParameterMap, "read_before_update", "  gradient + weight read"),
+    (ParameterMap, "weight_and_update_sumsq", "  update read + snapshot"),
+    (StepAccumulator, "pack", "  pack"),
+    (monitor_module, "start_readback", "  read-back start"),
+    (monitor_module, "build_step_stats", "  record build"),
+    (probe, "timestep_sumsq", "backward hooks (output-gradient norms)"),
+]
+
+
+def _timed(owner: Any, name: str, spent: list[int]) -> Any:
+    fn = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time_ns()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[-1] += time.thread_time_ns() - start
+
+    setattr(owner, name, wrapper)
+    return fn
+
+
+def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"rnn": nn.GRU(64, 64), "head": nn.Linear(64, 64)})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(50, 32, 64), torch.randn(50, 32, 64)
+    spent: dict[str, list[int]] = {label: [] for _, _, label in PARTS}
+    adapter_total: list[int] = []
+    module_forward: list[int] = []
+    originals = [(owner, name, _timed(owner, name, spent[label])) for owner, name, label in PARTS]
+    originals.append((stack.StackForward, "__call__", _timed(stack.StackForward, "__call__", adapter_total)))
+    try:
+        monitor = gradwatch.watch(model, opt, every=every, console=False)
+        detectors: list[int] = []
+        _timed(monitor.detectors, "update", detectors)
+        adapter = monitor._adapters[0]
+        plain = adapter.original
+        adapter.original = lambda *a: _run_timed(plain, a, module_forward)
+        for _ in range(steps):
+            for counter in [*spent.values(), adapter_total, module_forward, detectors]:
+                counter.append(0)
+            loss = nn.functional.mse_loss(model["head"](model["rnn"](x)[0]), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+        monitor.close()
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    spent["  detectors"] = detectors
+    spent["forward adapter (own)"] = [a - b for a, b in zip(adapter_total, module_forward)]
+    print(f"torch {torch.__version__}, 1 thread, GRU H=64 T=50 B=32 Adam, every={every}: CPU µs per step")
+    for label, values in spent.items():
+        values = values[warmup:]
+        plain_steps = [v for i, v in enumerate(values) if (i + warmup) % every != 0]
+        print(f"{label:42s} median {statistics.median(plain_steps) / 1e3:7.1f}   mean {statistics.mean(values) / 1e3:7.1f}")
+
+
+def _run_timed(fn: Any, args: tuple, counter: list[int]) -> Any:
+    start = time.thread_time_ns()
+    try:
+        return fn(*args)
+    finally:
+        counter[-1] += time.thread_time_ns() - start
+
+
+if __name__ == "__main__":
+    main()
