@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,7 +19,7 @@ from torch import nn
 import gradwatch
 from gradwatch.monitor import Monitor
 
-TIMED = ("_on_optimizer_pre_step", "_on_optimizer_post_step", "step")
+from hook_time import TIMED, _timed  # the end-of-step entry points and their CPU-time wrapper
 
 
 class WordLM(nn.Module):
@@ -30,16 +29,6 @@ class WordLM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dec(self.rnn(self.emb(x))[0])
-
-
-def _timed(fn: Callable[..., Any], spent: list[int]) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.thread_time_ns()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            spent[0] += time.thread_time_ns() - start
-    return wrapper
 
 
 def measure(blocks: int = 12, block: int = 10) -> tuple[float, float]:
