@@ -124,7 +124,7 @@ class NanSpec:
 
     step: int
     timestep: int
-    where: str  # "forward" (into the input batch) or "backward" (into the output gradient)
+    where: str  # "input" (into the input batch) or "backward" (into the output gradient)
     module: str = "rnn"
     layer: int = 0
 
@@ -157,7 +157,7 @@ def _train(
         x, y = batch_at(step)
         poison = None
         if nan is not None and nan.step == step:
-            if nan.where == "forward":
+            if nan.where == "input":
                 x = x.clone()
                 x[3, nan.timestep] = float("nan")
             else:
@@ -400,7 +400,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("exploding_oscillation", "exploding", ("oscillation",), "LSTM, plain SGD at lr 10",
              exploding_oscillation, quick=True),
     Scenario("nan_forward", "exploding", ("non_finite",), "GRU LM, NaN in the input at step 25, timestep 17",
-             _nan_run, quick=True, nan=NanSpec(step=25, timestep=17, where="forward")),
+             _nan_run, quick=True, nan=NanSpec(step=25, timestep=17, where="input")),
     Scenario("nan_backward", "exploding", ("non_finite",), "GRU LM, NaN in the output gradient at step 33, t=40",
              _nan_run, nan=NanSpec(step=33, timestep=40, where="backward")),
 ]
@@ -443,14 +443,19 @@ def judge(sc: Scenario, rec: RunRecord) -> dict[str, Any]:
     return verdict
 
 
+_WHERE_WORDS = {"input": "already in the input", "forward": "in the forward", "backward": "only in the backward"}
+"""How the non_finite alert words each place (`NonFinite.where`)."""
+
+
 def _nan_verdict(spec: NanSpec, alerts: list[Alert]) -> tuple[bool, str]:
     hits = [a for a in alerts if a.sign == "non_finite" and a.step == spec.step]
     if not hits:
         return False, "no non_finite alert at the injected step"
     a = hits[0]
-    where_ok = f"NaN/Inf {'in the forward' if spec.where == 'forward' else 'only in the backward'}" in a.message
+    where_ok = f"NaN/Inf {_WHERE_WORDS[spec.where]}" in a.message
     ok = a.severity == "critical" and a.module == spec.module and a.layer == spec.layer and a.timestep == spec.timestep
-    found = f"step {a.step}, {a.module}:{a.layer}, t={a.timestep}, {'forward' if 'in the forward' in a.message else 'backward'}"
+    said = next((where for where, words in _WHERE_WORDS.items() if words in a.message), "?")
+    found = f"step {a.step}, {a.module}:{a.layer}, t={a.timestep}, {said}"
     return ok and where_ok, found
 
 

@@ -217,7 +217,7 @@ def test_nan_in_training_is_printed_at_its_step():
             assert [a.sign for a in monitor.alerts] == ["non_finite"]  # reported as soon as the step ends
     monitor.close()
     text = con.export_text()
-    assert "CRITICAL exploding/non_finite at step 2 ('0' layer 0, timestep 7): NaN/Inf in the forward activations" in text
+    assert "CRITICAL exploding/non_finite at step 2 ('0' layer 0, timestep 7): NaN/Inf already in the input sequence" in text
     assert "4 steps watched; 1 alert (1 critical) on 1 sign." in text
 
 
