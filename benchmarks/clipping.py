@@ -4,6 +4,7 @@
                                              # (~13 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
+    python benchmarks/clipping.py --ratios --ratios-clip 0.1   # the same under a fixed threshold
     >>> from benchmarks.clipping import run_benchmark, to_markdown
     >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
 
@@ -474,9 +475,20 @@ def healthy_verdict(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
-def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30) -> dict[str, dict[str, float]]:
-    """What "auto"'s update bound sees, unclipped: lr_eff · ‖g‖ / ‖θ‖ (weights with auto's floors) at
-    step 0 and its median over the first `steps` steps (SGD-like optimizers only)."""
+def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30,
+                  clip: float | None = None) -> dict[str, dict[str, float]]:
+    """What an update bound could see, per SGD-like task (`clip`: read under clip_grad_norm_(clip)
+    instead of unclipped, e.g. where the unclipped run blows up):
+
+    - step0 / median: lr_eff · ‖g‖ / ‖θ‖ (weights with auto's floors) at step 0 and its median over
+      the first `steps` steps: what "auto"'s update bound sees;
+    - hh_median: lr_eff · ‖g_hh‖ / ‖W_hh‖ of the recurrent weights (the largest over the task's
+      weight_hh tensors), median over the same steps: a bound per tensor instead of the whole model;
+    - T_hh_median: the same × the sequence length T the recurrent layer was run over: a first-order
+      bound on how much the T-step product W_hh^T changes (tried for the IRNN, docs/clipping.md).
+
+    The gradient norms are those the optimizer applies (after `clip`, when given).
+    """
     from gradwatch.actions.auto import _floor, effective_lr
 
     out = {}
@@ -486,18 +498,32 @@ def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30) -> dict[
         lr = effective_lr(opt, opt.param_groups[0])
         if lr == 0:
             continue
-        ratios = []
+        recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+        hh = [p for m in recurrent for n, p in m.named_parameters() if n.startswith("weight_hh")]
+        length = {"T": 1}
+        hooks = [m.register_forward_hook(lambda mod, inp, res: length.__setitem__("T", inp[0].shape[0]))
+                 for m in recurrent]  # the benchmark's layers are sequence-first
+        ratios, hh_ratios = [], []
         for _ in range(steps):
             x, y = draw()
             opt.zero_grad()
             loss_fn(model(x), y).backward()
-            g = float(nn.utils.clip_grad_norm_(model.parameters(), math.inf))
-            theta = math.sqrt(sum(max(float(p.detach().norm()), _floor(p)) ** 2 for p in model.parameters()))
+            g = float(nn.utils.clip_grad_norm_(model.parameters(), math.inf if clip is None else clip))
             if not math.isfinite(g):
                 break
-            ratios.append(lr * g / theta)
+            scale = 1.0 if clip is None else min(1.0, clip / (g + 1e-6))  # clip_grad_norm_'s coefficient
+            theta = math.sqrt(sum(max(float(p.detach().norm()), _floor(p)) ** 2 for p in model.parameters()))
+            ratios.append(lr * g * scale / theta)
+            if hh:
+                hh_ratios.append(max(lr * float(p.grad.norm()) / float(p.detach().norm()) for p in hh))
             opt.step()
-        out[task.name] = {"step0": ratios[0], "median": statistics.median(ratios)}
+        for hook in hooks:
+            hook.remove()
+        row = {"step0": ratios[0], "median": statistics.median(ratios)}
+        if hh_ratios:
+            row.update(hh_median=statistics.median(hh_ratios), T=length["T"],
+                       T_hh_median=length["T"] * statistics.median(hh_ratios))
+        out[task.name] = row
     return out
 
 
@@ -645,12 +671,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, help="seeds per task and policy (default 10, 3 with --quick)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--ratios", action="store_true",
-                        help="only print lr_eff·‖g‖/‖θ‖ per task, unclipped (what auto's update bound sees)")
+                        help="only print lr_eff·‖g‖/‖θ‖ per task, unclipped (what auto's update bound sees), "
+                             "and the same for the recurrent weights alone, also × T")
+    parser.add_argument("--ratios-clip", type=float, metavar="THRESHOLD",
+                        help="with --ratios: read them under clip_grad_norm_(THRESHOLD) instead of unclipped")
     args = parser.parse_args(argv)
     if args.ratios:
         torch.set_num_threads(1)
-        for name, r in update_ratios(EXPLODING + HEALTHY).items():
-            print(f"{name:>24}: step 0 {100 * r['step0']:.3g}%, median of 30 steps {100 * r['median']:.3g}%")
+        for name, r in update_ratios(EXPLODING + HEALTHY, clip=args.ratios_clip).items():
+            line = f"{name:>24}: step 0 {100 * r['step0']:.3g}%, median of 30 steps {100 * r['median']:.3g}%"
+            if "hh_median" in r:
+                line += (f"; weight_hh alone: median {100 * r['hh_median']:.3g}%, "
+                         f"× T={r['T']}: {100 * r['T_hh_median']:.3g}%")
+            print(line)
         return {}
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")

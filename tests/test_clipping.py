@@ -743,3 +743,25 @@ def test_every_clipping_benchmark_task_builds_and_trains_a_few_steps():
     for task in bench.EXPLODING + bench.HEALTHY:
         run = bench.train(task, "auto", seed=0, steps=3)
         assert math.isfinite(run.initial) and 0 <= run.clipped_share <= 1, task.name
+
+
+def test_clipping_benchmark_recurrent_update_ratio_matches_a_hand_computation():
+    """`--ratios`' weight_hh column: lr_eff · ‖g_hh‖ / ‖W_hh‖ (× T) after clip_grad_norm_, recomputed here on step 0."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import clipping as bench
+
+    task = next(t for t in bench.EXPLODING if t.name == "IRNN T=150")
+    row = bench.update_ratios([task], steps=1, clip=0.1)[task.name]
+    torch.manual_seed(0)
+    model, opt, draw, loss_fn = task.build(0)
+    x, y = draw()
+    loss_fn(model(x), y).backward()
+    g = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    w = model.rnn.weight_hh_l0
+    expected = 0.01 * float(w.grad.norm() * min(1.0, 0.1 / float(g))) / float(w.detach().norm())
+    assert row["T"] == 150 and x.shape[0] == 150
+    assert row["hh_median"] == pytest.approx(expected, rel=1e-4)
+    assert row["T_hh_median"] == pytest.approx(150 * expected, rel=1e-4)
