@@ -8,7 +8,7 @@
 
 from .errors import GradwatchError
 from .monitor import Monitor
-from .records import Alert, ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
+from .records import Alert, ClipEvent, DirectionStats, LayerStats, NonFinite, Severity, StepStats
 from .watch import watch
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "NonFinite",
     "ClipEvent",
     "Alert",
+    "Severity",
     "GradwatchError",
 ]
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ from .capture.modules import WatchedModule, find_recurrent
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import ParameterMap
 from .capture.session import CaptureSession
-from .capture.stack import ADAPTERS, _Adapter, installed_adapter
+from .capture.stack import ADAPTERS, ForwardAdapter, installed_adapter
 from .errors import GradwatchError
 from .records import Alert, StepStats
 from .stream.build import ModuleInfo, PendingStep, build_step_stats
@@ -111,7 +111,7 @@ class Monitor:
             self._hooks.add(opt, replace=False)  # optimizers given together are all kept
         self.session = CaptureSession(self._report_error)
         self.watched: list[WatchedModule] = []
-        self._adapters: list[_Adapter] = []
+        self._adapters: list[ForwardAdapter] = []
         self._attach(find_recurrent(model))
         self.session.begin_step(probe=self._is_probe_step(0))
 
@@ -203,6 +203,11 @@ class Monitor:
     def steps(self) -> int:
         """Number of finished steps."""
         return self._step
+
+    def weights_changed_since_step(self) -> bool:
+        """Whether a watched parameter changed since the last step ended (True before any
+        snapshot). One host-device sync per parameter: for drivers at the end of a run only."""
+        return self.params.changed_since_snapshot()
 
     def flush(self) -> None:
         """Wait for every finished step's numbers and run detectors and sinks on them (may sync)."""

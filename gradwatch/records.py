@@ -10,10 +10,11 @@ statistics have arrived; no field holds a tensor. Norms are Euclidean (L2) unles
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["DirectionStats", "LayerStats", "NonFinite", "ClipEvent", "StepStats", "Alert", "LayerKey"]
+__all__ = ["DirectionStats", "LayerStats", "NonFinite", "ClipEvent", "StepStats", "Alert", "Severity", "Location", "Escalation", "LayerKey"]
 
 LayerKey = tuple[str, int]
 """`(module_name, layer_index)`: qualified name from `model.named_modules()` ("" = root)."""
@@ -126,16 +127,112 @@ class StepStats:
         return d
 
 
+class Severity(enum.IntEnum):
+    """How sure and how urgent an alert is, ordered: `INFO < WARNING < CRITICAL`.
+
+        >>> Severity.of("warning") > Severity.INFO
+        True
+        >>> str(Severity.CRITICAL)
+        'critical'
+
+    `Alert.severity` keeps the lower-case name (what the JSONL stream writes and what callers
+    compare with); every place that ranks severities ranks `Severity` values.
+    """
+
+    INFO = 0
+    WARNING = 1
+    CRITICAL = 2
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def of(cls, name: "str | Severity") -> "Severity":
+        """The member for 'info', 'warning' or 'critical' (a member is returned as it is)."""
+        return name if isinstance(name, Severity) else cls[name.upper()]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an alert points: a module, one of its layers, a timestep; all None for the whole model."""
+
+    module: str | None = None
+    """Qualified module name ("" = the root module), or None for the whole model."""
+    layer: int | None = None
+    """Layer index inside the module, when known."""
+    timestep: int | None = None
+    """Timestep involved, when known."""
+
+    def words(self, *, article: bool = False) -> str:
+        """Where, in words: "'lstm' layer 0, timestep 13", "root module", "whole model".
+
+        `article=True` gives the form that fits inside a sentence: "the root module", "the model".
+        """
+        if self.module is None:
+            text = "the model" if article else "whole model"
+        else:
+            text = f"'{self.module}'" if self.module else ("the root module" if article else "root module")
+            if self.layer is not None:
+                text += f" layer {self.layer}"
+        if self.timestep is not None:
+            text += f", timestep {self.timestep}"
+        return text
+
+    def key(self) -> str:
+        """Compact form for lists: 'lstm:0', 'lstm', or 'model'."""
+        if self.module is None:
+            return "model"
+        return self.module if self.layer is None else f"{self.module}:{self.layer}"
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """The earlier report of the same (problem, sign, module, layer) that an alert escalates."""
+
+    severity: Literal["info", "warning", "critical"]
+    """Severity of that earlier report (lower than the alert's)."""
+    step: int
+    """Step of that earlier report."""
+
+
+REMEDY = " Remedy: "
+"""Between the evidence and the remedy in `Alert.message`."""
+
+
+def message_text(evidence: str, remedy: str, escalated_from: "Escalation | None" = None) -> str:
+    """The one-string form: "Escalated from info (step 19). " when escalated, the evidence, then
+    " Remedy: " and the remedy when there is one (`Alert.message`, the JSONL `message` key)."""
+    text = evidence + (REMEDY + remedy if remedy else "")
+    if escalated_from is not None:
+        text = f"Escalated from {escalated_from.severity} (step {escalated_from.step}). {text}"
+    return text
+
+
+def from_message(evidence: str, remedy: str) -> tuple[str, str]:
+    """(evidence, remedy) from the one-string form "evidence Remedy: remedy" of gradwatch <= 1.0.
+
+    Only for values given to a constructor in that form (`remedy` empty); nothing downstream
+    parses text."""
+    if remedy or REMEDY not in evidence:
+        return evidence, remedy
+    head, _, tail = evidence.partition(REMEDY)
+    return head, tail
+
+
 @dataclass
 class Alert:
-    """A diagnosed problem: which one, which sign, where, how bad, and what to do."""
+    """A diagnosed problem: which one, which sign, where, how bad, and what to do.
+
+    The text parts are kept apart (`evidence`, `remedy`, `escalated_from`); sinks render them.
+    `message` is the one-string form the JSONL stream has always carried.
+    """
 
     problem: Literal["vanishing", "exploding"]
     """The gradient pathology."""
     sign: str
     """The symptom practitioners know it by, e.g. 'norm_spike', 'temporal_decay', 'non_finite'."""
     severity: Literal["info", "warning", "critical"]
-    """How sure and how urgent."""
+    """How sure and how urgent: the name of a `Severity` (`level` gives the ordered value)."""
     step: int
     """Step at which it was detected."""
     module: str | None
@@ -148,8 +245,35 @@ class Alert:
     """The measured value that triggered the alert."""
     threshold: float
     """The threshold it was compared with."""
-    message: str
-    """Evidence and a concrete remedy, in words."""
+    evidence: str
+    """What was measured and why it is a problem, in words (one or more sentences)."""
+    remedy: str = ""
+    """What to do in this case, in words ("" when there is nothing specific to do)."""
+    escalated_from: Escalation | None = None
+    """The earlier, less severe report of the same sign at the same place, when this one escalates it."""
+
+    def __post_init__(self) -> None:
+        self.evidence, self.remedy = from_message(self.evidence, self.remedy)  # Alert(..., "e Remedy: r")
+
+    @property
+    def level(self) -> Severity:
+        """`severity` as an ordered `Severity`."""
+        return Severity.of(self.severity)
+
+    @property
+    def location(self) -> Location:
+        """`module`, `layer` and `timestep` together."""
+        return Location(self.module, self.layer, self.timestep)
+
+    @property
+    def message(self) -> str:
+        """Evidence, then " Remedy: " and the remedy; an escalation is named first, as
+        "Escalated from info (step 19). " (the text of the JSONL `message` key)."""
+        return message_text(self.evidence, self.remedy, self.escalated_from)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSONL form: every field above (`escalated_from` as {severity, step} or None) plus `message`."""
+        d = asdict(self)
+        head = {k: d.pop(k) for k in ("problem", "sign", "severity", "step", "module", "layer", "timestep",
+                                      "value", "threshold")}
+        return {**head, "message": self.message, **d}  # the v1 keys first, in their v1 order

@@ -177,3 +177,17 @@ def test_torch_compile_keeps_parameter_statistics():
     assert s.grad_norm == pytest.approx(float(total), rel=1e-5)
     assert s.layers[("rnn", 0)].timestep_grad_norms is None  # probes do not run inside compiled code
     assert "forward" not in m.rnn.__dict__
+
+
+def test_weights_changed_since_step_sees_a_manual_update():
+    """What `gradwatch run` asks at the end of a script that updates by hand (it read `params.snapshot` before)."""
+    torch.manual_seed(0)
+    m = nn.GRU(3, 4)
+    mon = gradwatch.watch(m, console=False)
+    m(torch.randn(5, 2, 3))[0].pow(2).mean().backward()
+    mon.step()
+    assert not mon.weights_changed_since_step()
+    with torch.no_grad():
+        m.weight_hh_l0[0, 0] += 1e-3
+    assert mon.weights_changed_since_step()
+    mon.close()

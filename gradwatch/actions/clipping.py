@@ -170,11 +170,11 @@ class AutoClip:
         if self.history is not None and (isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1):
             raise GradwatchError(f"gradwatch.actions.AutoClip(history=...) must be a positive integer or None, got {self.history!r}.")
 
-    def make(self) -> "_AutoClipper":
-        return _AutoClipper(self)
+    def make(self) -> "_PercentileClipper":
+        return _PercentileClipper(self)
 
 
-class _AutoClipper:
+class _PercentileClipper:
     name = AutoClip.name
 
     def __init__(self, cfg: AutoClip) -> None:

@@ -130,6 +130,15 @@ class ParameterMap:
             else:
                 torch._foreach_copy_(self.snapshot, [p.detach() for p in self.params])
 
+    def changed_since_snapshot(self) -> bool:
+        """Whether a parameter differs from the snapshot (True when there is none). Compares every
+        tensor: one host-device sync per parameter, for the end of a run only."""
+        if self.snapshot is None:
+            return True
+        with torch.no_grad():
+            return any(s.shape != p.shape or not torch.equal(s.to(device=p.device, dtype=p.dtype), p)
+                       for s, p in zip(self.snapshot, self.params))
+
     def _check_snapshot(self) -> None:
         """Make the snapshot match the parameters: taken when missing, taken again when a parameter
         was resized, moved when one changed device or dtype."""

@@ -27,7 +27,7 @@ from .session import CaptureSession
 from ..stream.accumulator import StepAccumulator
 from ..stats.tensor_stats import unit_activity
 
-__all__ = ["StackForward", "CellForward", "PlainReplicas", "plain_forward", "installed_adapter"]
+__all__ = ["ForwardAdapter", "StackForward", "CellForward", "PlainReplicas", "plain_forward", "installed_adapter"]
 
 
 def plain_forward(module: nn.Module) -> Any:
@@ -35,18 +35,18 @@ def plain_forward(module: nn.Module) -> Any:
     return types.MethodType(type(module).forward, module)
 
 
-def installed_adapter(module: nn.Module) -> "_Adapter | None":
+def installed_adapter(module: nn.Module) -> "ForwardAdapter | None":
     """The gradwatch forward adapter installed on `module` (it is being watched), or None."""
     return _adapter_of(module.__dict__.get("forward"))
 
 
-def _adapter_of(forward: Any) -> "_Adapter | None":
+def _adapter_of(forward: Any) -> "ForwardAdapter | None":
     """The adapter behind a module's `forward` entry, when that entry is gradwatch's."""
     adapter = getattr(getattr(forward, "__func__", None), torch_compat.ADAPTER_ATTRIBUTE, None)
-    return adapter if isinstance(adapter, _Adapter) else None
+    return adapter if isinstance(adapter, ForwardAdapter) else None
 
 
-class _Adapter:
+class ForwardAdapter:
     """Common part of the forward adapters: install, remove, pickle as the unwatched module.
 
     `nn.DataParallel` on several GPUs runs replicas of the module, made by
@@ -227,7 +227,7 @@ def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor
     return 1 if module.batch_first else 0  # type: ignore[attr-defined]
 
 
-class StackForward(_Adapter):
+class StackForward(ForwardAdapter):
     """Measuring forward for fused recurrent stacks."""
 
     def __call__(self, input: Any, hx: Any = None) -> Any:
@@ -371,7 +371,7 @@ class StackForward(_Adapter):
         return x, hidden
 
 
-class CellForward(_Adapter):
+class CellForward(ForwardAdapter):
     """Measuring forward for RNNCell / LSTMCell / GRUCell: each call is one timestep."""
 
     def __call__(self, input: Any, hx: Any = None) -> Any:
@@ -409,5 +409,5 @@ class CellForward(_Adapter):
             return output
 
 
-ADAPTERS: dict[str, type[_Adapter]] = {"stack": StackForward, "cell": CellForward}
+ADAPTERS: dict[str, type[ForwardAdapter]] = {"stack": StackForward, "cell": CellForward}
 """Adapter class per module kind (see `modules.RECURRENT_KINDS`)."""

@@ -206,7 +206,7 @@ class ScriptWatcher:
         """
         try:
             for m in self.models:
-                if m.backward_done and not m.monitor.optimizers and (complete or _updated(m.monitor)):
+                if m.backward_done and not m.monitor.optimizers and (complete or m.monitor.weights_changed_since_step()):
                     self._guard(self._end_manual_step, m)
         finally:
             self.uninstall()
@@ -376,16 +376,6 @@ class ScriptWatcher:
 def _print_wrapped(text: str) -> None:
     """One message of gradwatch's own on stderr, wrapped at the terminal width like the alerts."""
     print(textwrap.fill(text, width=plain_width(), subsequent_indent="    ", break_on_hyphens=False), file=sys.stderr)
-
-
-def _updated(monitor: Monitor) -> bool:
-    """Whether a watched parameter changed since the monitor's last step ended (syncs: end of run only)."""
-    snapshot, params = monitor.params.snapshot, monitor.params.params
-    if snapshot is None:
-        return True
-    with torch.no_grad():
-        return any(s.shape != p.shape or not torch.equal(s.to(device=p.device, dtype=p.dtype), p)
-                   for s, p in zip(snapshot, params))
 
 
 def _holds_parameters_of(opt: torch.optim.Optimizer, module: nn.Module) -> bool:

@@ -17,6 +17,7 @@ One module per family of signs:
 | exploding | oscillation     | loss.py        |
 | exploding | norm_spike      | norms.py       |
 | exploding | temporal_growth | temporal.py    |
+| exploding | constant_clipping | clipping.py  |
 
 Every threshold, its default and where it comes from is in `config.DetectorConfig`; remedy
 texts are in `remedies`; `suite.DetectorSuite` combines the detectors with cooldown and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from .activity import DeadNeuronsDetector
 from .base import Detector, LossProgress
+from .clipping import ConstantClippingDetector, constant_clipping
 from .config import PROBLEM_OF, SIGNS, DetectorConfig
 from .loss import OscillationDetector, SlowProgressDetector
 from .nonfinite import NonFiniteDetector
@@ -43,6 +45,8 @@ __all__ = [
     "AlertSummary",
     "SummaryEntry",
     "Detector",
+    "ConstantClippingDetector",
+    "constant_clipping",
     "LossProgress",
     "SIGNS",
     "PROBLEM_OF",

@@ -16,15 +16,12 @@ import math
 import statistics
 from typing import Iterable, Literal, Protocol
 
-from ..records import Alert, StepStats
+from ..records import REMEDY, Alert, Location, StepStats
 from .config import PROBLEM_OF, DetectorConfig
 
 __all__ = ["Detector", "make_alert", "LossProgress", "median", "fmt", "where", "REMEDY"]
 
-REMEDY = " Remedy: "
-"""Separates the evidence from the remedy in every alert message."""
-
-Severity = Literal["info", "warning", "critical"]
+SeverityName = Literal["info", "warning", "critical"]
 
 
 class Detector(Protocol):
@@ -40,7 +37,7 @@ class Detector(Protocol):
 
 def make_alert(
     sign: str,
-    severity: Severity,
+    severity: SeverityName,
     step: int,
     *,
     evidence: str,
@@ -51,7 +48,7 @@ def make_alert(
     layer: int | None = None,
     timestep: int | None = None,
 ) -> Alert:
-    """An `Alert` whose message is the evidence followed by `REMEDY` and the remedy."""
+    """An `Alert` of `sign` (its problem looked up in `PROBLEM_OF`), with evidence and remedy kept apart."""
     return Alert(
         problem=PROBLEM_OF[sign],  # type: ignore[arg-type]
         sign=sign,
@@ -62,7 +59,8 @@ def make_alert(
         timestep=timestep,
         value=float(value),
         threshold=float(threshold),
-        message=f"{evidence}{REMEDY}{remedy}",
+        evidence=evidence,
+        remedy=remedy,
     )
 
 
@@ -82,11 +80,8 @@ def fmt(x: float | None) -> str:
 
 
 def where(module: str | None, layer: int | None = None) -> str:
-    """'lstm' layer 1, in words, for messages."""
-    if module is None:
-        return "the model"
-    name = f"'{module}'" if module else "the root module"
-    return name if layer is None else f"{name} layer {layer}"
+    """'lstm' layer 1, in words, for messages ("the model" when `module` is None)."""
+    return Location(module, layer).words(article=True)
 
 
 class LossProgress:

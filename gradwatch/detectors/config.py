@@ -34,6 +34,7 @@ PROBLEM_OF: dict[str, str] = {
     "oscillation": "exploding",
     "norm_spike": "exploding",
     "temporal_growth": "exploding",
+    "constant_clipping": "exploding",
 }
 """The fixed `Alert.sign` names and the problem each one belongs to."""
 
@@ -278,6 +279,27 @@ class DetectorConfig:
     ≥ 0.4 have ratios ≤ 0.0063; the lr-10 LSTM 0.04–0.16. Adam keeps its ratio near lr/rms(θ)
     (healthy runs up to 0.055 at lr 1e-2), so a brisk Adam run passes this test and the loss
     tests decide. Without any measured update ratio (no watched layer trains) it is skipped."""
+
+    # ---------------------------------------------------------------- constant_clipping (only when clipping is on)
+    constant_clip_window: int = 100
+    """Steps with a clip record (`StepStats.clip`) looked at, the latest ones; nothing is said
+    before this many exist. 100 steps: long enough that a burst of clipping during a warm-up or
+    one bad stretch of data is not "constant". Chosen by hand with the clipping policies (v1),
+    not calibrated on the corpus."""
+    constant_clip_share: float = 0.5
+    """Info when at least this share of those steps were clipped (coefficient below 0.999):
+    clipping is meant to catch the rare step that would wreck training, so clipping on most
+    steps means the threshold sits inside the ordinary gradient scale. Chosen by hand (v1)."""
+    constant_clip_warning_share: float = 0.9
+    """Warning when at least this share were clipped…"""
+    constant_clip_hard: float = 0.5
+    """…and hard: the median coefficient of the clipped steps is at most this (the norm at least
+    halved), so the optimizer effectively runs normalised gradient descent with step lr ×
+    threshold. Frequent gentle clipping only trims the step a little and stays info. Chosen by
+    hand (v1); `tests/test_clipping.py` pins the four cases."""
+    constant_clip_cooldown: int = 100
+    """Steps before constant_clipping speaks again at the same severity (an escalation from
+    info to warning is reported at once). The suite's `cooldown` applies on top of it."""
 
     # ------------------------------------------------------------------ construction
     @classmethod

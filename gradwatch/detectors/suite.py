@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..actions.alerts import ConstantClipping
-from ..records import Alert, StepStats
+from ..records import Alert, Escalation, Severity, StepStats, from_message, message_text
 from .activity import DeadNeuronsDetector
-from .base import REMEDY, Detector
+from .base import Detector
+from .clipping import ConstantClippingDetector
 from .config import SIGNS, DetectorConfig
 from .loss import OscillationDetector, SlowProgressDetector
 from .nonfinite import NonFiniteDetector
@@ -32,9 +32,7 @@ from .norms import NormSpikeDetector
 from .temporal import TemporalDecayDetector, TemporalGrowthDetector
 from .updates import LargeUpdatesDetector, TinyUpdatesDetector
 
-__all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "default_detectors", "SEVERITY_RANK"]
-
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+__all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "default_detectors"]
 
 AlertKey = tuple[str, str, "str | None", "int | None"]
 
@@ -47,7 +45,7 @@ def default_detectors(config: DetectorConfig) -> list[Detector]:
         LargeUpdatesDetector(config),
         TemporalGrowthDetector(config),
         OscillationDetector(config),
-        ConstantClipping(),  # lives with the clipping policies; silent when clipping is off
+        ConstantClippingDetector(config),  # silent when clipping is off
         TemporalDecayDetector(config),
         DeadNeuronsDetector(config),
         TinyUpdatesDetector(config),
@@ -71,18 +69,25 @@ class SummaryEntry:
     last_step: int
     """Last step at which it was seen, reported or held back."""
     locations: list[str] = field(default_factory=list)
-    """Where: 'module:layer', 'module' or 'model', in order of first appearance."""
-    message: str = ""
-    """The message of the most severe (latest among equals) reported alert."""
+    """Where: 'module:layer', 'module' or 'model' (`Location.key`), in order of first appearance."""
+    evidence: str = ""
+    """The evidence of the most severe (latest among equals) reported alert."""
+    remedy: str = ""
+    """Its remedy."""
+    escalated_from: Escalation | None = None
+    """What that alert escalated, if it did."""
+
+    def __post_init__(self) -> None:
+        self.evidence, self.remedy = from_message(self.evidence, self.remedy)  # SummaryEntry(..., "e Remedy: r")
 
     @property
-    def evidence(self) -> str:
-        return self.message.split(REMEDY, 1)[0]
+    def level(self) -> Severity:
+        return Severity.of(self.severity)
 
     @property
-    def remedy(self) -> str:
-        parts = self.message.split(REMEDY, 1)
-        return parts[1] if len(parts) == 2 else ""
+    def message(self) -> str:
+        """That alert's `Alert.message`."""
+        return message_text(self.evidence, self.remedy, self.escalated_from)
 
 
 @dataclass
@@ -99,13 +104,14 @@ class AlertSummary:
 
     @property
     def worst(self) -> str | None:
-        return max((e.severity for e in self.entries), key=SEVERITY_RANK.__getitem__, default=None)
+        worst = max((e.level for e in self.entries), default=None)
+        return None if worst is None else str(worst)
 
     def headline(self) -> str:
         if not self.entries:
             return f"gradwatch: {self.steps} steps watched, no vanishing or exploding gradients seen."
         parts = [f"{len(self.entries)} sign{'s' if len(self.entries) > 1 else ''}"]
-        for sev in ("critical", "warning", "info"):
+        for sev in map(str, sorted(Severity, reverse=True)):
             n = sum(1 for e in self.entries if e.severity == sev)
             if n:
                 parts.append(f"{n} {sev}")
@@ -132,26 +138,18 @@ def _after_explosion(alert: Alert, step: int) -> Alert:
     """A vanishing alert raised after an explosion, said to be its likely consequence."""
     if alert.problem != "vanishing":
         return alert
-    evidence, _, remedy = alert.message.partition(REMEDY)
     return replace(
         alert,
         severity="warning" if alert.severity == "critical" else alert.severity,
-        message=(
-            f"After the explosion at step {step} (likely its consequence, not a separate vanishing problem): "
-            f"{evidence}{REMEDY}first prevent the explosion (see its alert: lower the learning rate, clip the "
-            f"gradient norm); then, if it persists: {remedy}"
-        ),
+        evidence=(f"After the explosion at step {step} (likely its consequence, not a separate vanishing problem): "
+                  f"{alert.evidence}"),
+        remedy=(f"first prevent the explosion (see its alert: lower the learning rate, clip the gradient norm); "
+                f"then, if it persists: {alert.remedy}"),
     )
 
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _location(a: Alert) -> str:
-    if a.module is None:
-        return "model"
-    return a.module if a.layer is None else f"{a.module}:{a.layer}"
 
 
 class DetectorSuite:
@@ -167,7 +165,8 @@ class DetectorSuite:
         """Forget every detector's state, the cooldowns and the summary."""
         for d in self.detectors:
             d.reset()
-        self._last: dict[AlertKey, tuple[int, str]] = {}
+        self._last: dict[AlertKey, Escalation] = {}
+        """The latest reported alert of each key: its severity and step."""
         self._entries: dict[tuple[str, str], SummaryEntry] = {}
         self._steps = 0
         self._explosion: tuple[int, int] | None = None
@@ -182,7 +181,7 @@ class DetectorSuite:
                     continue
                 key = (alert.problem, alert.sign, alert.module, alert.layer)
                 old = found.get(key)
-                if old is None or SEVERITY_RANK[alert.severity] > SEVERITY_RANK[old.severity]:
+                if old is None or alert.level > old.level:
                     found[key] = alert
         if self._explosion is not None:
             found = {k: _after_explosion(a, self._explosion[0]) for k, a in found.items()}
@@ -190,7 +189,7 @@ class DetectorSuite:
         return [a for a in (self._filter(k, a) for k, a in found.items()) if a is not None]
 
     def _note_explosion(self, alerts: list[Alert]) -> None:
-        steps = [a.step for a in alerts if a.problem == "exploding" and a.severity != "info"]
+        steps = [a.step for a in alerts if a.problem == "exploding" and a.level > Severity.INFO]
         if not steps:
             return
         step = min(steps)
@@ -201,13 +200,13 @@ class DetectorSuite:
 
     def _filter(self, key: AlertKey, alert: Alert) -> Alert | None:
         last = self._last.get(key)
-        rank = SEVERITY_RANK[alert.severity]
-        if last is not None and alert.step - last[0] < self.config.cooldown and rank <= SEVERITY_RANK[last[1]]:
+        escalates = last is not None and alert.level > Severity.of(last.severity)
+        if last is not None and alert.step - last.step < self.config.cooldown and not escalates:
             self._record(alert, reported=False)
             return None
-        if last is not None and rank > SEVERITY_RANK[last[1]]:
-            alert = replace(alert, message=f"Escalated from {last[1]} (step {last[0]}). {alert.message}")
-        self._last[key] = (alert.step, alert.severity)
+        if escalates:
+            alert = replace(alert, escalated_from=last)
+        self._last[key] = Escalation(alert.severity, alert.step)
         self._record(alert, reported=True)
         return alert
 
@@ -221,12 +220,12 @@ class DetectorSuite:
             entry.repeats += 1
             return
         entry.reported += 1
-        where = _location(alert)
+        where = alert.location.key()
         if where not in entry.locations:
             entry.locations.append(where)
-        if SEVERITY_RANK[alert.severity] >= SEVERITY_RANK[entry.severity] or not entry.message:
+        if alert.level >= entry.level or not entry.evidence:
             entry.severity = alert.severity
-            entry.message = alert.message
+            entry.evidence, entry.remedy, entry.escalated_from = alert.evidence, alert.remedy, alert.escalated_from
 
     def summary(self) -> AlertSummary:
         """Everything reported and held back so far, most severe sign first."""
@@ -234,7 +233,7 @@ class DetectorSuite:
         for sign in [s for d in self.detectors for s in d.signs] + list(SIGNS):  # detectors come most urgent first
             order.setdefault(sign, len(order))
         entries = sorted(
-            self._entries.values(), key=lambda e: (-SEVERITY_RANK[e.severity], e.first_step, order[e.sign])
+            self._entries.values(), key=lambda e: (-e.level, e.first_step, order[e.sign])
         )
         return AlertSummary(self._steps, [replace(e, locations=list(e.locations)) for e in entries])
 

@@ -36,8 +36,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..records import Alert, LayerKey, StepStats
-from .logging_sink import INDENT, SUMMARY_LINES, alert_lines, run_summary, severity_counts, summary_headline, summary_lines
+from ..records import Alert, LayerKey, Severity, StepStats
+from .logging_sink import SUMMARY_LINES, alert_lines, run_summary, severity_counts, summary_headline, summary_parts
 
 __all__ = ["RichConsoleSink", "sparkline", "heat_strip", "render_summary", "SEVERITY_STYLE"]
 
@@ -137,17 +137,12 @@ def render_summary(summary: Any, counts: Mapping[str, int] | None = None, *, wid
     lines per sign (none of them wraps); at most 22 lines with the border."""
     verdict = summary_headline(summary, counts or {}).removeprefix("gradwatch: ")  # the title says it
     # the plain lines indent every sign by two spaces; inside the panel its border does that
-    lines = [line[2:] for line in summary_lines(summary, counts or {}, width=width - 2,
-                                                max_lines=SUMMARY_LINES - 3, headline=False)]
+    parts = summary_parts(summary, counts or {}, width=width - 2, max_lines=SUMMARY_LINES - 3, headline=False)
     body = Text(verdict + "\n", style="bold")
-    for line in lines:
-        severity = line.strip().split(" ", 1)[0].lower()
-        if severity in SEVERITY_STYLE and not line.startswith(" "):
-            body.append(line + "\n", style=SEVERITY_STYLE[severity])
-        elif line.strip().startswith("remedy:"):
-            body.append(line + "\n", style="green")
-        else:
-            body.append(line + "\n")
+    for part in parts:
+        style = SEVERITY_STYLE[part.severity] if part.kind == "sign" and part.severity else \
+            "green" if part.kind == "remedy" else ""
+        body.append(part.text[2:] + "\n", style=style)
     body.rstrip()
     return Panel(body, title="gradwatch", title_align="left", width=width,
                  border_style=SEVERITY_STYLE.get(summary.worst, "green"))
@@ -205,7 +200,7 @@ class RichConsoleSink:
         with self._lock:
             self._collect(stats, alerts)
         for a in alerts:
-            if a.severity != "info":
+            if a.level > Severity.INFO:
                 self.console.print(alert_text(a, self.console.width), soft_wrap=True)  # above the live panel
         if self.live and self._live is None:
             self._start_live()
@@ -334,12 +329,12 @@ class RichConsoleSink:
         if v.model_alert is not None:
             footer = Text.assemble(footer, "  · model: ", _status(v.model_alert))
         worst = max((lv.alert for lv in v.layers.values() if lv.alert), key=_rank, default=v.model_alert)
-        border = SEVERITY_STYLE[worst.severity] if worst is not None and worst.severity != "info" else "green"
+        border = SEVERITY_STYLE[worst.severity] if worst is not None and worst.level > Severity.INFO else "green"
         return Panel(Group(table, footer), title=title, title_align="left", border_style=border)
 
 
 def _rank(a: Alert | None) -> int:
-    return -1 if a is None else {"info": 0, "warning": 1, "critical": 2}[a.severity]
+    return -1 if a is None else a.level
 
 
 def _outranks(new: Alert, old: Alert | None) -> bool:

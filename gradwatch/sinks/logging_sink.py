@@ -25,43 +25,43 @@ import logging
 import os
 import sys
 import textwrap
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, NamedTuple
 
-from ..detectors.base import REMEDY
-from ..records import Alert, StepStats
+from ..records import REMEDY, Alert, Severity, StepStats
 
-__all__ = ["LoggingSink", "alert_line", "alert_lines", "summary_lines", "run_summary", "plain_width"]
+__all__ = ["LoggingSink", "alert_head", "alert_line", "alert_lines", "summary_lines", "summary_parts", "SummaryLine",
+           "run_summary", "plain_width"]
 
-LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
-SEVERITIES = ("critical", "warning", "info")
+LEVELS = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING, Severity.CRITICAL: logging.CRITICAL}
+SEVERITIES = tuple(str(s) for s in sorted(Severity, reverse=True))
+"""Severity names, most severe first."""
 INDENT = "    "
 SUMMARY_LINES = 22
 """Closing summary: headline and body together, so that it fits one 80×24 screen with the prompt."""
 
 
 def location(alert: Alert) -> str:
-    """'lstm' layer 0, timestep 13 — where an alert is, in words."""
-    if alert.module is None:
-        text = "whole model"
-    else:
-        text = f"'{alert.module}'" if alert.module else "root module"
-        if alert.layer is not None:
-            text += f" layer {alert.layer}"
-    if alert.timestep is not None:
-        text += f", timestep {alert.timestep}"
-    return text
+    """'lstm' layer 0, timestep 13 — where an alert is, in words (`Location.words`)."""
+    return alert.location.words()
+
+
+def alert_head(alert: Alert) -> str:
+    """"WARNING exploding/norm_spike at step 30 ('lstm' layer 0; escalated from info at step 19)"."""
+    up = alert.escalated_from
+    escalated = f"; escalated from {up.severity} at step {up.step}" if up is not None else ""
+    return f"{alert.severity.upper()} {alert.problem}/{alert.sign} at step {alert.step} ({location(alert)}{escalated})"
 
 
 def alert_line(alert: Alert) -> str:
-    """One plain line per alert: severity, problem/sign, step, where, message."""
-    return f"{alert.severity.upper()} {alert.problem}/{alert.sign} at step {alert.step} ({location(alert)}): {alert.message}"
+    """One plain line per alert: `alert_head`, then the evidence and " Remedy: " with the remedy."""
+    return f"{alert_head(alert)}: {alert.evidence}" + (f"{REMEDY}{alert.remedy}" if alert.remedy else "")
 
 
 def alert_lines(alert: Alert, width: int | None = None) -> list[str]:
     """The alert as the evidence line and the remedy line, each wrapped at `width` (None: not
     wrapped) with continuation lines indented, so that the severity word starts every alert."""
-    evidence, _, remedy = alert_line(alert).partition(REMEDY)
-    paragraphs = [evidence.rstrip(), f"{INDENT}Remedy: {remedy}"] if remedy else [evidence.rstrip()]
+    evidence = f"{alert_head(alert)}: {alert.evidence}".rstrip()
+    paragraphs = [evidence, f"{INDENT}Remedy: {alert.remedy}"] if alert.remedy else [evidence]
     if width is None:
         return paragraphs
     out: list[str] = []
@@ -119,17 +119,28 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _sign_lines(entry: Any, width: int, action_lines: int) -> list[str]:
+class SummaryLine(NamedTuple):
+    """One line of the closing summary and what it is, so that a renderer can style it."""
+
+    kind: Literal["headline", "sign", "remedy", "evidence", "more"]
+    text: str
+    severity: str | None = None
+    """For a "sign" line: the sign's worst severity."""
+
+
+def _sign_lines(entry: Any, width: int, action_lines: int) -> list[SummaryLine]:
     steps = f"step {entry.first_step}" if entry.first_step == entry.last_step else \
         f"steps {entry.first_step}-{entry.last_step}"
     where = ", ".join(entry.locations[:3]) + (" …" if len(entry.locations) > 3 else "")
     held = f", {entry.repeats} held back" if entry.repeats else ""
     head = f"  {entry.severity.upper()} {entry.problem}/{entry.sign} at {where}; {steps}; " \
            f"{_plural(entry.reported, 'alert')}{held}"
+    kind: Literal["remedy", "evidence"] = "remedy" if entry.remedy else "evidence"
     action = f"remedy: {entry.remedy}" if entry.remedy else entry.evidence
     wrapped = textwrap.wrap(action.strip(), width=max(width, 40), initial_indent=INDENT,
                             subsequent_indent=INDENT + "  ", max_lines=action_lines, placeholder=" …")
-    return [_cut(head, width)] + [_cut(line, width) for line in wrapped]
+    return [SummaryLine("sign", _cut(head, width), entry.severity)] + \
+        [SummaryLine(kind, _cut(line, width)) for line in wrapped]
 
 
 def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
@@ -138,8 +149,16 @@ def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
     seen and its remedy, each line cut at `width`; at most `max_lines` lines in all (the rest of
     the signs are named on the last line). `headline=False` leaves the headline out. The evidence of each alert was printed when it was
     raised and is kept in `monitor.alerts` and the JSONL stream."""
-    out = textwrap.wrap(summary_headline(summary, counts), width=max(width, 40),
-                        subsequent_indent=INDENT) if headline else []
+    return [line.text for line in summary_parts(summary, counts, width=width, max_lines=max_lines,
+                                                headline=headline)]
+
+
+def summary_parts(summary: Any, counts: Mapping[str, int], *, width: int = 80,
+                  max_lines: int = SUMMARY_LINES, headline: bool = True) -> list[SummaryLine]:
+    """`summary_lines`, each line with its kind (and a sign line with its severity)."""
+    out = [SummaryLine("headline", line) for line in
+           textwrap.wrap(summary_headline(summary, counts), width=max(width, 40), subsequent_indent=INDENT)
+           ] if headline else []
     entries = list(summary.entries)
     room = max_lines - len(out)
     if 2 * len(entries) > room:
@@ -153,8 +172,8 @@ def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
         spare -= len(lines) - 2
         out += lines
     if rest:
-        out.append(_cut(f"  … and {_plural(len(rest), 'more sign')}: "
-                        + ", ".join(f"{e.problem}/{e.sign}" for e in rest), width))
+        out.append(SummaryLine("more", _cut(f"  … and {_plural(len(rest), 'more sign')}: "
+                                            + ", ".join(f"{e.problem}/{e.sign}" for e in rest), width)))
     return out
 
 
@@ -171,12 +190,13 @@ class LoggingSink:
         width = self.width or plain_width()
         for a in alerts:
             self.counts[a.severity] += 1
-            self.logger.log(LEVELS[a.severity], "%s", "\n".join(alert_lines(a, width)))
+            self.logger.log(LEVELS[a.level], "%s", "\n".join(alert_lines(a, width)))
 
     def close(self, monitor: Any) -> None:
         summary = run_summary(monitor)
         if summary is None:
             return
-        level = logging.WARNING if summary.worst in ("warning", "critical") else logging.INFO
+        worst = summary.worst
+        level = logging.WARNING if worst is not None and Severity.of(worst) >= Severity.WARNING else logging.INFO
         for line in summary_lines(summary, self.counts, width=self.width or plain_width()):
             self.logger.log(level, "%s", line)

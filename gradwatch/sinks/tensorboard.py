@@ -107,7 +107,7 @@ class TensorBoardSink:
         for module, rows in by_module.items():
             w.add_image(f"gradwatch/timesteps/{module or 'model'}", timestep_image(rows), step, dataformats="HWC")
         if alerts:
-            lines = [f"- **{a.severity}** {a.problem}/{a.sign} at {_where(a)}: {a.message}" for a in alerts]
+            lines = [_markdown(a) for a in alerts]
             w.add_text("gradwatch/alerts", "\n".join(lines), step)
 
     def close(self, monitor: object) -> None:
@@ -117,11 +117,10 @@ class TensorBoardSink:
             self.writer.flush()
 
 
-def _where(a: Alert) -> str:
-    parts = [a.module if a.module is not None else "model"]
-    if a.layer is not None:
-        parts.append(f"layer {a.layer}")
-    if a.timestep is not None:
-        parts.append(f"t={a.timestep}")
+def _markdown(a: Alert) -> str:
+    """One markdown bullet: severity, problem/sign, where, the value, escalation, evidence and remedy."""
     value = "nan" if isinstance(a.value, float) and math.isnan(a.value) else f"{a.value:.3g}"
-    return ", ".join(parts) + f" (value {value})"
+    up = a.escalated_from
+    escalated = f", escalated from {up.severity} at step {up.step}" if up is not None else ""
+    remedy = f" **Remedy:** {a.remedy}" if a.remedy else ""
+    return f"- **{a.severity}** {a.problem}/{a.sign} at {a.location.words()} (value {value}{escalated}): {a.evidence}{remedy}"
