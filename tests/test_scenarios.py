@@ -7,24 +7,11 @@ step-0 explosion is reported at step 0, and the injected NaN is located exactly.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_modules import load_benchmark
 
-
-def _load_scenarios():
-    spec = importlib.util.spec_from_file_location("gradwatch_bench_scenarios", ROOT / "benchmarks" / "scenarios.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-scenarios = _load_scenarios()
+scenarios = load_benchmark("scenarios")
 QUICK = [s.name for s in scenarios.SCENARIOS if s.quick]
 
 
