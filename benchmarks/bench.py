@@ -151,8 +151,12 @@ def _plot_clipping(result: dict[str, Any], out: Path) -> list[str]:
         return []
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    ncols = min(5, len(tasks))  # a grid, so that ten tasks stay readable
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.3 * nrows + 0.5), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for k, (ax, task) in enumerate(zip(axes.flat, tasks)):
         cells = [next((r for r in rows if r["task"] == task and r["policy"] == p), None) for p in policies]
         losses = [c["final_loss"] for c in cells if c and c.get("final_loss") is not None]
         top = 1.15 * max(losses, default=1.0)
@@ -171,13 +175,14 @@ def _plot_clipping(result: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks(range(len(policies)))
         ax.set_xticklabels(policies, rotation=60, ha="right", fontsize=7)
         ax.set_title(task, fontsize=9)
-        ax.set_ylabel("final held-out loss (mean over seeds)", fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel("final held-out loss\n(mean over seeds)", fontsize=8)
     fig.legend(handles=[Patch(color="tab:blue", label="no seed diverged"),
                         Patch(color="tab:red", label="diverged in k of n seeds (mean of the others)"),
                         Patch(facecolor="tab:red", alpha=0.35, hatch="//", edgecolor="tab:red",
                               label="diverged in every seed")],
                loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.5 / (3.3 * nrows + 0.5), 1, 1))
     fig.savefig(out / "clipping_final_loss.png", dpi=110)
     plt.close(fig)
     return ["clipping_final_loss.png"]
