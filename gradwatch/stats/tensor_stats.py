@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..stream.readback import HOST_MARK
+from ..torch_compat import foreach_norm
 
 __all__ = ["group_sumsq", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
@@ -87,8 +88,8 @@ def tensor_sumsqs(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Σ x² of each tensor as one float64 vector, scale-safe as `sumsq_over` (one foreach kernel)."""
     if tensors[0].device.type == "cuda":
         # the foreach kernel casts each element to float64 before squaring: no copy, no overflow
-        return stack_scalars(torch._foreach_norm(tensors, 2.0, dtype=torch.float64)).square()
-    norms = stack_scalars(torch._foreach_norm(tensors), dtype=torch.float64)
+        return stack_scalars(foreach_norm(tensors, dtype=torch.float64)).square()
+    norms = stack_scalars(foreach_norm(tensors), dtype=torch.float64)
     if tensors[0].device.type == "cpu" and _host_overflowed(norms):
         norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64).to(norms.device) for t in tensors])
     return norms.square()
