@@ -7,25 +7,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..stats.tensor_stats import group_sumsq
+from ..stream.groups import GroupKey
 from ..torch_compat import foreach_copy_, foreach_sub_, parameters_in_order
 from .modules import WatchedModule, layer_of_parameter
 
-__all__ = ["BeforeUpdate", "GroupKey", "ParameterMap"]
-
-
-@dataclass(frozen=True)
-class GroupKey:
-    """One direction of one layer of one watched module."""
-
-    module: str
-    layer: int
-    direction: int
+__all__ = ["BeforeUpdate", "ParameterMap"]
 
 
 class ParameterMap:
