@@ -101,7 +101,7 @@ class JsonlSink:
         self._steps += 1
         self._alerts += len(alerts)
 
-    def close(self, monitor: object) -> None:
+    def close(self, summary: object) -> None:
         if self._file is None:
             return
         self._write({"schema": SCHEMA_VERSION, "type": "end", "steps": self._steps, "alerts": self._alerts})
