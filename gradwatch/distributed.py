@@ -32,7 +32,7 @@ from typing import Any, Hashable, Sequence
 import torch
 
 from .stream.accumulator import Layout
-from .stream.readback import HOST_MARK, PendingReadback, start_readback
+from .stream.readback import PendingReadback, start_readback
 
 __all__ = ["StepReducer", "is_distributed", "rank", "is_main_process", "reducer_for_current_group"]
 
@@ -131,7 +131,6 @@ class StepReducer:
         signature = zlib.crc32(repr(fixed).encode())
         meta = torch.tensor([signature, -signature] + [sizes.get(k, 0) for k in canonical], dtype=torch.int64)
         dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=self.meta_group)
-        setattr(meta, HOST_MARK, True)
         agreed = meta.tolist()
         if agreed[0] != -agreed[1]:
             return self._local(flat, layout, MISMATCH)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +48,10 @@ from .stream.build import ModuleInfo, PendingStep, build_step_stats
 from .stream.history import History
 from .stream.loss import checked_loss
 from .stream.readback import PendingReadback, start_readback
+
+if TYPE_CHECKING:
+    from .detectors.suite import AlertSummary
+    from .sinks.base import Sink
 
 __all__ = ["Monitor"]
 
@@ -72,7 +76,7 @@ class Monitor:
         history: int,
         strict: bool,
         detectors: Any,
-        sinks: list[Any],
+        sinks: list[Sink],
         actions: Any = None,
         reducer: Any = None,
     ) -> None:
@@ -199,6 +203,11 @@ class Monitor:
         """The detector suite (`update`, `reset`, `summary()`), or None."""
         return self._detectors
 
+    def _alert_summary(self) -> AlertSummary | None:
+        """What the sinks get on close: the detector suite's `summary()`, or None if it keeps none."""
+        summary = getattr(self._detectors, "summary", None)  # `detectors` is any object (see watch())
+        return summary() if callable(summary) else None
+
     @property
     def steps(self) -> int:
         """Number of finished steps."""
@@ -232,8 +241,9 @@ class Monitor:
             self._adapters.clear()
             self._handles.clear()
             self.params.snapshot = None
+            summary = self._call("detectors summary", self._alert_summary) if self._sinks else None
             for sink in self._sinks:
-                self._call(f"sink {type(sink).__name__}", sink.close, self)
+                self._call(f"sink {type(sink).__name__}", sink.close, summary)
             # A closed monitor is kept for its records only: let go of the model and its tensors.
             self.model = None  # type: ignore[assignment]
             self.watched, self._actions = [], None

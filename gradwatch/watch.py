@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from torch import nn
@@ -22,6 +22,7 @@ from .capture.modules import unwrap_model
 from .detectors import build_detectors
 from .errors import GradwatchError
 from .monitor import Monitor, as_optimizer_list
+from .sinks.base import Sink
 from .sinks.console import RichConsoleSink
 from .sinks.logging_sink import LoggingSink
 
@@ -36,7 +37,7 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _console_sinks(console: Any) -> list[Any]:
+def _console_sinks(console: Any) -> list[Sink]:
     if console is False or console is None:
         return []
     if isinstance(console, Console):
@@ -61,8 +62,8 @@ def _actions(clip: Any, skip_nonfinite: Any, scaler: Any, optimizers: list[Any])
     return build_actions(clip, skip_nonfinite, scaler, optimizers=optimizers)
 
 
-def _export_sinks(jsonl: Any, tensorboard: Any, every: int) -> list[Any]:
-    out: list[Any] = []
+def _export_sinks(jsonl: Any, tensorboard: Any, every: int) -> list[Sink]:
+    out: list[Sink] = []
     if jsonl is not None:
         from .sinks.jsonl import JsonlSink
 
@@ -87,7 +88,7 @@ def watch(
     scaler: Any = None,
     jsonl: Any = None,
     tensorboard: Any = None,
-    sinks: Any = (),
+    sinks: Sequence[Sink] = (),
     **detector_options: Any,
 ) -> Monitor:
     """Attach gradwatch to every recurrent module of `model` and return the `Monitor`.
@@ -111,22 +112,22 @@ def watch(
             and clipped unscaled (order of calls: `gradwatch.actions.amp`).
         jsonl: path of a JSON Lines file receiving one record per step (see `sinks.jsonl`).
         tensorboard: a TensorBoard log directory, or a `SummaryWriter` (needs `tensorboard`).
-        sinks: extra sink objects, each with `on_step(stats, alerts)` and `close(monitor)`.
+        sinks: extra sinks (`gradwatch.sinks.base.Sink`): objects with `on_step(stats, alerts)` and
+            `close(summary)`.
         **detector_options: detector thresholds.
     """
-    sinks_arg = sinks
     inner = unwrap_model(model)
     optimizers = as_optimizer_list(optimizer)
     every = _positive_int("every", every)
     history = _positive_int("history", history)
-    sinks = _console_sinks(console)
+    all_sinks = _console_sinks(console)
     actions = _actions(clip, skip_nonfinite, scaler, optimizers)
     detectors = build_detectors(detector_options)
     if distributed.is_main_process():
-        sinks = list(sinks) + _export_sinks(jsonl, tensorboard, every)
+        all_sinks += _export_sinks(jsonl, tensorboard, every)
     else:
-        sinks = []  # one copy of the output: rank 0 prints and writes files
-    sinks += list(sinks_arg)
+        all_sinks = []  # one copy of the output: rank 0 prints and writes files
+    all_sinks += list(sinks)
     reducer = distributed.reducer_for_current_group()
     return Monitor(inner, optimizers, every=every, history=history, strict=bool(strict),
-                   detectors=detectors, sinks=sinks, actions=actions, reducer=reducer)
+                   detectors=detectors, sinks=all_sinks, actions=actions, reducer=reducer)

@@ -40,13 +40,6 @@ def recording_console(width: int = 120) -> Console:
     return Console(record=True, width=width, file=io.StringIO(), force_terminal=False, color_system=None)
 
 
-class FakeMonitor:
-    """What sinks read on close: the detector suite."""
-
-    def __init__(self, suite=None) -> None:
-        self.detectors = suite
-
-
 # ---------------------------------------------------------------------------------------- primitives
 def test_sparkline_is_log_scaled():
     assert sparkline([1e-3, 1e-2, 1e-1, 1.0]).plain == "▁▃▆█"
@@ -109,7 +102,7 @@ def test_close_prints_panel_and_summary():
     sink = RichConsoleSink(con, live=False)
     nan = StepStats(0, float("nan"), 0.1, {("encoder.lstm", 0): layer(0)}, nonfinite=NonFinite("loss", None, None, None))
     sink.on_step(nan, suite.update(nan))
-    sink.close(FakeMonitor(suite))
+    sink.close(suite.summary())
     text = con.export_text()
     assert "CRITICAL exploding/non_finite at step 0 (whole model)" in text
     assert "1 step watched; 1 alert (1 critical) on 1 sign." in text
@@ -124,7 +117,7 @@ def test_live_panel_in_a_terminal_refreshes_and_stops():
     sink.on_step(record(0), [alert()])
     assert sink._live is not None and sink._live.is_started
     sink.on_step(record(1), [])
-    sink.close(FakeMonitor(build_detectors({})))
+    sink.close(build_detectors({}).summary())
     assert sink._live is None
     text = out.getvalue()
     assert "\x1b[" in text and "encoder.lstm:1" in text and "exploding/norm_spike" in text
@@ -150,7 +143,7 @@ def test_logging_summary_on_close(caplog):
         stats = StepStats(step, 1.0, 0.1, {("encoder.lstm", 0): layer(0, ratio=ratio)})
         LoggingSink().on_step(stats, suite.update(stats))
     caplog.clear()
-    LoggingSink().close(FakeMonitor(suite))
+    LoggingSink().close(suite.summary())
     assert caplog.records[0].getMessage() == "gradwatch: 2 steps watched; 1 alert (1 critical) on 1 sign."
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
@@ -232,7 +225,7 @@ def test_an_existing_live_display_leaves_alerts_printing():
     with Progress(console=con):
         sink.on_step(record(0), [alert()])
         sink.on_step(record(1), [alert("critical", "non_finite", step=1)])
-    sink.close(FakeMonitor())
+    sink.close(None)
     assert sink._live is None
     assert "CRITICAL exploding/non_finite at step 1" in out.getvalue()
 

@@ -22,7 +22,7 @@ class BrokenSink:
         self.calls += 1
         raise OSError("No space left on device")
 
-    def close(self, monitor):
+    def close(self, summary):
         raise RuntimeError("close failed too")
 
 
@@ -33,7 +33,7 @@ class CountingSink:
     def on_step(self, stats, alerts):
         self.steps.append(stats.step)
 
-    def close(self, monitor):
+    def close(self, summary):
         pass
 
 

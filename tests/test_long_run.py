@@ -87,7 +87,7 @@ def test_memory_growth_is_detected():
         def on_step(self, stats, alerts):
             self.kept.append(stats)
 
-        def close(self, monitor):
+        def close(self, summary):
             pass
 
     model = nn.GRU(2, 3)

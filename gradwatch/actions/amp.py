@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import GradwatchError
+from ..torch_compat import SCALER_ATTRIBUTES, scaler_stage
 
 __all__ = ["check_scaler", "unscale_all_"]
 
@@ -44,18 +45,12 @@ def check_scaler(scaler: Any) -> Any:
     """Validate `watch(scaler=...)`: None or a `torch.amp.GradScaler` (or a compatible object)."""
     if scaler is None:
         return None
-    needed = ("unscale_", "is_enabled", "_per_optimizer_states")
-    if not all(hasattr(scaler, name) for name in needed):
+    if not all(hasattr(scaler, name) for name in SCALER_ATTRIBUTES):
         raise GradwatchError(
             f"gradwatch.watch(scaler=...) expects a torch.amp.GradScaler, got {type(scaler).__name__}. "
             "Pass the scaler whose scale()/step()/update() your training loop calls, or None without one."
         )
     return scaler
-
-
-def _stage(scaler: Any, optimizer: torch.optim.Optimizer) -> str:
-    state = scaler._per_optimizer_states[id(optimizer)]
-    return getattr(state.get("stage"), "name", "READY")
 
 
 def unscale_all_(scaler: Any, optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -69,7 +64,7 @@ def unscale_all_(scaler: Any, optimizers: Sequence[torch.optim.Optimizer]) -> No
     if scaler is None or not scaler.is_enabled():
         return
     for opt in optimizers:
-        if _stage(scaler, opt) == "READY":
+        if scaler_stage(scaler, opt) == "READY":
             scaler.unscale_(opt)
             if getattr(opt, "grad_scale", None) is not None:
                 opt.grad_scale = None  # type: ignore[attr-defined]

@@ -91,6 +91,7 @@ from torch import Tensor
 
 from ..errors import GradwatchError
 from ..stats.tensor_stats import stack_scalars
+from ..torch_compat import foreach_mul_, foreach_norm
 from .batch import GradBatch, clip_record, scale_
 
 __all__ = ["Auto", "effective_lr", "SGD_LIKE"]
@@ -214,7 +215,7 @@ class _UpdateBound:
         if not bounded:
             self.theta = None
             return
-        w_norms = stack_scalars(torch._foreach_norm(bounded), dtype=torch.float32, device=device)
+        w_norms = stack_scalars(foreach_norm(bounded), dtype=torch.float32, device=device)
         floors = _on_device([_floor(p) for p in bounded], device)
         self.theta = torch.maximum(w_norms, floors).square().sum().sqrt()
 
@@ -347,7 +348,7 @@ class _AutoClipper:
         limit = stats.limit if bound is None else min(stats.limit, float(bound))
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
-            torch._foreach_mul_(group, coef)
+            foreach_mul_(group, coef)
         stats.feed(n * coef)
         return torch.tensor([n, n * coef, coef, limit], dtype=torch.float32)
 

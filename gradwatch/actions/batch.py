@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..stats.tensor_stats import stack_scalars
+from ..torch_compat import foreach_mul_, foreach_norm
 
 __all__ = ["GradBatch", "optimizer_params", "by_device_dtype", "scale_", "clip_record"]
 
@@ -55,7 +56,7 @@ def per_tensor_norms(tensors: list[Tensor], dtype: torch.dtype | None = None) ->
     """L2 norm of each tensor, one foreach kernel per (device, dtype) group, in grouped order."""
     norms: list[Tensor] = []
     for group in by_device_dtype([_dense(t) for t in tensors]):
-        norms.extend(torch._foreach_norm(group, 2.0, dtype=dtype) if dtype else torch._foreach_norm(group, 2.0))
+        norms.extend(foreach_norm(group, dtype=dtype))
     return norms
 
 
@@ -68,7 +69,7 @@ def scale_(tensors: list[Tensor] | list[list[Tensor]], coefficient: Tensor) -> N
     for group in groups:
         first = group[0]
         coef = coefficient if coefficient.device == first.device else coefficient.to(first.device)
-        torch._foreach_mul_(group, coef)
+        foreach_mul_(group, coef)
 
 
 def clip_record(before: Tensor, after: Tensor, coefficient: Tensor, threshold: Tensor | float) -> Tensor:
@@ -107,7 +108,7 @@ class GradBatch:
     def norms(self) -> list[Tensor]:
         """Per-gradient L2 norms in `groups` order, in each gradient's dtype (clip_grad_norm_'s)."""
         if len(self.groups) == 1 and not self.grads[0].is_sparse:
-            return list(torch._foreach_norm(self.grads, 2.0))
+            return list(foreach_norm(self.grads))
         return per_tensor_norms(self.grads)
 
     def total_norm(self) -> Tensor:

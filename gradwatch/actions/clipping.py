@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import GradwatchError
 from ..stats.tensor_stats import stack_scalars
+from ..torch_compat import foreach_clamp_
 from .batch import GradBatch, clip_record, per_tensor_norms, scale_
 
 __all__ = ["ClipPolicy", "Clipper", "Norm", "Value", "AutoClip", "ZClip", "AGC"]
@@ -135,8 +136,7 @@ class _ValueClipper:
     def clip_(self, batch: GradBatch) -> Tensor:
         before = batch.total_norm()
         for group in batch.groups:
-            torch._foreach_clamp_min_(group, -self.clip_value)
-            torch._foreach_clamp_max_(group, self.clip_value)
+            foreach_clamp_(group, -self.clip_value, self.clip_value)
         after = torch.linalg.vector_norm(stack_scalars(per_tensor_norms(batch.grads), device=before.device))
         coef = torch.where(before > 0, after / before, torch.ones_like(before))
         return clip_record(before, after, coef, self.clip_value)

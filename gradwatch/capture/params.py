@@ -7,24 +7,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..stats.tensor_stats import group_sumsq
+from ..stream.groups import GroupKey
+from ..torch_compat import foreach_copy_, foreach_sub_, parameters_in_order
 from .modules import WatchedModule, layer_of_parameter
 
-__all__ = ["BeforeUpdate", "GroupKey", "ParameterMap"]
-
-
-@dataclass(frozen=True)
-class GroupKey:
-    """One direction of one layer of one watched module."""
-
-    module: str
-    layer: int
-    direction: int
+__all__ = ["BeforeUpdate", "ParameterMap"]
 
 
 class ParameterMap:
@@ -128,7 +119,7 @@ class ParameterMap:
                                             for s, p in zip(self.snapshot, self.params)):
                 self.snapshot = [p.detach().clone() for p in self.params]
             else:
-                torch._foreach_copy_(self.snapshot, [p.detach() for p in self.params])
+                foreach_copy_(self.snapshot, [p.detach() for p in self.params])
 
     def changed_since_snapshot(self) -> bool:
         """Whether a parameter differs from the snapshot (True when there is none). Compares every
@@ -168,18 +159,15 @@ class ParameterMap:
             if weight is None:
                 weight = group_sumsq(self.snapshot, index, len(self.groups))
             # θ_before − θ_now in place: no parameter-sized temporary (its norm is the update's)
-            torch._foreach_sub_(self.snapshot, current)
+            foreach_sub_(self.snapshot, current)
             update = group_sumsq(self.snapshot, index, len(self.groups))
-            torch._foreach_copy_(self.snapshot, current)
+            foreach_copy_(self.snapshot, current)
         return weight, update
 
 
 def _parameter_ids(module: nn.Module) -> list[int]:
-    """ids of `module.parameters()`, in order. A module without submodules (a plain RNN/LSTM/GRU: a
-    parametrisation adds one) holds them all in `_parameters`: read directly, without walking."""
-    if not module._modules:
-        return [id(p) for p in module._parameters.values() if p is not None]
-    return [id(p) for p in module.parameters()]
+    """ids of `module.parameters()`, in order (see `torch_compat.parameters_in_order`)."""
+    return [id(p) for p in parameters_in_order(module)]
 
 
 class BeforeUpdate:

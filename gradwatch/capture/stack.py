@@ -17,10 +17,10 @@ import weakref
 from typing import Any, Literal
 
 import torch
-from torch import _VF, nn
+from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import torch_compat
+from .. import torch_compat
 from .modules import WatchedModule
 from .probe import observe_gradient, timestep_probe, timestep_sumsq
 from .session import CaptureSession
@@ -77,8 +77,8 @@ class ForwardAdapter:
     def install(self) -> None:
         module = self.watched.module
         module.forward = self.bound  # type: ignore[method-assign]
-        if "_replicate_for_data_parallel" not in module.__dict__:  # a module with its own keeps it
-            module._replicate_for_data_parallel = PlainReplicas(module)  # type: ignore[method-assign]
+        if torch_compat.REPLICATE_ATTRIBUTE not in module.__dict__:  # a module with its own keeps it
+            setattr(module, torch_compat.REPLICATE_ATTRIBUTE, PlainReplicas(module))
             self.owns_replicas = True
         if "__getstate__" not in module.__dict__:
             module.__dict__["__getstate__"] = _UnwatchedState(module)
@@ -89,8 +89,8 @@ class ForwardAdapter:
         if self.owns_getstate and isinstance(module.__dict__.get("__getstate__"), _UnwatchedState):
             del module.__dict__["__getstate__"]
             self.owns_getstate = False
-        if self.owns_replicas and isinstance(module.__dict__.get("_replicate_for_data_parallel"), PlainReplicas):
-            del module.__dict__["_replicate_for_data_parallel"]
+        if self.owns_replicas and isinstance(module.__dict__.get(torch_compat.REPLICATE_ATTRIBUTE), PlainReplicas):
+            del module.__dict__[torch_compat.REPLICATE_ATTRIBUTE]
             self.owns_replicas = False
         if module.__dict__.get("forward") is self.bound:
             if self.previous is None:
@@ -156,8 +156,8 @@ class _UnwatchedState:
                 del state["forward"]
             else:
                 state["forward"] = forward.previous
-            if forward.owns_replicas and isinstance(state.get("_replicate_for_data_parallel"), PlainReplicas):
-                del state["_replicate_for_data_parallel"]
+            if forward.owns_replicas and isinstance(state.get(torch_compat.REPLICATE_ATTRIBUTE), PlainReplicas):
+                del state[torch_compat.REPLICATE_ATTRIBUTE]
         return state
 
 
@@ -178,8 +178,8 @@ class PlainReplicas:
         module = self._module()
         if module is None:
             raise RuntimeError("gradwatch: replicating a module that no longer exists")
-        replica = type(module)._replicate_for_data_parallel(module)
-        del replica.__dict__["_replicate_for_data_parallel"]
+        replica = torch_compat.replicate_for_data_parallel(module)
+        del replica.__dict__[torch_compat.REPLICATE_ATTRIBUTE]
         if isinstance(replica.__dict__.get("__getstate__"), _UnwatchedState):
             del replica.__dict__["__getstate__"]
         forward = replica.__dict__.get("forward")
@@ -284,8 +284,7 @@ class StackForward(ForwardAdapter):
         """The module's forward, run one layer at a time with probes between layers."""
         m: Any = self.watched.module
         is_lstm = isinstance(m, nn.LSTM)
-        if hasattr(m, "_update_flat_weights"):
-            m._update_flat_weights()
+        torch_compat.refresh_flat_weights(m)
         packed = isinstance(input, PackedSequence)
         ndir = 2 if m.bidirectional else 1
         real_hidden = m.proj_size if getattr(m, "proj_size", 0) > 0 else m.hidden_size
@@ -333,14 +332,9 @@ class StackForward(ForwardAdapter):
 
     def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start):
         name = self.watched.name
-        weights = m._flat_weights
+        weights = torch_compat.flat_weights(m)
         per_layer = len(weights) // (m.num_layers * ndir)
-        if is_lstm:
-            call = _VF.lstm
-        elif isinstance(m, nn.GRU):
-            call = _VF.gru
-        else:
-            call = _VF.rnn_tanh if m.nonlinearity == "tanh" else _VF.rnn_relu
+        call = torch_compat.rnn_kernel(m)
         x, finals = data, []
         for layer in range(m.num_layers):
             anchor = None

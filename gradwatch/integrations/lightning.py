@@ -66,7 +66,7 @@ class TrainerLoggerSink:
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.offset + stats.step)
 
-    def close(self, monitor: object) -> None:
+    def close(self, summary: object) -> None:
         pass
 
 

@@ -27,7 +27,7 @@ import math
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rich.console import Console, Group, RenderableType
 from rich.errors import LiveError
@@ -37,7 +37,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..records import Alert, LayerKey, Severity, StepStats
-from .logging_sink import SUMMARY_LINES, alert_lines, run_summary, severity_counts, summary_headline, summary_parts
+
+if TYPE_CHECKING:
+    from ..detectors.suite import AlertSummary
+from .logging_sink import SUMMARY_LINES, alert_lines, severity_counts, summary_headline, summary_parts
 
 __all__ = ["RichConsoleSink", "sparkline", "heat_strip", "render_summary", "SEVERITY_STYLE"]
 
@@ -231,12 +234,11 @@ class RichConsoleSink:
         if live is not None:
             live.stop()
 
-    def close(self, monitor: Any) -> None:
+    def close(self, summary: AlertSummary | None) -> None:
         if self._live is not None:
             self._stop_live()
         elif self._view.step is not None and not self.live:
             self.console.print(self.panel())
-        summary = run_summary(monitor)
         if summary is not None:
             self.console.print(render_summary(summary, self._view.counts, width=self.console.width))
 

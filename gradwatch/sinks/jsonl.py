@@ -7,8 +7,7 @@ The first line describes the run (`"type": "run"`), then one `"type": "step"` li
 (a `StepStats` plus the alerts raised on it), and `"type": "end"` when the monitor closes; a
 crashed run lacks only that last line and keeps every step already written. Every line carries
 `"schema": SCHEMA_VERSION`. Non-finite floats are written as the strings "nan", "inf" and
-"-inf" so that every line is strict JSON. Fields are documented in `.notes/README_jsonl.md`
-and the README.
+"-inf" so that every line is strict JSON. Every field is documented in docs/jsonl.md.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ class JsonlSink:
         self._steps += 1
         self._alerts += len(alerts)
 
-    def close(self, monitor: object) -> None:
+    def close(self, summary: object) -> None:
         if self._file is None:
             return
         self._write({"schema": SCHEMA_VERSION, "type": "end", "steps": self._steps, "alerts": self._alerts})

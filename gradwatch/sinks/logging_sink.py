@@ -25,12 +25,15 @@ import logging
 import os
 import sys
 import textwrap
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple
 
 from ..records import REMEDY, Alert, Severity, StepStats
 
+if TYPE_CHECKING:
+    from ..detectors.suite import AlertSummary
+
 __all__ = ["LoggingSink", "alert_head", "alert_line", "alert_lines", "summary_lines", "summary_parts", "SummaryLine",
-           "run_summary", "plain_width"]
+           "plain_width"]
 
 LEVELS = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING, Severity.CRITICAL: logging.CRITICAL}
 SEVERITIES = tuple(str(s) for s in sorted(Severity, reverse=True))
@@ -83,13 +86,6 @@ def plain_width(stream: Any = None) -> int:
     except (AttributeError, OSError, ValueError):
         pass
     return 100
-
-
-def run_summary(monitor: Any) -> Any:
-    """The detector suite's `summary()` for a monitor, or None when its detectors have none."""
-    detectors = getattr(monitor, "detectors", None)
-    summary = getattr(detectors, "summary", None)
-    return summary() if callable(summary) else None
 
 
 def _plural(n: int, word: str) -> str:
@@ -192,8 +188,7 @@ class LoggingSink:
             self.counts[a.severity] += 1
             self.logger.log(LEVELS[a.level], "%s", "\n".join(alert_lines(a, width)))
 
-    def close(self, monitor: Any) -> None:
-        summary = run_summary(monitor)
+    def close(self, summary: AlertSummary | None) -> None:
         if summary is None:
             return
         worst = summary.worst

@@ -110,7 +110,7 @@ class TensorBoardSink:
             lines = [_markdown(a) for a in alerts]
             w.add_text("gradwatch/alerts", "\n".join(lines), step)
 
-    def close(self, monitor: object) -> None:
+    def close(self, summary: object) -> None:
         if self._owned:
             self.writer.close()
         else:

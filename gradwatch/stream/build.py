@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Hashable
 
-from ..capture.params import GroupKey
 from ..records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
 from .accumulator import Layout
+from .groups import GroupKey
 
 __all__ = ["ModuleInfo", "PendingStep", "split_values", "build_step_stats", "locate_nonfinite"]
 

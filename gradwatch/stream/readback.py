@@ -14,10 +14,6 @@ import torch
 
 __all__ = ["PendingReadback", "start_readback"]
 
-HOST_MARK = "_gradwatch_host"
-"""Attribute set on host buffers that gradwatch may convert to Python numbers."""
-
-
 class PendingReadback:
     """A host copy of a device tensor that is, or will soon be, complete."""
 
@@ -41,7 +37,6 @@ def start_readback(tensor: torch.Tensor, *, owned: bool = False) -> PendingReadb
     the CPU it is then read in place instead of copied."""
     tensor = tensor.detach()
     if owned and tensor.device.type == "cpu":
-        setattr(tensor, HOST_MARK, True)
         return PendingReadback(tensor, None)
     if tensor.device.type == "cuda":
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
@@ -51,5 +46,4 @@ def start_readback(tensor: torch.Tensor, *, owned: bool = False) -> PendingReadb
     else:
         host = tensor.to("cpu", copy=True)
         event = None
-    setattr(host, HOST_MARK, True)
     return PendingReadback(host, event)
