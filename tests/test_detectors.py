@@ -672,6 +672,20 @@ def test_escalation_is_shown_within_the_cooldown():
     assert escalated.severity == "critical" and escalated.message.startswith("Escalated from warning (step 1).")
 
 
+def test_summary_headline_counts_alerts_as_the_printed_verdict_does():
+    """`AlertSummary.headline()` (what a user-written sink gets) said '1 sign, 1 critical' for a sign
+    escalated warning → critical, while gradwatch's own sinks printed '2 alerts (1 critical, 1 warning)'."""
+    from gradwatch.sinks.logging_sink import summary_lines
+
+    suite = DetectorSuite(DetectorConfig(cooldown=100), detectors=[LargeUpdatesDetector(CFG)])
+    for i, r in enumerate([0.6, 0.7, 0.8, 5.0, 6.0]):
+        suite.update(rec(i, layer(ratio=r)))
+    summary = suite.summary()
+    assert summary.alert_counts() == {"warning": 1, "critical": 1}
+    assert summary.headline() == "gradwatch: 5 steps watched; 2 alerts (1 critical, 1 warning) on 1 sign."
+    assert summary_lines(summary, {}, width=200)[0] == summary.headline()
+
+
 def test_summary_fits_one_screen():
     suite = build_detectors({})
     for s in range(30):

@@ -19,7 +19,7 @@ capped at `warning`, and its remedy points at the explosion first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Mapping
 
 from ..records import Alert, Escalation, Severity, StepStats, from_message, message_text
 from .activity import DeadNeuronsDetector
@@ -76,6 +76,8 @@ class SummaryEntry:
     """Its remedy."""
     escalated_from: Escalation | None = None
     """What that alert escalated, if it did."""
+    alerts: dict[str, int] = field(default_factory=dict)
+    """Reported alerts by their own severity (a sign that escalated has some of each)."""
 
     def __post_init__(self) -> None:
         self.evidence, self.remedy = from_message(self.evidence, self.remedy)  # SummaryEntry(..., "e Remedy: r")
@@ -107,15 +109,25 @@ class AlertSummary:
         worst = max((e.level for e in self.entries), default=None)
         return None if worst is None else str(worst)
 
-    def headline(self) -> str:
+    def alert_counts(self) -> dict[str, int]:
+        """Reported alerts by their own severity, over every sign."""
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            for severity, n in e.alerts.items():
+                counts[severity] = counts.get(severity, 0) + n
+        return counts
+
+    def headline(self, counts: Mapping[str, int] | None = None) -> str:
+        """The verdict: steps watched, then the alerts reported (by severity, `counts` when a sink
+        counted them itself, else `alert_counts()`) and the signs they show."""
+        steps = plural(self.steps, "step")
         if not self.entries:
-            return f"gradwatch: {self.steps} steps watched, no vanishing or exploding gradients seen."
-        parts = [f"{len(self.entries)} sign{'s' if len(self.entries) > 1 else ''}"]
-        for sev in map(str, sorted(Severity, reverse=True)):
-            n = sum(1 for e in self.entries if e.severity == sev)
-            if n:
-                parts.append(f"{n} {sev}")
-        return f"gradwatch: {self.steps} steps watched; " + ", ".join(parts) + "."
+            return f"gradwatch: {steps} watched, no vanishing or exploding gradients seen."
+        if not counts or not any(counts.values()):
+            counts = self.alert_counts()
+        total = sum(counts.values())
+        return (f"gradwatch: {steps} watched; {plural(total, 'alert')} ({severity_counts(counts)}) "
+                f"on {plural(len(self.entries), 'sign')}.")
 
     def lines(self, width: int = 160) -> list[str]:
         """Plain text, one headline and two lines per sign (evidence, remedy), cut at `width`."""
@@ -132,6 +144,19 @@ class AlertSummary:
             if e.remedy:
                 out.append(_cut(f"    remedy: {e.remedy}", width))
         return out
+
+
+_SEVERITIES = tuple(str(s) for s in sorted(Severity, reverse=True))
+"""Severity names, most severe first."""
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def severity_counts(counts: Mapping[str, int]) -> str:
+    """'1 critical, 4 warning, 2 info': alerts by severity, the words the live panel uses too."""
+    return ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES if counts.get(s))
 
 
 def _after_explosion(alert: Alert, step: int) -> Alert:
@@ -220,6 +245,7 @@ class DetectorSuite:
             entry.repeats += 1
             return
         entry.reported += 1
+        entry.alerts[alert.severity] = entry.alerts.get(alert.severity, 0) + 1
         where = alert.location.key()
         if where not in entry.locations:
             entry.locations.append(where)
@@ -235,7 +261,7 @@ class DetectorSuite:
         entries = sorted(
             self._entries.values(), key=lambda e: (-e.level, e.first_step, order[e.sign])
         )
-        return AlertSummary(self._steps, [replace(e, locations=list(e.locations)) for e in entries])
+        return AlertSummary(self._steps, [replace(e, locations=list(e.locations), alerts=dict(e.alerts)) for e in entries])
 
 
 def build_detectors(options: dict[str, Any]) -> DetectorSuite:

@@ -27,6 +27,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple
 
+from ..detectors.suite import plural as _plural, severity_counts
 from ..records import REMEDY, Alert, Severity, StepStats
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ __all__ = ["LoggingSink", "alert_head", "alert_line", "alert_lines", "summary_li
            "plain_width"]
 
 LEVELS = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING, Severity.CRITICAL: logging.CRITICAL}
-SEVERITIES = tuple(str(s) for s in sorted(Severity, reverse=True))
-"""Severity names, most severe first."""
 INDENT = "    "
 SUMMARY_LINES = 22
 """Closing summary: headline and body together, so that it fits one 80×24 screen with the prompt."""
@@ -88,27 +87,9 @@ def plain_width(stream: Any = None) -> int:
     return 100
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def severity_counts(counts: Mapping[str, int]) -> str:
-    """'1 critical, 4 warning, 2 info': alerts by severity, the words the live panel uses too."""
-    return ", ".join(f"{counts[s]} {s}" for s in SEVERITIES if counts.get(s))
-
-
 def summary_headline(summary: Any, counts: Mapping[str, int]) -> str:
-    """The verdict: steps watched, then the alerts reported (by severity) and the signs they show."""
-    steps = _plural(summary.steps, "step")
-    if not summary.entries:
-        return f"gradwatch: {steps} watched, no vanishing or exploding gradients seen."
-    if not any(counts.values()):  # a sink that saw no step: count from the summary itself
-        counts = collections.Counter()
-        for e in summary.entries:
-            counts[e.severity] += e.reported
-    total = sum(counts.values())
-    return (f"gradwatch: {steps} watched; {_plural(total, 'alert')} ({severity_counts(counts)}) "
-            f"on {_plural(len(summary.entries), 'sign')}.")
+    """The verdict (`AlertSummary.headline`) with the alerts this sink counted."""
+    return summary.headline(counts)
 
 
 def _cut(text: str, width: int) -> str:
