@@ -208,17 +208,6 @@ def message_text(evidence: str, remedy: str, escalated_from: "Escalation | None"
     return text
 
 
-def from_message(evidence: str, remedy: str) -> tuple[str, str]:
-    """(evidence, remedy) from the one-string form "evidence Remedy: remedy" of gradwatch <= 1.0.
-
-    Only for values given to a constructor in that form (`remedy` empty); nothing downstream
-    parses text."""
-    if remedy or REMEDY not in evidence:
-        return evidence, remedy
-    head, _, tail = evidence.partition(REMEDY)
-    return head, tail
-
-
 @dataclass
 class Alert:
     """A diagnosed problem: which one, which sign, where, how bad, and what to do.
@@ -251,9 +240,6 @@ class Alert:
     """What to do in this case, in words ("" when there is nothing specific to do)."""
     escalated_from: Escalation | None = None
     """The earlier, less severe report of the same sign at the same place, when this one escalates it."""
-
-    def __post_init__(self) -> None:
-        self.evidence, self.remedy = from_message(self.evidence, self.remedy)  # Alert(..., "e Remedy: r")
 
     @property
     def level(self) -> Severity:

@@ -73,11 +73,6 @@ def test_message_is_rendered_from_the_fields_as_in_v1():
     assert escalated.evidence == EVIDENCE  # the escalation is a field, not text in the evidence
 
 
-def test_the_v1_one_string_form_gives_the_same_alert():
-    legacy = Alert("exploding", "norm_spike", "warning", 30, "lstm", 0, None, 25.0, 10.0, f"{EVIDENCE} Remedy: {REMEDY}")
-    assert legacy == structured()
-
-
 def test_jsonl_keeps_the_v1_keys_in_order_and_adds_the_parts():
     d = structured(escalated_from=Escalation("info", 19)).to_dict()
     assert list(d)[:10] == ["problem", "sign", "severity", "step", "module", "layer", "timestep", "value",

@@ -13,7 +13,8 @@ from torch import nn
 import gradwatch
 from gradwatch import GradwatchError
 from gradwatch.actions import AGC, Auto, AutoClip, Norm, Value, ZClip, build_actions
-from gradwatch.actions.alerts import ConstantClipping, constant_clipping
+from gradwatch.detectors.clipping import ConstantClippingDetector, constant_clipping
+from gradwatch.detectors.config import DetectorConfig
 from gradwatch.records import ClipEvent, StepStats
 from models import SeqClassifier, lm_batch
 
@@ -582,7 +583,7 @@ def test_constant_clipping_needs_a_full_window_and_ignores_unclipped_policies():
 
 
 def test_constant_clipping_detector_is_debounced_and_escalates():
-    detector = ConstantClipping(window=10)
+    detector = ConstantClippingDetector(DetectorConfig(constant_clip_window=10, constant_clip_cooldown=10))
     coefs = [0.2] * 6 + [1.0] * 4 + [0.2] * 30
     fired = [a for s in _records(coefs) for a in detector.update(s)]
     assert [a.severity for a in fired][:2] == ["info", "warning"]

@@ -33,7 +33,7 @@ def record(step: int, **kw) -> StepStats:
 
 def alert(severity: str = "warning", sign: str = "norm_spike", step: int = 3, layer_index: int | None = 1) -> Alert:
     return Alert("exploding", sign, severity, step, "encoder.lstm" if layer_index is not None else None, layer_index,
-                 None, 25.0, 10.0, "total gradient norm 25 is 25× its median [1.0]. Remedy: clip=2.")
+                 None, 25.0, 10.0, "total gradient norm 25 is 25× its median [1.0].", remedy="clip=2.")
 
 
 def recording_console(width: int = 120) -> Console:
@@ -240,7 +240,7 @@ def test_panel_at_80_columns_keeps_a_useful_sparkline_and_heat_strip():
     for step in range(30):
         stats = StepStats(step, 0.5, 0.1, {("rnn", i): rnn(i, 0.05 * (1 + step % 7)) for i in (0, 1)}, probed=True)
         sink.on_step(stats, [Alert("vanishing", "temporal_decay", "warning", step, "rnn", 0, None, 1e-4, 1e-3,
-                                   "decay. Remedy: use an LSTM.")] if step == 29 else [])
+                                   "decay.", remedy="use an LSTM.")] if step == 29 else [])
     con.print(sink.panel())
     panel = con.export_text().splitlines()[-6:]
     assert all(len(line) <= 80 for line in panel)
@@ -252,7 +252,7 @@ def test_panel_at_80_columns_keeps_a_useful_sparkline_and_heat_strip():
 
 def test_alerts_wrap_at_the_console_width_with_a_hanging_indent():
     long = Alert("exploding", "oscillation", "warning", 39, None, None, None, 0.7, 0.5,
-                 "over the last 40 steps the loss went up and down 4 times " * 6 + "Remedy: lower the learning "
+                 ("over the last 40 steps the loss went up and down 4 times " * 6).rstrip(), remedy="lower the learning "
                  "rate (÷3 to ÷10) or add a decay schedule; with momentum, reduce it (e.g. 0.9 → 0.5).")
     lines = alert_lines(long, 80)
     assert lines[0].startswith("WARNING exploding/oscillation at step 39 (whole model): over the last")
@@ -267,9 +267,9 @@ def _summary_of_every_sign():
     from gradwatch.detectors.config import SIGNS
     from gradwatch.detectors.suite import AlertSummary, SummaryEntry
 
-    message = "evidence " * 30 + "Remedy: " + "do this and that " * 12
+    evidence, remedy = ("evidence " * 30).rstrip(), ("do this and that " * 12).rstrip()
     entries = [SummaryEntry("exploding", sign, ("critical", "warning", "info")[i % 3], 3, 40, i, 140,
-                            [f"encoder.lstm:{i}", "decoder.gru:0"], message)
+                            [f"encoder.lstm:{i}", "decoder.gru:0"], evidence, remedy)
                for i, sign in enumerate([*SIGNS, "a_future_sign"])]
     return AlertSummary(150, entries)
 

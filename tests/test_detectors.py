@@ -687,12 +687,14 @@ def test_summary_headline_counts_alerts_as_the_printed_verdict_does():
 
 
 def test_summary_fits_one_screen():
+    from gradwatch.sinks.logging_sink import summary_lines
+
     suite = build_detectors({})
     for s in range(30):
         suite.update(nan_step(s, index=s % 2))
         suite.update(rec(s, layer(ratio=5.0)))
     summary = suite.summary()
-    lines = summary.lines()
+    lines = summary_lines(summary, {}, width=160)
     assert lines[0].startswith("gradwatch: 60 steps watched;")
     assert len(lines) <= 1 + 3 * len(SIGNS)
     assert all(len(line) <= 160 for line in lines)

@@ -142,7 +142,7 @@ def _exploding_run(tmp_path, losses):
         norms = [10.0 ** (-t / 4) for t in range(12)]
         layer = LayerStats("rnn", 0, "RNN", 10.0 ** step, 2.0, 0.01, 10.0 ** (step - 4), timestep_grad_norms=norms)
         stats = StepStats(step, loss, 10.0 ** step, {("rnn", 0): layer}, probed=True)
-        alerts = [Alert("exploding", "norm_spike", "critical", step, "rnn", 0, None, 1e3, 10.0, "spike. Remedy: clip")] \
+        alerts = [Alert("exploding", "norm_spike", "critical", step, "rnn", 0, None, 1e3, 10.0, "spike.", remedy="clip")] \
             if step == len(losses) - 1 else []
         sink.on_step(stats, alerts)
     sink.close(None)

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import GradwatchError
-from .alerts import ConstantClipping, constant_clipping
 from .amp import check_scaler, unscale_all_
 from .auto import Auto
 from .batch import GradBatch, optimizer_params
@@ -37,8 +36,6 @@ __all__ = [
     "Auto",
     "ClipPolicy",
     "NonFiniteGuard",
-    "ConstantClipping",
-    "constant_clipping",
 ]
 
 _SUPPORTED = (

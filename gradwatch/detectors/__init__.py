@@ -2,7 +2,7 @@
 
     >>> suite = build_detectors({"spike_factor": 20.0})       # what gradwatch.watch(..., spike_factor=20.0) does
     >>> alerts = suite.update(stats)                          # one record in, the new alerts out
-    >>> suite.summary().lines()                               # what was seen, on close
+    >>> suite.summary().headline()                            # what was seen, on close
 
 One module per family of signs:
 

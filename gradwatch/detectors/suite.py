@@ -3,7 +3,7 @@
     >>> suite = build_detectors({"cooldown": 50})
     >>> for stats in records:
     ...     for alert in suite.update(stats): print(alert.severity, alert.sign)
-    >>> print("\\n".join(suite.summary().lines()))
+    >>> print(suite.summary().headline())        # the sinks render the rest (`sinks.logging_sink.summary_lines`)
 
 No spam: an alert with the same (problem, sign, module, layer) as one reported less than
 `cooldown` steps earlier is held back (and counted), unless its severity is higher, in which
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from ..records import Alert, Escalation, Severity, StepStats, from_message, message_text
+from ..records import Alert, Escalation, Severity, StepStats, message_text
 from .activity import DeadNeuronsDetector
 from .base import Detector
 from .clipping import ConstantClippingDetector
@@ -79,9 +79,6 @@ class SummaryEntry:
     alerts: dict[str, int] = field(default_factory=dict)
     """Reported alerts by their own severity (a sign that escalated has some of each)."""
 
-    def __post_init__(self) -> None:
-        self.evidence, self.remedy = from_message(self.evidence, self.remedy)  # SummaryEntry(..., "e Remedy: r")
-
     @property
     def level(self) -> Severity:
         return Severity.of(self.severity)
@@ -129,22 +126,6 @@ class AlertSummary:
         return (f"gradwatch: {steps} watched; {plural(total, 'alert')} ({severity_counts(counts)}) "
                 f"on {plural(len(self.entries), 'sign')}.")
 
-    def lines(self, width: int = 160) -> list[str]:
-        """Plain text, one headline and two lines per sign (evidence, remedy), cut at `width`."""
-        out = [self.headline()]
-        for e in self.entries:
-            steps = f"step {e.first_step}" if e.first_step == e.last_step else f"steps {e.first_step}-{e.last_step}"
-            held = f", {e.repeats} repeats held back" if e.repeats else ""
-            head = (
-                f"  {e.severity.upper():8} {e.problem}/{e.sign} at {', '.join(e.locations[:3])}"
-                f"{' …' if len(e.locations) > 3 else ''}; {steps}; {e.reported} reported{held}"
-            )
-            out.append(_cut(head, width))
-            out.append(_cut(f"    {e.evidence}", width))
-            if e.remedy:
-                out.append(_cut(f"    remedy: {e.remedy}", width))
-        return out
-
 
 _SEVERITIES = tuple(str(s) for s in sorted(Severity, reverse=True))
 """Severity names, most severe first."""
@@ -171,10 +152,6 @@ def _after_explosion(alert: Alert, step: int) -> Alert:
         remedy=(f"first prevent the explosion (see its alert: lower the learning rate, clip the gradient norm); "
                 f"then, if it persists: {alert.remedy}"),
     )
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class DetectorSuite:
