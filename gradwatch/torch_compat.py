@@ -25,7 +25,7 @@ __all__ = ["in_checkpoint_recomputation", "functorch_transform_active", "jit_tra
            "foreach_norm", "foreach_mul_", "foreach_clamp_", "foreach_copy_", "foreach_sub_",
            "refresh_flat_weights", "flat_weights", "rnn_kernel",
            "SCALER_ATTRIBUTES", "scaler_stage", "REPLICATE_ATTRIBUTE", "replicate_for_data_parallel",
-           "parameters_in_order"]
+           "parameters_in_order", "total_norm"]
 
 ADAPTER_ATTRIBUTE = "_gradwatch_adapter"
 """Attribute of a `scriptable_forward` function that holds its adapter."""
@@ -205,3 +205,24 @@ def parameters_in_order(module: nn.Module) -> list[nn.Parameter]:
     if own is not None and not getattr(module, "_modules", True):
         return [p for p in own.values() if p is not None]
     return list(module.parameters())
+
+
+# -- torch.nn.utils.get_total_norm: public since torch 2.6; before, the same steps --
+
+def total_norm(grads: Sequence[Tensor]) -> Tensor:
+    """The total L2 norm of dense `grads` as `torch.nn.utils.clip_grad_norm_` computes it: torch's own
+    `get_total_norm` where it exists, else its steps (per (device, dtype) group one foreach norm,
+    then the norm of those norms on the first tensor's device)."""
+    public = getattr(torch.nn.utils, "get_total_norm", None)
+    if public is not None:
+        return public(list(grads))  # type: ignore[no-any-return]
+    norms = [n for group in _by_device_dtype(grads) for n in foreach_norm(group)]
+    first = grads[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]))
+
+
+def _by_device_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())

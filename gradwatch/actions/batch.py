@@ -1,7 +1,7 @@
 """The gradients one optimizer step is about to apply, and the foreach kernels that act on them.
 
     >>> batch = GradBatch.of(optimizers)             # every parameter the optimizers update, with a .grad
-    >>> norm = batch.total_norm()                    # as torch.nn.utils.clip_grad_norm_ computes it
+    >>> norm = batch.total_norm()                    # torch.nn.utils.get_total_norm, as clip_grad_norm_ computes it
     >>> scale_(batch.grads, torch.clamp(1.0 / (norm + 1e-6), max=1.0))
 
 Everything here stays on the device: no `.item()`, no branch on a tensor's value.
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..stats.tensor_stats import stack_scalars
-from ..torch_compat import foreach_mul_, foreach_norm
+from ..torch_compat import foreach_mul_, foreach_norm, total_norm
 
 __all__ = ["GradBatch", "optimizer_params", "by_device_dtype", "scale_", "clip_record"]
 
@@ -112,5 +112,10 @@ class GradBatch:
         return per_tensor_norms(self.grads)
 
     def total_norm(self) -> Tensor:
-        """Total L2 norm over all gradients, bit-identical to `torch.nn.utils.clip_grad_norm_`'s."""
-        return torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
+        """Total L2 norm over all gradients, bit-identical to `torch.nn.utils.clip_grad_norm_`'s: torch's
+        own `get_total_norm` (`torch_compat.total_norm`), or the norm of `norms` when they were already
+        taken this step (the guard reads them: one pass over the gradients) or a gradient is sparse
+        (torch's helpers refuse sparse tensors)."""
+        if "norms" in self.__dict__ or any(g.is_sparse for g in self.grads):
+            return torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
+        return total_norm(self.grads)
