@@ -388,7 +388,7 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         opt.zero_grad()
         loss.backward()
         if actions is not None:
-            coefs.append(float(actions.before_step(monitor)["clip"][2]))
+            coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))  # type: ignore[index]
         opt.step()
         if scheduler is not None:
             scheduler.step()
@@ -572,8 +572,8 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
             actions = build_actions(clip, False)
             monitor = types.SimpleNamespace(optimizers=[opt_cls(params, lr=1e-9)])
             for _ in range(64):  # past auto's early weight re-measurements (steps 0, 1, 3, …, 63): steady state
-                actions.before_step(monitor)  # type: ignore[union-attr]
-            contenders[label] = lambda a=actions, m=monitor: a.before_step(m)
+                actions.before_step(monitor.optimizers)  # type: ignore[union-attr]
+            contenders[label] = lambda a=actions, m=monitor: a.before_step(m.optimizers)
         repeats = {"small": 100, "medium": 5, "large": 2}[size] // (2 if quick else 1) or 1
         out[size] = {"parameters": float(sum(p.numel() for p in params)), **_interleaved(contenders, repeats)}
     return out

@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from .capture.modules import WatchedModule, find_recurrent
+from .actions.base import NO_ACTION, ActionRecord
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
-from .capture.params import ParameterMap
+from .capture.params import BeforeUpdate, ParameterMap
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, ForwardAdapter, installed_adapter
 from .errors import GradwatchError
@@ -48,10 +50,14 @@ from .stream.build import ModuleInfo, PendingStep, build_step_stats
 from .stream.history import History
 from .stream.loss import checked_loss
 from .stream.readback import PendingReadback, start_readback
+from .stream.step_boundaries import LossRoute, Mode, StepBoundaries
 
 if TYPE_CHECKING:
+    from .actions.base import StepActions
+    from .detectors.protocol import Detectors
     from .detectors.suite import AlertSummary
     from .sinks.base import Sink
+    from .stream.reducer import Reducer
 
 __all__ = ["Monitor"]
 
@@ -62,6 +68,18 @@ IDLE_STEP_CALLS = 20
 that the loop steps an optimizer it does not watch. A GradScaler skips updates only while it
 lowers its scale (each skip halves it), so 20 in a row (a factor 2**-20) does not happen in
 a healthy mixed-precision run."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GradientRead:
+    """One step's gradients as measured before the update, and what the clip/skip actions did next."""
+
+    read: BeforeUpdate
+    """The parameter map's measurement (device tensors)."""
+    action: ActionRecord = NO_ACTION
+    """The actions' record for this step (`NO_ACTION` without actions)."""
 
 
 class Monitor:
@@ -75,10 +93,11 @@ class Monitor:
         every: int,
         history: int,
         strict: bool,
-        detectors: Any,
-        sinks: list[Sink],
-        actions: Any = None,
-        reducer: Any = None,
+        detectors: Detectors | None,
+        sinks: Sequence[Sink],
+        actions: StepActions | None = None,
+        reducer: Reducer | None = None,
+        external_steps: bool = False,
     ) -> None:
         self.model = model
         self.every = every
@@ -87,13 +106,13 @@ class Monitor:
         self.alerts: list[Alert] = []
         """Every alert raised so far, in order."""
         self._detectors = detectors
-        self._sinks = sinks
+        self._sinks = list(sinks)
         self._actions = actions
         self.reducer = reducer
         """Combines each step's statistics across processes (`gradwatch.distributed`), or None."""
-        self.external_steps = False
-        """True when a driver (the Lightning callback) ends the steps: the optimizers' step hooks
-        then do nothing, and the driver calls `before_update()` and `end_step()`."""
+        mode = Mode.DRIVER if external_steps else Mode.OPTIMIZERS if optimizers else Mode.MANUAL
+        self._steps = StepBoundaries(mode)
+        """Decides where each step ends (`stream.step_boundaries`)."""
         self._disabled: set[str] = set()
         self._reported: set[str] = set()
         self._measuring = True
@@ -101,14 +120,8 @@ class Monitor:
         self._closed = False
         self._step = 0
         self._pending: collections.deque[PendingStep] = collections.deque()
-        self._updated_since_loss = False
-        """A step ended by the optimizers since the last `step(loss)`; when not, that loss belongs to
-        an update that never happened (GradScaler found Inf and skipped `optimizer.step()`)."""
-        self._stepped: set[int] = set()
-        """ids of the optimizers that finished an update in the step in progress."""
-        self._steps_without_update = 0
-        """`step()` calls in a row with no watched optimizer stepping (see `_note_step_without_update`)."""
-        self._grad_stats: dict | None = None
+        self._gradients: GradientRead | None = None
+        """The step in progress's gradients, once read before its update (None until then)."""
         self._handles: list[Any] = []
         self._hooks = OptimizerHooks(before=self._on_update_start, after=self._on_update_end)
         for opt in optimizers:
@@ -135,12 +148,11 @@ class Monitor:
             return
         loss = self._checked_loss(loss)
         try:
-            if not self._hooks.optimizers or (self._stepped and not self.external_steps):
-                self._updated_since_loss = False
+            route = self._steps.loss_fed()
+            if route is LossRoute.END_STEP:
                 self._end_step(loss, loss_fed=True)
                 return
-            if self._updated_since_loss or self.external_steps:
-                self._updated_since_loss = False
+            if route is LossRoute.TO_LAST_STEP:
                 waiting = self._pending[-1] if self._pending else None
                 if waiting is not None and not waiting.loss_fed:
                     self._attach_loss(waiting, loss)
@@ -159,11 +171,11 @@ class Monitor:
         """
         if self._closed or not self._measuring:
             return
-        self._grad_stats = None
+        self._gradients = None
         self._read_before_update()
 
     def end_step(self, loss: Any = None) -> None:
-        """End the step now, with or without optimizers (for drivers; see `external_steps`)."""
+        """End the step now, with or without optimizers (for drivers: `watch(..., external_steps=True)`)."""
         if self._closed or not self._measuring:
             return
         loss = self._checked_loss(loss)
@@ -182,8 +194,9 @@ class Monitor:
         if self._closed:
             return
         for opt in as_optimizer_list(optimizer):
-            for old in self._hooks.add(opt):
-                self._stepped.discard(id(old))
+            replaced = self._hooks.add(opt)
+            self._steps.optimizer_added(replaced=[id(old) for old in replaced])
+            for old in replaced:
                 log.info("gradwatch: %s replaces %s (they share parameters); steps no longer wait for the old one.",
                          type(opt).__name__, type(old).__name__)
 
@@ -199,14 +212,18 @@ class Monitor:
         return self._history
 
     @property
-    def detectors(self) -> Any:
-        """The detector suite (`update`, `reset`, `summary()`), or None."""
+    def detectors(self) -> Detectors | None:
+        """The detector suite (`detectors.protocol.Detectors`: `update`, `summary`), or None."""
         return self._detectors
 
+    @property
+    def step_mode(self) -> Mode:
+        """Who ends the steps: `Mode.MANUAL`, `Mode.OPTIMIZERS` or `Mode.DRIVER` (`stream.step_boundaries`)."""
+        return self._steps.mode
+
     def _alert_summary(self) -> AlertSummary | None:
-        """What the sinks get on close: the detector suite's `summary()`, or None if it keeps none."""
-        summary = getattr(self._detectors, "summary", None)  # `detectors` is any object (see watch())
-        return summary() if callable(summary) else None
+        """What the sinks get on close: the detector suite's `summary()`, or None without detectors."""
+        return self._detectors.summary() if self._detectors is not None else None
 
     @property
     def steps(self) -> int:
@@ -316,9 +333,9 @@ class Monitor:
     def _on_update_start(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         """Before an outermost `optimizer.step(*args, **kwargs)` (a torch step pre-hook's arguments):
         the first update of a step reads the gradients. Returns None (or new `(args, kwargs)`)."""
-        if self.external_steps or not self._measuring or self._closed:
+        if not self._steps.hooks_end_steps or not self._measuring or self._closed:
             return None  # a driver calls before_update() at the right moment
-        if self._grad_stats is not None:
+        if self._gradients is not None:
             return None  # a second optimizer (or update) in the same step: gradients were already read
         closure = closure_of(args, kwargs)
         if closure is not None:
@@ -330,49 +347,48 @@ class Monitor:
 
     def _on_update_end(self, optimizer: torch.optim.Optimizer) -> None:
         """After an outermost `optimizer.step()`: the step ends once every optimizer has stepped."""
-        if self.external_steps or not self._measuring or self._closed:
+        if not self._measuring or self._closed:
             return
         try:
-            self._stepped.add(id(optimizer))
-            self._steps_without_update = 0
-            if all(id(o) in self._stepped for o in self._hooks.optimizers):
-                self._updated_since_loss = True
+            if self._steps.update_ended(id(optimizer), watched=[id(o) for o in self._hooks.optimizers]):
                 self._end_step()
         except Exception as exc:
             self._stop_measuring("optimizer step hook", exc)
 
     def _read_before_update(self) -> None:
         """Measure the gradients about to be applied, with the clip/skip actions around the read."""
-        if self._actions is not None:
-            self._act("before_read")  # e.g. GradScaler: unscale before measuring
+        optimizers = self.optimizers
+        self._act(lambda actions: actions.before_read(optimizers))  # e.g. GradScaler: unscale before measuring
         try:
-            self._grad_stats = self._read_grads()
+            read = self._read_grads()
         except Exception as exc:
             self._stop_measuring("gradient read", exc)
             return
-        if self._actions is not None:
-            self._grad_stats["action"] = self._act("before_step") or {}
+        action = self._act(lambda actions: actions.before_step(optimizers))
+        self._gradients = GradientRead(read, action or NO_ACTION)
 
-    def _act(self, method: str) -> Any:
-        """Call an action method; a failing action (clipping, guard, unscaling) is reported and switched off."""
+    def _act(self, call: Callable[[StepActions], T]) -> T | None:
+        """`call(actions)`, or None without actions; failing actions (clipping, guard, unscaling) are
+        reported once and switched off."""
+        if self._actions is None:
+            return None
         try:
-            return getattr(self._actions, method)(self)
+            return call(self._actions)
         except Exception as exc:
             self._actions = None
             self._report_error("clip/skip actions", exc, consequence="no more clipping or skipping; training continues")
             return None
 
-    def _read_grads(self) -> dict:
+    def _read_grads(self) -> BeforeUpdate:
         if not self.params.is_current():
             self._map_parameters()  # load_state_dict(assign=True) & co. replaced the parameters
-        return {"read": self.params.read_before_update()}
+        return self.params.read_before_update()
 
     def _end_step(self, loss: Any = None, *, loss_fed: bool = False) -> None:
-        grads = self._grad_stats if self._grad_stats is not None else self._read_grads()
-        self._grad_stats = None
-        if self._stepped:
-            self._stepped = set()
-        read = grads["read"]
+        grads = self._gradients if self._gradients is not None else GradientRead(self._read_grads())
+        self._gradients = None
+        self._steps.step_ended()
+        read = grads.read
         weight, update = self.params.weight_and_update_sumsq(read.weight_sumsq)
         scalars: dict = {("wsq",): weight, ("usq",): update}
         if read.grad_sumsq is not None:
@@ -381,9 +397,9 @@ class Monitor:
             scalars[("total",)] = read.total
         if read.outside_weight_sumsq is not None:
             scalars[("outside_wsq",)] = read.outside_weight_sumsq
-        action = grads.get("action") or {}
-        if "clip" in action:
-            scalars[("clip",)] = action["clip"]
+        action = grads.action
+        if action.clip is not None:
+            scalars[("clip",)] = action.clip
         if self.session.eval_forwards and not self.session.forwards and any(read.has_grad):
             self.session.tell_once("eval", (
                 "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
@@ -405,8 +421,8 @@ class Monitor:
             probed=probed,
             modules=self._modules,
             readback=readback,
-            clip_policy=action.get("policy"),
-            skipped=bool(action.get("skipped", False)),
+            clip_policy=action.policy,
+            skipped=action.skipped,
             outside_params=tuple(read.outside_names),
         )
         if loss_fed:
@@ -421,8 +437,7 @@ class Monitor:
         """Warn once when `step()` keeps coming and no watched optimizer steps: a GradScaler skips a
         few updates in a row at most, so the loop most likely steps an optimizer gradwatch does not
         watch (re-created without `add_optimizer`), and no step ends."""
-        self._steps_without_update += 1
-        if self._steps_without_update == IDLE_STEP_CALLS:
+        if self._steps.calls_without_update == IDLE_STEP_CALLS:
             self._warn_once("idle", (
                 f"monitor.step() was called {IDLE_STEP_CALLS} times in a row and no watched optimizer "
                 f"({', '.join(type(o).__name__ for o in self.optimizers)}) stepped, so no step ended. If the loop "
@@ -451,7 +466,7 @@ class Monitor:
     def _ready(self, pending: PendingStep, is_last: bool, force: bool) -> bool:
         if force:
             return True
-        if self._hooks.optimizers and not self.external_steps and not pending.loss_fed and is_last:
+        if is_last and self._steps.holds_last_step(pending.loss_fed):
             return False  # its loss may still come through step(loss); the next step end releases it
         for rb in (pending.readback, pending.loss_readback):
             if isinstance(rb, PendingReadback) and not rb.ready():

@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+import torch
 from rich.console import Console
 from torch import nn
 
 from . import distributed
-from .actions import build_actions
+from .actions import Actions, build_actions
 from .capture.modules import unwrap_model
 from .detectors import build_detectors
 from .errors import GradwatchError
@@ -34,6 +35,12 @@ CONSOLE_CHOICES = ("auto", "rich", "logging", True, False, None)
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise GradwatchError(f"gradwatch.watch({name}=...) must be a positive integer, got {value!r}.")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise GradwatchError(f"gradwatch.watch({name}=...) must be True or False, got {value!r}.")
     return value
 
 
@@ -57,7 +64,7 @@ def _stdout_is_tty() -> bool:
     return bool(isatty and isatty())
 
 
-def _actions(clip: Any, skip_nonfinite: Any, scaler: Any, optimizers: list[Any]) -> Any:
+def _actions(clip: Any, skip_nonfinite: Any, scaler: Any, optimizers: list[torch.optim.Optimizer]) -> Actions | None:
     # Validates clip (None, a positive number, "auto", a policy object) and skip_nonfinite/scaler.
     return build_actions(clip, skip_nonfinite, scaler, optimizers=optimizers)
 
@@ -89,6 +96,7 @@ def watch(
     jsonl: Any = None,
     tensorboard: Any = None,
     sinks: Sequence[Sink] = (),
+    external_steps: bool = False,
     **detector_options: Any,
 ) -> Monitor:
     """Attach gradwatch to every recurrent module of `model` and return the `Monitor`.
@@ -114,6 +122,10 @@ def watch(
         tensorboard: a TensorBoard log directory, or a `SummaryWriter` (needs `tensorboard`).
         sinks: extra sinks (`gradwatch.sinks.base.Sink`): objects with `on_step(stats, alerts)` and
             `close(summary)`.
+        external_steps: for drivers such as the Lightning callback: the caller ends each step with
+            `monitor.before_update()` (after backward, before the update) and `monitor.end_step(loss)`;
+            the optimizers' step hooks then end nothing (fixed for the monitor's life; see
+            `gradwatch.stream.step_boundaries`).
         **detector_options: detector thresholds.
     """
     inner = unwrap_model(model)
@@ -130,4 +142,5 @@ def watch(
     all_sinks += list(sinks)
     reducer = distributed.reducer_for_current_group()
     return Monitor(inner, optimizers, every=every, history=history, strict=bool(strict),
-                   detectors=detectors, sinks=all_sinks, actions=actions, reducer=reducer)
+                   detectors=detectors, sinks=all_sinks, actions=actions, reducer=reducer,
+                   external_steps=_flag("external_steps", external_steps))

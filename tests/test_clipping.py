@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
 import pytest
@@ -41,8 +40,8 @@ def total(tensors) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
 
 
-def monitor_of(*optimizers):
-    return types.SimpleNamespace(optimizers=list(optimizers))
+def optimizers_of(*optimizers):
+    return list(optimizers)
 
 
 def run_policy(policy, params, scales, opt=None):
@@ -51,8 +50,8 @@ def run_policy(policy, params, scales, opt=None):
     actions = build_actions(policy, False)
     for step, scale in enumerate(scales):
         before = set_grads(params, scale, step)
-        out = actions.before_step(monitor_of(opt))
-        yield before, [p.grad.clone() for p in params], out["clip"]
+        out = actions.before_step(optimizers_of(opt))
+        yield before, [p.grad.clone() for p in params], out.clip
 
 
 SCALES = [1.0, 1.2, 0.8, 1.1, 0.9, 50.0, 1.0, 0.95, 1.05, 1e3, 1.0, 1.0, 0.9, 1.1, 1.0, 20.0, 1.0, 0.9] * 3
@@ -79,13 +78,13 @@ def test_norm_is_bit_identical_to_clip_grad_norm(cls, kw, max_norm):
     for rp, g in zip(ref_params, ref):
         rp.grad = g
     ref_norm = nn.utils.clip_grad_norm_(ref_params, max_norm)
-    out = build_actions(max_norm, False).before_step(monitor_of(torch.optim.SGD(model.parameters(), lr=0.1)))
+    out = build_actions(max_norm, False).before_step(optimizers_of(torch.optim.SGD(model.parameters(), lr=0.1)))
     for p, rp in zip(model.parameters(), ref_params):
         assert torch.equal(p.grad, rp.grad)
-    before, after, coef, threshold = out["clip"].tolist()
+    before, after, coef, threshold = out.clip.tolist()
     assert before == pytest.approx(float(ref_norm), rel=1e-6)
     assert after == pytest.approx(before * coef, rel=1e-6) and threshold == pytest.approx(max_norm, rel=1e-6)
-    assert out["policy"] == "norm" and out["clip"].dtype == torch.float32
+    assert out.policy == "norm" and out.clip.dtype == torch.float32
 
 
 def _train_with_clip(clip_in_watch: bool, steps: int = 6):
@@ -162,11 +161,11 @@ def test_autoclip_keeps_nonfinite_norms_out_of_its_history():
     actions = build_actions(AutoClip(50), False)
     opt = torch.optim.SGD(params, lr=0.1)
     set_grads(params, 1.0, 0)
-    actions.before_step(monitor_of(opt))
+    actions.before_step(optimizers_of(opt))
     params[0].grad = torch.full_like(params[0], math.nan)
-    actions.before_step(monitor_of(opt))
+    actions.before_step(optimizers_of(opt))
     before = set_grads(params, 2.0, 2)
-    record = actions.before_step(monitor_of(opt))["clip"]
+    record = actions.before_step(optimizers_of(opt)).clip
     first = total(set_grads(params, 1.0, 0))
     assert record[3].item() == pytest.approx((first + total(before)) / 2, rel=1e-5)
 
@@ -293,7 +292,7 @@ def test_auto_matches_reference(opt_name, host):
             for p in params:
                 p.mul_(1.02)  # the weights grow: the reference re-measures them on the same steps
         before = set_grads(params, scale, step)
-        record = actions.before_step(monitor_of(opt))["clip"]
+        record = actions.before_step(optimizers_of(opt)).clip
         coef, limit = ref.coefficient(total(before), params, lr_eff)
         assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
@@ -307,7 +306,7 @@ def test_auto_follows_a_learning_rate_schedule_without_waiting(host):
     for step in range(12):
         opt.param_groups[0]["lr"] = 0.1 / (step + 1)
         before = set_grads(params, 30.0, step)
-        record = actions.before_step(monitor_of(opt))["clip"]
+        record = actions.before_step(optimizers_of(opt)).clip
         coef, limit = ref.coefficient(total(before), params, 0.1 / (step + 1))
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
         assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
@@ -319,11 +318,11 @@ def test_auto_bounds_a_first_step_explosion_by_the_weights():
     params = list(net.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     set_grads(params, 1e4, 0)  # no history at all
-    out = build_actions("auto", False).before_step(monitor_of(opt))
+    out = build_actions("auto", False).before_step(optimizers_of(opt))
     theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in params))
     displacement = 0.1 * total([p.grad for p in params])  # lr_eff = 0.01 / (1 - 0.9)
     assert displacement == pytest.approx(0.04 * theta, rel=1e-4)  # moves the weights by max_update = 4%
-    assert out["clip"][2].item() < 1e-3
+    assert out.clip[2].item() < 1e-3
 
 
 @HOST_OR_DEVICE
@@ -332,7 +331,7 @@ def test_auto_bounds_each_groups_update_with_its_own_learning_rate(host):
     rnn, rest = list(net.rnn.parameters()), list(net.head.parameters()) + [net.scale]
     opt = torch.optim.SGD([{"params": rnn, "lr": 0.1}, {"params": rest, "lr": 0.001}], lr=0.1)
     set_grads(rnn + rest, 1e3, 0)
-    auto_actions(host, Auto(max_update=0.05)).before_step(monitor_of(opt))
+    auto_actions(host, Auto(max_update=0.05)).before_step(optimizers_of(opt))
     theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in rnn + rest))
     update = math.sqrt(0.1 ** 2 * total([p.grad for p in rnn]) ** 2 + 0.001 ** 2 * total([p.grad for p in rest]) ** 2)
     assert update == pytest.approx(0.05 * theta, rel=1e-4)
@@ -363,11 +362,11 @@ def test_auto_statistics_survive_a_nan_step(host):
     actions = auto_actions(host)
     for step in range(15):
         set_grads(params, 1.0, step)
-        actions.before_step(monitor_of(opt))
+        actions.before_step(optimizers_of(opt))
     params[0].grad.fill_(math.nan)
-    actions.before_step(monitor_of(opt))
+    actions.before_step(optimizers_of(opt))
     before = set_grads(params, 1.0, 99)
-    record = actions.before_step(monitor_of(opt))["clip"]
+    record = actions.before_step(optimizers_of(opt)).clip
     assert math.isfinite(record[3].item()) and record[2].item() == 1.0
     assert all(torch.isfinite(p.grad).all() for p in params) and torch.equal(params[1].grad, before[1])
 
@@ -385,7 +384,7 @@ def test_auto_host_floats_and_device_tensors_agree_through_a_nonfinite_step(bad,
             set_grads(params, scale, step)
             if step == 14:
                 params[1].grad[0, 0] = bad
-            records.append(actions.before_step(monitor_of(opt))["clip"])
+            records.append(actions.before_step(optimizers_of(opt)).clip)
             grads.append([p.grad.clone() for p in params])
         return torch.stack(records), grads
 
@@ -402,7 +401,7 @@ def test_auto_keeps_statistics_where_the_gradients_live(device, kind):
     p = nn.Parameter(torch.randn(4, 3, device=device))
     p.grad = torch.randn(4, 3, device=device)
     actions = build_actions("auto", False)
-    record = actions.before_step(monitor_of(torch.optim.SGD([p], lr=0.1)))["clip"]
+    record = actions.before_step(optimizers_of(torch.optim.SGD([p], lr=0.1))).clip
     assert type(actions.clipper.stats).__name__ == kind and record.device.type == device
 
 
@@ -423,7 +422,7 @@ def test_clipping_never_reads_a_tensor_on_the_host(policy, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, _forbid)
     for step, scale in enumerate(SCALES[:12]):
         set_grads(params, scale, step)
-        actions.before_step(monitor_of(opt))
+        actions.before_step(optimizers_of(opt))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -440,7 +439,7 @@ def test_clipping_does_not_synchronize_on_cuda(policy):
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            actions.before_step(monitor_of(opt))
+            actions.before_step(optimizers_of(opt))
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -453,11 +452,11 @@ def test_auto_starts_afresh_on_the_device_the_model_moved_to():
     actions = build_actions("auto", False)
     for step in range(3):
         set_grads(params, 1.0, step)
-        actions.before_step(monitor_of(opt))
+        actions.before_step(optimizers_of(opt))
     net.cuda()  # the same Parameter objects, now on the GPU
     for p in params:
         p.grad = torch.randn_like(p)
-    record = actions.before_step(monitor_of(opt))["clip"]
+    record = actions.before_step(optimizers_of(opt)).clip
     assert record.device.type == "cuda" and actions.clipper.bound.theta.device.type == "cuda"
 
 
@@ -518,16 +517,16 @@ def test_clip_by_hand_equals_clip_grad_norm_and_auto_needs_no_optimizer():
     before = set_grads(params, 3.0, 0)
     for r, b in zip(ref, before):
         r.grad = b.clone()
-    record = build_actions(Norm(0.25), False).clip_by_hand(params)["clip"]
+    record = build_actions(Norm(0.25), False).clip_by_hand(params).clip
     returned = nn.utils.clip_grad_norm_(ref, 0.25)
     assert record[0].item() == pytest.approx(float(returned), rel=1e-6)
     for p, r in zip(params, ref):
         torch.testing.assert_close(p.grad, r.grad, rtol=0, atol=0)
     auto = build_actions("auto", False)
-    coefs = [auto.clip_by_hand(params)["clip"][2].item() for step in range(12) if set_grads(params, 1.0, step)]
+    coefs = [auto.clip_by_hand(params).clip[2].item() for step in range(12) if set_grads(params, 1.0, step)]
     assert coefs == [1.0] * 12  # ordinary noise: nothing to clip, and no update bound without a learning rate
     set_grads(params, 1e3, 99)
-    assert auto.clip_by_hand(params)["clip"][2].item() < 0.01  # a spike is still cut
+    assert auto.clip_by_hand(params).clip[2].item() < 0.01  # a spike is still cut
 
 
 def test_clip_needs_an_optimizer_and_not_lbfgs():

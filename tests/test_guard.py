@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 import gradwatch
 from gradwatch import GradwatchError
 from gradwatch.actions import build_actions
+from gradwatch.actions.base import NO_ACTION
 from models import SeqClassifier, lm_batch
 
 
@@ -114,13 +114,13 @@ def test_sparse_adam_skips_too():
     emb = nn.Embedding(10, 4, sparse=True)
     opt = torch.optim.SparseAdam(emb.parameters(), lr=0.1)
     actions = build_actions(None, True)
-    monitor = types.SimpleNamespace(optimizers=[opt])
+    optimizers = [opt]
     for poison in (False, True):
         opt.zero_grad()
         out = emb(torch.tensor([1, 2, 3])).sum() * (math.nan if poison else 1.0)
         out.backward()
         weight, state = emb.weight.detach().clone(), _clone(opt.state_dict())
-        assert actions.before_step(monitor).get("skipped", False) is poison
+        assert actions.before_step(optimizers).skipped is poison
         opt.step()
     assert torch.equal(weight, emb.weight) and same(state, opt.state_dict())
 
@@ -129,17 +129,17 @@ def test_finite_steps_are_not_skipped_and_cost_nothing_else():
     model = SeqClassifier(nn.GRU, dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _step(model, opt, lm_batch())
-    out = build_actions(None, True).before_step(types.SimpleNamespace(optimizers=[opt]))
-    assert out == {} and all(p.grad is not None for p in model.parameters())
+    out = build_actions(None, True).before_step([opt])
+    assert out == NO_ACTION and all(p.grad is not None for p in model.parameters())
 
 
 def test_half_precision_gradients_are_not_mistaken_for_overflow():
     p = nn.Parameter(torch.zeros(4096, dtype=torch.float16))
     p.grad = torch.full((4096,), 60000.0, dtype=torch.float16)  # finite; its fp16 norm would overflow
     opt = torch.optim.SGD([p], lr=0.1)
-    assert build_actions(None, True).before_step(types.SimpleNamespace(optimizers=[opt])) == {}
+    assert build_actions(None, True).before_step([opt]) == NO_ACTION
     p.grad[7] = math.inf
-    assert build_actions(None, True).before_step(types.SimpleNamespace(optimizers=[opt]))["skipped"]
+    assert build_actions(None, True).before_step([opt]).skipped
 
 
 def test_guard_and_clipping_together_skip_before_clipping():
@@ -174,14 +174,14 @@ def _rank_worker(rank: int, world: int, init_file: str) -> None:
         model = nn.Linear(3, 2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         actions = build_actions(None, True)
-        monitor = types.SimpleNamespace(optimizers=[opt])
+        optimizers = [opt]
         for step, bad_rank in enumerate((1, None)):
             # No DDP here: each rank has its own gradients, so only the all-reduce makes them agree.
             for p in model.parameters():
                 p.grad = torch.ones_like(p) * (rank + 1)
             if rank == bad_rank:
                 model.weight.grad[0, 0] = math.nan
-            skipped = actions.before_step(monitor).get("skipped", False)
+            skipped = actions.before_step(optimizers).skipped
             assert skipped is (bad_rank is not None), (rank, step, skipped)
             assert all((p.grad is None) == skipped for p in model.parameters())
     finally:

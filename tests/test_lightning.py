@@ -15,6 +15,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
+from gradwatch.stream.step_boundaries import Mode  # noqa: E402
 from gradwatch.integrations.lightning import GradwatchCallback  # noqa: E402
 
 LR = 0.1
@@ -90,6 +91,7 @@ def test_gradwatch_clip_acts_between_backward_and_the_update(tmp_path):
 def test_logs_to_the_trainer_loggers_and_detaches_on_teardown(tmp_path):
     callback = GradwatchCallback(every=2, console=False, log_every_n_steps=1)
     model, trainer = fit(tmp_path, callback, max_steps=3)
+    assert callback.monitor.step_mode is Mode.DRIVER  # given to watch(), not flipped afterwards
     assert "forward" not in model.rnn.__dict__  # the forward adapter is gone
     assert callback.monitor._handles == []
     (path,) = glob.glob(os.path.join(str(tmp_path), "**", "metrics.csv"), recursive=True)

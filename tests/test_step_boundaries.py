@@ -368,3 +368,105 @@ def test_an_optimizer_recreated_without_add_optimizer_is_pointed_out_once(caplog
     mon.close()
     messages = [r.getMessage() for r in caplog.records if "add_optimizer" in r.getMessage()]
     assert len(messages) == 1 and "Adam" in messages[0]
+
+
+# ------------------------------------------------------------------ the state machine on its own
+from gradwatch.stream.step_boundaries import LossRoute, Mode, StepBoundaries  # noqa: E402
+
+A, B = 1, 2  # optimizer ids
+
+
+def test_manual_mode_every_loss_ends_a_step_and_nothing_is_held():
+    steps = StepBoundaries(Mode.MANUAL)
+    assert not steps.hooks_end_steps and not steps.update_ended(A, watched=[])
+    assert [steps.loss_fed() for _ in range(3)] == [LossRoute.END_STEP] * 3
+    assert not steps.holds_last_step(loss_fed=False)
+
+
+def test_optimizers_mode_the_step_ends_once_every_optimizer_has_stepped():
+    steps = StepBoundaries(Mode.OPTIMIZERS)
+    assert steps.hooks_end_steps
+    assert not steps.update_ended(A, watched=[A, B])
+    assert not steps.update_ended(A, watched=[A, B])  # A stepping twice still waits for B
+    assert steps.update_ended(B, watched=[A, B])
+    steps.step_ended()
+    assert steps.loss_fed() is LossRoute.TO_LAST_STEP
+    assert steps.holds_last_step(loss_fed=False) and not steps.holds_last_step(loss_fed=True)
+
+
+def test_optimizers_mode_a_loss_after_some_but_not_all_optimizers_ends_the_step():
+    steps = StepBoundaries(Mode.OPTIMIZERS)
+    assert not steps.update_ended(A, watched=[A, B])
+    assert steps.loss_fed() is LossRoute.END_STEP
+    steps.step_ended()
+    assert not steps.update_ended(A, watched=[A, B])  # the next step starts with no optimizer stepped
+
+
+def test_optimizers_mode_a_loss_without_an_update_is_dropped_and_counted():
+    steps = StepBoundaries(Mode.OPTIMIZERS)
+    assert steps.update_ended(A, watched=[A])
+    steps.step_ended()
+    assert steps.loss_fed() is LossRoute.TO_LAST_STEP
+    assert [steps.loss_fed() for _ in range(3)] == [LossRoute.DROP] * 3  # GradScaler skipped the updates
+    assert steps.calls_without_update == 3
+    steps.update_ended(A, watched=[A])
+    assert steps.calls_without_update == 0
+
+
+def test_driver_mode_hooks_end_nothing_and_losses_go_to_the_last_step():
+    steps = StepBoundaries(Mode.DRIVER)
+    assert not steps.hooks_end_steps
+    assert not steps.update_ended(A, watched=[A])
+    assert [steps.loss_fed() for _ in range(2)] == [LossRoute.TO_LAST_STEP] * 2
+    assert not steps.holds_last_step(loss_fed=False)
+    steps.optimizer_added()
+    assert steps.mode is Mode.DRIVER  # a driver's mode never changes
+
+
+def test_an_added_optimizer_turns_manual_into_optimizers_and_a_replaced_one_is_not_waited_for():
+    steps = StepBoundaries(Mode.MANUAL)
+    steps.optimizer_added()
+    assert steps.mode is Mode.OPTIMIZERS
+    assert not steps.update_ended(A, watched=[A, B])
+    steps.optimizer_added(replaced=[A])  # C replaces A: A's update no longer counts
+    assert not steps.update_ended(B, watched=[B, 3])
+    assert steps.update_ended(3, watched=[B, 3])
+
+
+@pytest.mark.parametrize("optimizer, external, mode", [
+    (False, False, Mode.MANUAL), (True, False, Mode.OPTIMIZERS), (True, True, Mode.DRIVER), (False, True, Mode.DRIVER),
+], ids=["no-optimizer", "optimizer", "driver", "driver-no-optimizer"])
+def test_watch_fixes_the_mode_at_construction(optimizer, external, mode):
+    m = SeqClassifier(nn.GRU)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1) if optimizer else None
+    mon = gradwatch.watch(m, opt, console=False, external_steps=external)
+    assert mon.step_mode is mode
+    with pytest.raises(AttributeError):
+        mon.step_mode = Mode.MANUAL
+    mon.close()
+
+
+def test_watch_external_steps_must_be_a_bool():
+    with pytest.raises(gradwatch.GradwatchError, match="external_steps"):
+        gradwatch.watch(SeqClassifier(nn.GRU), console=False, external_steps="yes")
+
+
+def test_external_steps_monitor_ends_steps_only_at_end_step():
+    """What the Lightning callback relies on: optimizer.step() ends nothing; end_step() ends the step."""
+    def loop(model, make):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon, losses = make(opt), []
+        for i in range(3):
+            loss = _loss(model, *lm_batch())
+            opt.zero_grad(); loss.backward()
+            if mon:
+                mon.before_update()
+            opt.step()
+            if mon:
+                assert mon.steps == i
+                mon.end_step(loss)
+            losses.append(loss.detach())
+        return losses
+
+    mon = _bitwise_same(loop, strict=True, external_steps=True)
+    assert mon.steps == 3 and all(s.loss is not None for s in mon.history)

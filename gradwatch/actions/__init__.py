@@ -3,11 +3,12 @@
     >>> gradwatch.watch(model, opt, clip="auto", skip_nonfinite=True)
     >>> gradwatch.watch(model, opt, clip=gradwatch.actions.ZClip(z_threshold=3.0), scaler=scaler)
 
-The monitor calls `actions.before_read(monitor)` at the start of the optimizer's pre-step
+The monitor calls `actions.before_read(optimizers)` at the start of the optimizer's pre-step
 hook (mixed precision: unscale), measures the gradients, then calls
-`actions.before_step(monitor)`, which runs the guard, then the clipping policy, and returns
-{"clip": device tensor [norm_before, norm_after, coefficient, threshold or NaN],
-"policy": name, "skipped": bool} for the step's record.
+`actions.before_step(optimizers)`, which runs the guard, then the clipping policy, and returns
+an `ActionRecord` (the clip vector [norm_before, norm_after, coefficient, threshold or NaN] as a
+device tensor, the policy's name, whether the step was skipped) for the step's record. The
+contract is the `StepActions` Protocol (`actions.base`); `Actions` is its implementation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import GradwatchError
 from .amp import check_scaler, unscale_all_
+from .base import NO_ACTION, ActionRecord, StepActions
 from .auto import Auto
 from .batch import GradBatch, optimizer_params
 from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
@@ -26,6 +28,8 @@ from .guard import NonFiniteGuard
 
 __all__ = [
     "Actions",
+    "ActionRecord",
+    "StepActions",
     "build_actions",
     "as_policy",
     "Norm",
@@ -85,40 +89,39 @@ class Actions:
             self._params, self._params_key = optimizer_params(optimizers), key
         return self._params
 
-    def before_read(self, monitor: Any) -> None:
+    def before_read(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Called before the monitor measures the gradients: unscale them if a GradScaler is in use."""
         if self.scaler is not None:
-            unscale_all_(self.scaler, monitor.optimizers)
+            unscale_all_(self.scaler, optimizers)
 
-    def before_step(self, monitor: Any) -> dict:
-        """Guard, then clip, the gradients the optimizers are about to apply; return the step's record."""
-        batch = GradBatch.of(monitor.optimizers, self._optimizer_params(monitor.optimizers))
+    def before_step(self, optimizers: Sequence[torch.optim.Optimizer]) -> ActionRecord:
+        """Guard, then clip, the gradients `optimizers` are about to apply; return the step's record."""
+        batch = GradBatch.of(optimizers, self._optimizer_params(optimizers))
         if not batch.params:
-            return {}
+            return NO_ACTION
         if self.guard is not None and self.guard.should_skip(batch):
             self.guard.skip_(batch)
-            return {"skipped": True}
+            return ActionRecord(skipped=True)
         if self.clipper is None:
-            return {}
+            return NO_ACTION
         with torch.no_grad():
             record = self.clipper.clip_(batch)
-        return {"clip": record, "policy": self.clipper.name}
+        return ActionRecord(clip=record, policy=self.clipper.name)
 
-
-    def clip_by_hand(self, params: Sequence[torch.Tensor]) -> dict:
+    def clip_by_hand(self, params: Sequence[torch.Tensor]) -> ActionRecord:
         """Clip the gradients of `params` that a script is about to apply by hand (no optimizer:
         `p.data.add_(p.grad, alpha=-lr)`), as `before_step` clips an optimizer's. Call it right
         after backward. The non-finite guard does not apply (it skips by dropping `p.grad`, which
         a hand-written update would trip on), and no optimizer means no learning rate: "auto"
         keeps its spike bound only."""
         if self.clipper is None:
-            return {}
+            return NO_ACTION
         batch = GradBatch([p for p in params if p.grad is not None])
         if not batch.params:
-            return {}
+            return NO_ACTION
         with torch.no_grad():
             record = self.clipper.clip_(batch)
-        return {"clip": record, "policy": self.clipper.name}
+        return ActionRecord(clip=record, policy=self.clipper.name)
 
 
 def build_actions(

@@ -99,8 +99,8 @@ class GradwatchCallback(pl.Callback):
         # The optimizers are passed for clip=/skip_nonfinite=, but their step() hooks stay silent:
         # Lightning runs forward and backward inside step(closure), after a pre-step hook would fire,
         # and AMP skips step() on inf gradients, so the callback itself marks the step boundaries.
+        options["external_steps"] = True
         self.monitor = watch(pl_module, list(trainer.optimizers) or None, **options)
-        self.monitor.external_steps = True
         self._stepped, self._losses = False, []
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
