@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -129,6 +129,9 @@ class Monitor:
         self.session = CaptureSession(self._report_error)
         self.watched: list[WatchedModule] = []
         self._adapters: list[ForwardAdapter] = []
+        self.params: ParameterMap
+        """The watched parameters, grouped by (module, layer, direction), with the update snapshot."""
+        self._modules: list[ModuleInfo]
         self._attach(find_recurrent(model))
         self.session.begin_step(probe=self._is_probe_step(0))
 
@@ -390,7 +393,7 @@ class Monitor:
         self._steps.step_ended()
         read = grads.read
         weight, update = self.params.weight_and_update_sumsq(read.weight_sumsq)
-        scalars: dict = {("wsq",): weight, ("usq",): update}
+        scalars: dict[Hashable, torch.Tensor] = {("wsq",): weight, ("usq",): update}
         if read.grad_sumsq is not None:
             scalars[("gsq",)] = read.grad_sumsq
         if read.total is not None:

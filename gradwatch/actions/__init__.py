@@ -14,7 +14,7 @@ contract is the `StepActions` Protocol (`actions.base`); `Actions` is its implem
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 
@@ -68,7 +68,7 @@ def as_policy(clip: Any) -> ClipPolicy | None:
                                  f"Supported: {_SUPPORTED}.")
         return Norm(float(clip))
     if callable(getattr(clip, "make", None)) and isinstance(getattr(clip, "name", None), str):
-        return clip
+        return cast(ClipPolicy, clip)  # a user's policy: has the Protocol's make() and name
     raise GradwatchError(f"gradwatch.watch(clip=...) got {type(clip).__name__} {clip!r}; supported: {_SUPPORTED}.")
 
 
@@ -80,7 +80,7 @@ class Actions:
         self.guard = guard
         self.scaler = scaler
         self._params: list[torch.Tensor] = []
-        self._params_key: tuple = ()
+        self._params_key: tuple[tuple[int, int], ...] = ()
 
     def _optimizer_params(self, optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
         # Re-walk the param groups only when they changed (add_param_group, a new optimizer).

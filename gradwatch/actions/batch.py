@@ -117,5 +117,6 @@ class GradBatch:
         taken this step (the guard reads them: one pass over the gradients) or a gradient is sparse
         (torch's helpers refuse sparse tensors)."""
         if "norms" in self.__dict__ or any(g.is_sparse for g in self.grads):
-            return torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
+            norm: Tensor = torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
+            return norm
         return total_norm(self.grads)

@@ -108,7 +108,7 @@ def cli_spelling(policy: Any) -> str:
                        if getattr(policy, f.name) != f.default}
             if not changed:
                 return name
-            if list(changed) == [main]:
+            if main is not None and list(changed) == [main]:
                 return f"{name}:{changed[main]:g}"
             return f"{name}:" + ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
                                          for k, v in changed.items())

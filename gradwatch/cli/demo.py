@@ -118,7 +118,8 @@ class AddingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
-        return self.head(out).squeeze(-1)  # (T, B): a prediction at every timestep
+        prediction: torch.Tensor = self.head(out).squeeze(-1)  # (T, B): a prediction at every timestep
+        return prediction
 
 
 def adding_batch(timesteps: int, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +161,7 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
                 prediction, y = prediction[-1], y[-1]
             loss = nn.functional.mse_loss(prediction, y)
             optimizer.zero_grad()
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             monitor.step(loss)
             if delay:

@@ -117,8 +117,8 @@ def load_run(path: str) -> Run:
     except OSError as exc:
         raise GradwatchError(f"cannot read {path}: {exc.strerror}.") from exc
     except UnicodeDecodeError as exc:
-        line = text_line_of(path, exc.start)
-        raise _bad(path, line, "not UTF-8 text: this is a binary file, not a JSONL stream written by "
+        at = text_line_of(path, exc.start)
+        raise _bad(path, at, "not UTF-8 text: this is a binary file, not a JSONL stream written by "
                                "watch(jsonl=...) or gradwatch run --jsonl.") from exc
     lines = text.split("\n")
     run = Run(path=path, header=None, steps=[])
@@ -303,7 +303,7 @@ def _draw_heatmap(fig: Any, ax: Any, cax: Any, hm: Heatmap, alerts: list[dict[st
     for a in alerts:
         if a.get("module") != hm.module or (hm.layer is not None and a.get("layer") not in (None, hm.layer)):
             continue
-        colour = SEVERITY_COLOURS.get(a.get("severity"), "grey")
+        colour = SEVERITY_COLOURS.get(str(a.get("severity")), "grey")
         if a.get("timestep") is not None:
             ax.plot([a["step"]], [a["timestep"]], marker="X", color=colour, markersize=9, mec="white", mew=1)
         else:
@@ -372,7 +372,7 @@ def _mark_alerts(axes: list[Any], alerts: list[dict[str, Any]]) -> list[Any]:
     styles: dict[str, Any] = {}
     handles = []
     for a in alerts:
-        colour = SEVERITY_COLOURS.get(a.get("severity"), "grey")
+        colour = SEVERITY_COLOURS.get(str(a.get("severity")), "grey")
         label = f"{a.get('severity')}: {a.get('problem')}/{a.get('sign')}"
         if label not in styles:
             styles[label] = LINE_STYLES[len(styles) % len(LINE_STYLES)]

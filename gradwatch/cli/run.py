@@ -462,6 +462,7 @@ def run_script(script: str, args: list[str], **watch_options: Any) -> int:
         sys.path.insert(0, os.path.dirname(path))
     watcher = ScriptWatcher(watch_options)
     watcher.install()
+    failure: BaseException | None
     status, failure = 0, None
     try:
         with spelled_for_cli():  # remedies name --clip, not watch(clip=...)

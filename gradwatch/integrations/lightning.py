@@ -92,7 +92,7 @@ class GradwatchCallback(pl.Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         from ..watch import watch
 
-        every = self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50)
+        every: int = self.log_every_n_steps or int(getattr(trainer, "log_every_n_steps", 50))
         sink = TrainerLoggerSink(trainer, every=every, offset=trainer.global_step)
         options = dict(self.watch_options)
         options["sinks"] = list(options.get("sinks", ())) + [sink]

@@ -40,7 +40,8 @@ from ..records import Alert, LayerKey, Severity, StepStats
 
 if TYPE_CHECKING:
     from ..detectors.suite import AlertSummary
-from .logging_sink import SUMMARY_LINES, alert_lines, severity_counts, summary_headline, summary_parts
+from ..detectors.suite import severity_counts
+from .logging_sink import SUMMARY_LINES, alert_lines, summary_headline, summary_parts
 
 __all__ = ["RichConsoleSink", "sparkline", "heat_strip", "render_summary", "SEVERITY_STYLE"]
 
@@ -156,7 +157,7 @@ class _LayerView:
     """What the panel shows for one layer, updated from each record."""
 
     kind: str
-    norms: collections.deque
+    norms: collections.deque[float]
     grad_norm: float = float("nan")
     update_ratio: float | None = None
     timesteps: list[float] | None = None
@@ -172,7 +173,7 @@ class _View:
     grad_norm: float | None = None
     layers: dict[LayerKey, _LayerView] = field(default_factory=dict)
     model_alert: Alert | None = None
-    counts: collections.Counter = field(default_factory=collections.Counter)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class RichConsoleSink:

@@ -44,9 +44,9 @@ def encode_floats(value: Any) -> Any:
 
 def step_record(stats: StepStats, alerts: list[Alert]) -> dict[str, Any]:
     """The JSON-ready line for one step (also what `gradwatch plot` reads)."""
-    record = {"schema": SCHEMA_VERSION, "type": "step", **stats.to_dict()}
+    record: dict[str, Any] = {"schema": SCHEMA_VERSION, "type": "step", **stats.to_dict()}
     record["alerts"] = [a.to_dict() for a in alerts]
-    return encode_floats(record)
+    return {k: encode_floats(v) for k, v in record.items()}
 
 
 class JsonlSink:

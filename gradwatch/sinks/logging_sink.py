@@ -31,7 +31,7 @@ from ..detectors.suite import plural as _plural, severity_counts
 from ..records import REMEDY, Alert, Severity, StepStats
 
 if TYPE_CHECKING:
-    from ..detectors.suite import AlertSummary
+    from ..detectors.suite import AlertSummary, SummaryEntry
 
 __all__ = ["LoggingSink", "alert_head", "alert_line", "alert_lines", "summary_lines", "summary_parts", "SummaryLine",
            "plain_width"]
@@ -87,7 +87,7 @@ def plain_width(stream: Any = None) -> int:
     return 100
 
 
-def summary_headline(summary: Any, counts: Mapping[str, int]) -> str:
+def summary_headline(summary: AlertSummary, counts: Mapping[str, int]) -> str:
     """The verdict (`AlertSummary.headline`) with the alerts this sink counted."""
     return summary.headline(counts)
 
@@ -105,7 +105,7 @@ class SummaryLine(NamedTuple):
     """For a "sign" line: the sign's worst severity."""
 
 
-def _sign_lines(entry: Any, width: int, action_lines: int) -> list[SummaryLine]:
+def _sign_lines(entry: SummaryEntry, width: int, action_lines: int) -> list[SummaryLine]:
     steps = f"step {entry.first_step}" if entry.first_step == entry.last_step else \
         f"steps {entry.first_step}-{entry.last_step}"
     where = ", ".join(entry.locations[:3]) + (" …" if len(entry.locations) > 3 else "")
@@ -120,7 +120,7 @@ def _sign_lines(entry: Any, width: int, action_lines: int) -> list[SummaryLine]:
         [SummaryLine(kind, _cut(line, width)) for line in wrapped]
 
 
-def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
+def summary_lines(summary: AlertSummary, counts: Mapping[str, int], *, width: int = 80,
                   max_lines: int = SUMMARY_LINES, headline: bool = True) -> list[str]:
     """The closing summary: the headline, then per sign (most severe first) where and when it was
     seen and its remedy, each line cut at `width`; at most `max_lines` lines in all (the rest of
@@ -130,7 +130,7 @@ def summary_lines(summary: Any, counts: Mapping[str, int], *, width: int = 80,
                                                 headline=headline)]
 
 
-def summary_parts(summary: Any, counts: Mapping[str, int], *, width: int = 80,
+def summary_parts(summary: AlertSummary, counts: Mapping[str, int], *, width: int = 80,
                   max_lines: int = SUMMARY_LINES, headline: bool = True) -> list[SummaryLine]:
     """`summary_lines`, each line with its kind (and a sign line with its severity)."""
     out = [SummaryLine("headline", line) for line in
@@ -161,7 +161,7 @@ class LoggingSink:
         self.logger = logger or logging.getLogger("gradwatch")
         self.width = width
         """Wrap lines at this many columns; None: `plain_width()` when each line is written."""
-        self.counts: collections.Counter = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def on_step(self, stats: StepStats, alerts: list[Alert]) -> None:
         width = self.width or plain_width()
