@@ -214,11 +214,14 @@ def total_norm(grads: Sequence[Tensor]) -> Tensor:
     `get_total_norm` where it exists, else its steps (per (device, dtype) group one foreach norm,
     then the norm of those norms on the first tensor's device)."""
     public = getattr(torch.nn.utils, "get_total_norm", None)
+    norm: Tensor
     if public is not None:
-        return public(list(grads))  # type: ignore[no-any-return]
+        norm = public(list(grads))
+        return norm
     norms = [n for group in _by_device_dtype(grads) for n in foreach_norm(group)]
     first = grads[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]))
+    norm = torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]))
+    return norm
 
 
 def _by_device_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
