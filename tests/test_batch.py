@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gradwatch import torch_compat
+from gradwatch.actions import batch as batch_module
 from gradwatch.actions.batch import GradBatch
 from gradwatch.stats.tensor_stats import stack_scalars
 
@@ -34,8 +35,12 @@ DTYPES = {"float32": [torch.float32] * 4, "float64": [torch.float64] * 4,
           "mixed": [torch.float32, torch.float64, torch.float32, torch.float64]}
 
 
-@pytest.fixture(params=["public", "before-torch-2.6"])
+@pytest.fixture(params=["foreach", "public", "before-torch-2.6"])
 def torch_api(request, monkeypatch):
+    """`foreach`: the CPU's own path (one foreach norm per group); `public`: torch's get_total_norm, as on
+    an accelerator; `before-torch-2.6`: torch_compat's fallback for a torch without it."""
+    if request.param != "foreach":
+        monkeypatch.setattr(batch_module, "LOOPS_PER_TENSOR", ())
     if request.param == "before-torch-2.6":
         monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
     return request.param
@@ -58,14 +63,17 @@ def test_total_norm_reuses_norms_already_taken_and_gives_the_same_bits():
     assert torch.equal(fresh.total_norm(), warmed.total_norm())
 
 
-def test_total_norm_calls_torchs_public_helper_when_it_exists(monkeypatch):
+@pytest.mark.parametrize("device_loops_per_tensor", [True, False], ids=["cpu", "accelerator"])
+def test_total_norm_calls_torchs_public_helper_except_where_it_loops_per_tensor(monkeypatch, device_loops_per_tensor):
     if not hasattr(torch.nn.utils, "get_total_norm"):
         pytest.skip("torch < 2.6 has no public get_total_norm")
+    if not device_loops_per_tensor:
+        monkeypatch.setattr(batch_module, "LOOPS_PER_TENSOR", ())
     calls = []
     real = torch.nn.utils.get_total_norm
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda ts: calls.append(len(ts)) or real(ts))
     GradBatch(_params(DTYPES["float32"])).total_norm()
-    assert calls == [4]
+    assert calls == ([] if device_loops_per_tensor else [4])
 
 
 def test_total_norm_of_sparse_gradients_matches_the_dense_norm(torch_api):
