@@ -47,6 +47,7 @@ from ..detectors.remedies import spelled_for_cli
 from ..errors import GradwatchError
 from ..monitor import Monitor
 from ..sinks.logging_sink import plain_width
+from ..stream.step_boundaries import Mode
 from .arguments import positive_int
 
 __all__ = ["add_arguments", "main", "run_script", "ScriptWatcher"]
@@ -206,7 +207,7 @@ class ScriptWatcher:
         """
         try:
             for m in self.models:
-                if m.backward_done and not m.monitor.optimizers and (complete or m.monitor.weights_changed_since_step()):
+                if m.backward_done and m.monitor.step_mode is Mode.MANUAL and (complete or m.monitor.weights_changed_since_step()):
                     self._guard(self._end_manual_step, m)
         finally:
             self.uninstall()
@@ -256,7 +257,7 @@ class ScriptWatcher:
                 return
         if not torch.is_grad_enabled():
             return
-        if entry.backward_done and not entry.monitor.optimizers:
+        if entry.backward_done and entry.monitor.step_mode is Mode.MANUAL:
             self._end_manual_step(entry)
         entry.forwarded = True
 
@@ -362,7 +363,7 @@ class ScriptWatcher:
             elif loss is not None:
                 value = loss.detach().reshape(()).float()
                 m.loss = value if m.loss is None else m.loss + value
-            if not m.monitor.optimizers:
+            if m.monitor.step_mode is Mode.MANUAL:  # no optimizer: this run ends the steps
                 m.monitor.before_update()  # measures the gradients as backward left them, then:
                 if m.clip_by_hand is not None:
                     m.clip_by_hand.clip_by_hand(list(m.module.parameters()))
