@@ -388,7 +388,7 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         opt.zero_grad()
         loss.backward()
         if actions is not None:
-            coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))  # type: ignore[index]
+            coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))
         opt.step()
         if scheduler is not None:
             scheduler.step()

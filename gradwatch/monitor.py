@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence, T
 import torch
 from torch import nn
 
-from .capture.modules import WatchedModule, find_recurrent
 from .actions.base import NO_ACTION, ActionRecord
+from .capture.modules import WatchedModule, find_recurrent
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import BeforeUpdate, ParameterMap
 from .capture.session import CaptureSession
@@ -360,14 +360,14 @@ class Monitor:
 
     def _read_before_update(self) -> None:
         """Measure the gradients about to be applied, with the clip/skip actions around the read."""
-        optimizers = self.optimizers
+        optimizers = self.optimizers if self._actions is not None else []
         self._act(lambda actions: actions.before_read(optimizers))  # e.g. GradScaler: unscale before measuring
         try:
             read = self._read_grads()
         except Exception as exc:
             self._stop_measuring("gradient read", exc)
             return
-        action = self._act(lambda actions: actions.before_step(optimizers))
+        action = self._act(lambda actions: actions.before_step(optimizers)) if self._actions is not None else None
         self._gradients = GradientRead(read, action or NO_ACTION)
 
     def _act(self, call: Callable[[StepActions], T]) -> T | None:
