@@ -73,6 +73,12 @@ def test_message_is_rendered_from_the_fields_as_in_v1():
     assert escalated.evidence == EVIDENCE  # the escalation is a field, not text in the evidence
 
 
+def test_an_evidence_that_mentions_remedy_is_kept_as_written():
+    """The gradwatch 1.0 one-string form ("evidence Remedy: remedy") is no longer split: text is never parsed back."""
+    alert = structured(evidence=f"{EVIDENCE} Remedy: {REMEDY}", remedy="")
+    assert alert.evidence == f"{EVIDENCE} Remedy: {REMEDY}" and alert.remedy == ""
+
+
 def test_jsonl_keeps_the_v1_keys_in_order_and_adds_the_parts():
     d = structured(escalated_from=Escalation("info", 19)).to_dict()
     assert list(d)[:10] == ["problem", "sign", "severity", "step", "module", "layer", "timestep", "value",
