@@ -40,6 +40,7 @@ from torch import nn
 from .capture.modules import WatchedModule, find_recurrent
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import ParameterMap
+from .capture.probe import exact_timestep_norms
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, ForwardAdapter, installed_adapter
 from .errors import GradwatchError
@@ -48,6 +49,8 @@ from .stream.build import ModuleInfo, PendingStep, build_step_stats
 from .stream.history import History
 from .stream.loss import checked_loss
 from .stream.readback import PendingReadback, start_readback
+from .stream.step_scalars import step_scalars
+from .stream.schema import StepLayout
 
 if TYPE_CHECKING:
     from .detectors.suite import AlertSummary
@@ -282,6 +285,7 @@ class Monitor:
             ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
             for w in found
         ]
+        self.session.set_layout(StepLayout(self._modules))
         self._map_parameters()
 
     def _map_parameters(self) -> None:
@@ -373,17 +377,8 @@ class Monitor:
         if self._stepped:
             self._stepped = set()
         read = grads["read"]
-        weight, update = self.params.weight_and_update_sumsq(read.weight_sumsq)
-        scalars: dict = {("wsq",): weight, ("usq",): update}
-        if read.grad_sumsq is not None:
-            scalars[("gsq",)] = read.grad_sumsq
-        if read.total is not None:
-            scalars[("total",)] = read.total
-        if read.outside_weight_sumsq is not None:
-            scalars[("outside_wsq",)] = read.outside_weight_sumsq
         action = grads.get("action") or {}
-        if "clip" in action:
-            scalars[("clip",)] = action["clip"]
+        scalars = step_scalars(read, *self.params.weight_and_update_sumsq(read.weight_sumsq), action.get("clip"))
         if self.session.eval_forwards and not self.session.forwards and any(read.has_grad):
             self.session.tell_once("eval", (
                 "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
@@ -391,15 +386,16 @@ class Monitor:
                 "with gradients on are not mixed into the training step; parameter statistics are unaffected."))
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
-        flat, layout = acc.pack(scalars)
+        flat, segments = acc.pack(scalars, remeasure=exact_timestep_norms)
         readback: Any = None
         if flat is not None and self.reducer is not None:
-            readback, layout = self.reducer.start(flat, layout, self._modules)
+            readback, segments = self.reducer.start(flat, segments, acc.layout)
         elif flat is not None:
             readback = start_readback(flat, owned=True)
         pending = PendingStep(
             step=self._step,
-            layout=layout,
+            layout=acc.layout,
+            segments=segments,
             groups=self.params.groups,
             has_grad=read.has_grad,
             probed=probed,

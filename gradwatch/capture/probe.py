@@ -1,7 +1,7 @@
 """An identity autograd function that measures the gradient flowing through a tensor.
 
-    >>> y = timestep_probe(x, time_dim=0, sink=lambda sq: norms.append(sq))
-    >>> loss(y).backward()          # sink receives Σ_{batch,features} (∂L/∂x_t)² per t
+    >>> y = timestep_probe(x, time_dim=0, sink=lambda norms, squared, grad: seen.append(norms))
+    >>> loss(y).backward()          # sink receives ‖∂L/∂x_t‖ per t (over batch and features)
 
 The forward pass returns a view of its input, so values and everything downstream are
 untouched; the backward pass passes the gradient on unchanged after reading it.
@@ -13,11 +13,37 @@ from typing import Callable
 
 import torch
 
-from ..stats.tensor_stats import sumsq_over
+from ..stats.tensor_stats import norm_over, sumsq_over
 
-__all__ = ["timestep_probe", "timestep_sumsq", "observe_gradient"]
+__all__ = ["timestep_probe", "timestep_sumsq", "timestep_norms", "observe_gradient"]
 
-Sink = Callable[[torch.Tensor], None]
+Sink = Callable[[torch.Tensor, bool, torch.Tensor], None]
+"""Receives `timestep_norms(grad, ...)`'s (values, squared) and the gradient they measure."""
+
+
+def timestep_norms(values: torch.Tensor, time_dim: int | None, batch_sizes: torch.Tensor | None = None,
+                   *, exact: bool = False) -> tuple[torch.Tensor, bool]:
+    """L2 norm per timestep over every other dimension, in one reduction: (norms, False); for
+    packed sequences, squared norms in float64 from `timestep_sumsq`: (sumsq, True).
+
+    `time_dim=None`: the whole tensor is one timestep (a 0-d result: a cell's call). On the CPU the
+    norms are float32 for float32 data and may overflow to Inf beyond ~1.8e19 (`norm_over`): the
+    accumulator measures such a piece again with `exact=True` (float64) when it packs the step.
+    """
+    x = values.detach()
+    if batch_sizes is not None:
+        return timestep_sumsq(x, None, batch_sizes), True
+    if time_dim is None:
+        return norm_over(x, None, exact=exact), False
+    other = tuple(d for d in range(x.dim()) if d != time_dim)
+    if not other:
+        return (x.double() if exact else x).abs(), False
+    return norm_over(x, other, exact=exact), False
+
+
+def exact_timestep_norms(values: torch.Tensor, time_dim: int | None) -> torch.Tensor:
+    """`timestep_norms` in float64 (the accumulator's re-measure of a non-finite piece)."""
+    return timestep_norms(values, time_dim, exact=True)[0]
 
 
 def timestep_sumsq(values: torch.Tensor, time_dim: int | None, batch_sizes: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,7 +76,7 @@ class _Probe(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         try:
-            ctx.sink(timestep_sumsq(grad, ctx.time_dim, ctx.batch_sizes))
+            ctx.sink(*timestep_norms(grad, ctx.time_dim, ctx.batch_sizes), grad)
         except Exception as exc:  # a measurement failure must never break the user's backward pass...
             if ctx.on_error is not None:
                 ctx.on_error(exc)  # ...unless on_error re-raises it (strict=True)
@@ -66,7 +92,7 @@ def timestep_probe(
     anchor: torch.Tensor | None = None,
     on_error: Callable[[Exception], None] | None = None,
 ) -> torch.Tensor:
-    """Return a view of `x` whose backward pass reports per-timestep squared gradient norms to `sink`.
+    """Return a view of `x` whose backward pass reports per-timestep gradient norms to `sink`.
 
     `anchor`, a leaf that requires grad, makes the probe fire even when `x` itself does not
     require grad (layer 0 fed with plain data); no gradient is ever written into it.
@@ -86,7 +112,7 @@ def observe_gradient(
     batch_sizes: torch.Tensor | None = None,
     on_error: Callable[[Exception], None] | None = None,
 ) -> None:
-    """Report per-timestep squared norms of ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
+    """Report per-timestep norms of ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
 
     For tensors handed back to the user (a module's output): a tensor hook leaves `x` the very
     tensor the module produced, so the user may modify it in place (`out += skip`,
@@ -97,7 +123,7 @@ def observe_gradient(
     """
     def hook(grad: torch.Tensor) -> None:
         try:
-            sink(timestep_sumsq(grad, time_dim, batch_sizes))
+            sink(*timestep_norms(grad, time_dim, batch_sizes), grad)
         except Exception as exc:  # a measurement failure must never break the user's backward pass...
             if on_error is not None:
                 on_error(exc)  # ...unless on_error re-raises it (strict=True)

@@ -12,7 +12,7 @@ import torch
 
 from ..torch_compat import foreach_norm
 
-__all__ = ["group_sumsq", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "norm_over", "host_overflowed", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -64,6 +64,24 @@ def sumsq_over(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Te
     if x.device.type == "cpu" and _host_overflowed(norm):
         norm = _norm(x, dims, torch.float64)
     return norm.square()
+
+
+def norm_over(x: torch.Tensor, dims: tuple[int, ...] | None, *, exact: bool = False) -> torch.Tensor:
+    """L2 norm of `x` over `dims` (all when None) in one reduction, the cheap half of `sumsq_over`.
+
+    On CUDA it accumulates in float64 (never overflows). Elsewhere it stays in the tensor's type
+    (float32 at least), which overflows to Inf once the norm passes ~1.8e19: the caller looks at
+    the result later, off the hot path, and measures again with `exact=True` (float64) when it
+    came out non-finite (`stream.accumulator.Piece.source`). With `exact=True`: float64 everywhere.
+    """
+    if exact or x.device.type == "cuda":
+        return _norm(x, dims, torch.float64)
+    return _norm(x, dims, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None)
+
+
+def host_overflowed(values: torch.Tensor) -> bool:
+    """Whether a CPU tensor of norms (or squared norms) holds a non-finite value: see `_host_overflowed`."""
+    return _host_overflowed(values)
 
 
 def _norm(x: torch.Tensor, dims: tuple[int, ...] | None, dtype: torch.dtype | None) -> torch.Tensor:
