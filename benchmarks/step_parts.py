@@ -37,7 +37,7 @@ PARTS = [
     (StepAccumulator, "pack", "  pack"),
     (monitor_module, "start_readback", "  read-back start"),
     (monitor_module, "build_step_stats", "  record build"),
-    (probe, "timestep_sumsq", "backward hooks (output-gradient norms)"),
+    (probe, "timestep_norms", "backward hooks (output-gradient norms)"),
 ]
 
 

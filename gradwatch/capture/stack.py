@@ -246,9 +246,7 @@ class StackForward(ForwardAdapter):
                 return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             tdim = _seq_layout(self.watched.module, data, batch_sizes)
             start = acc.continuation(name, hx)
-            in_norms, squared = timestep_norms(data, tdim, batch_sizes)
-            acc.add_timesteps(slots.in_act, in_norms, start, squared=squared, source=data, time_dim=tdim)
-            span = (start, start + (in_norms.shape[0] if in_norms.dim() else 1))
+            span = (start, start + acc.add_tensor(slots.in_act, data, start, time_dim=tdim, batch_sizes=batch_sizes))
             replay = session.probing and self.watched.replayable
         except Exception as exc:
             self.fail(exc)
@@ -281,8 +279,7 @@ class StackForward(ForwardAdapter):
                 acc.add_final(slots.final, final)
         acc.end_call(self.watched.name, hidden, span[1])
         if data.requires_grad:
-            observe_gradient(data, time_dim=tdim, sink=_sink(acc, slots.out_grad, start, tdim), batch_sizes=batch_sizes,
-                             on_error=self.fail)
+            observe_gradient(data, sink=_gradient_sink(acc, slots.out_grad, start, tdim, batch_sizes), on_error=self.fail)
         return output
 
     def _replay(self, input: Any, hx: Any, acc: StepAccumulator, slots: ModuleSlots, start: int) -> Any:
@@ -386,7 +383,7 @@ class CellForward(ForwardAdapter):
             if input.numel() == 0:
                 return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             t = acc.next_call(name)
-            acc.add_timesteps(slots.in_act, timestep_norms(input, None)[0], t, source=input)
+            acc.add_tensor(slots.in_act, input, t, time_dim=None)
             x = input
             if session.probing:
                 anchor = None if input.requires_grad else torch.zeros((), device=input.device, requires_grad=True)
@@ -404,7 +401,7 @@ class CellForward(ForwardAdapter):
                 acc.add_timesteps(slots.act[0], h_norm, t, source=h)
                 acc.add_activity(slots.activity[0], unit_activity(h))
             if h.requires_grad:
-                observe_gradient(h, time_dim=None, sink=_sink(acc, slots.out_grad, t, None), on_error=self.fail)
+                observe_gradient(h, sink=_gradient_sink(acc, slots.out_grad, t, None, None), on_error=self.fail)
             return output
         except Exception as exc:
             self.fail(exc)
@@ -415,6 +412,14 @@ def _sink(acc: StepAccumulator, slot: int, offset: int, time_dim: int | None) ->
     """A backward hook's sink: the gradient's norms go to `slot` from timestep `offset`."""
     def sink(norms: torch.Tensor, squared: bool, grad: torch.Tensor) -> None:
         acc.add_timesteps(slot, norms, offset, squared=squared, source=grad, time_dim=time_dim)
+    return sink
+
+
+def _gradient_sink(acc: StepAccumulator, slot: int, offset: int, time_dim: int | None,
+                   batch_sizes: torch.Tensor | None) -> Any:
+    """An output-gradient hook's sink: the gradient goes to `slot` from timestep `offset` (`add_tensor`)."""
+    def sink(grad: torch.Tensor) -> None:
+        acc.add_tensor(slot, grad, offset, time_dim=time_dim, batch_sizes=batch_sizes)
     return sink
 
 

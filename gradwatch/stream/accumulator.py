@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE, host_overflowed as _host_overflowed
+from ..stats.timestep import timestep_norms
 from .schema import Segments, StepLayout
 
 __all__ = ["StepAccumulator", "Piece"]
@@ -32,11 +33,12 @@ class Piece:
 
     __slots__ = ("offset", "values", "squared", "source", "version", "time_dim")
 
-    def __init__(self, offset: int, values: torch.Tensor, squared: bool, source: torch.Tensor | None,
+    def __init__(self, offset: int, values: torch.Tensor | None, squared: bool, source: torch.Tensor | None,
                  time_dim: int | None) -> None:
         self.offset = offset
         self.values = values
-        """L2 norms per timestep (a 0-d tensor for one timestep), or their squares when `squared`."""
+        """L2 norms per timestep (a 0-d tensor for one timestep), or their squares when `squared`; None
+        while the measurement is deferred to `pack` (`StepAccumulator.add_tensor`)."""
         self.squared = squared
         self.source = source
         """The measured tensor (detached), kept on the CPU only: re-measured in float64 at `pack` when
@@ -46,7 +48,7 @@ class Piece:
 
     @property
     def length(self) -> int:
-        return self.values.shape[0] if self.values.dim() else 1
+        return self.values.shape[0] if self.values is not None and self.values.dim() else 1
 
 
 class StepAccumulator:
@@ -72,7 +74,29 @@ class StepAccumulator:
         for re-measuring in float64 should a norm come out non-finite (see `Piece.source`)."""
         if source is not None and (squared or values.dtype == torch.float64 or values.device.type != "cpu"):
             source = None  # nothing to measure again: float64 already, or CUDA (accumulated in float64)
-        piece = Piece(offset, values, squared, None if source is None else source.detach(), time_dim)
+        self._add(slot, Piece(offset, values, squared, None if source is None else source.detach(), time_dim))
+
+    def add_tensor(self, slot: int, x: torch.Tensor, offset: int = 0, *, time_dim: int | None,
+                   batch_sizes: torch.Tensor | None = None) -> int:
+        """Measure `x`'s per-timestep norms into `slot` from timestep `offset`; returns its number of timesteps.
+
+        A call of several timesteps is measured now (one reduction; `x` is not kept). A call of one
+        timestep (a decoding loop's token, a cell's call) is kept and measured at `pack`, together
+        with the slot's other such calls: one kernel for the whole loop instead of one per call.
+        Use it for tensors nobody modifies in place before the step ends (a module's input, which
+        autograd saves; an output gradient); a module's output is measured at once (`add_timesteps`).
+        """
+        length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
+        if batch_sizes is None and length == 1:
+            piece = Piece(offset, None, False, None, time_dim)
+            piece.source = x.detach()
+            self._add(slot, piece)
+            return 1
+        norms, squared = timestep_norms(x, time_dim, batch_sizes)
+        self.add_timesteps(slot, norms, offset, squared=squared, source=x, time_dim=time_dim)
+        return length
+
+    def _add(self, slot: int, piece: Piece) -> None:
         pieces = self.pieces.get(slot)
         if pieces is None:
             self.pieces[slot] = [piece]
@@ -136,7 +160,8 @@ class StepAccumulator:
             segments.append((slot, part.shape[0]))
         first_timestep = len(parts)
         for slot in sorted(self.pieces):
-            part = combine(self.pieces[slot])
+            self.pieces[slot] = pieces = _measured(self.pieces[slot])
+            part = combine(pieces)
             parts.append(part)
             segments.append((slot, part.shape[0]))
         timestep_parts = len(parts) - first_timestep
@@ -171,6 +196,35 @@ class StepAccumulator:
                     p.values, p.source = remeasure(p.source, p.time_dim), None
                     changed = True
         return changed
+
+
+def _measured(pieces: list[Piece]) -> list[Piece]:
+    """`pieces` with every deferred one measured: one kernel for all of them when they tile the step
+    from t=0 (a decoding loop, a cell's calls), else one each."""
+    deferred = [p for p in pieces if p.values is None]
+    if not deferred:
+        return pieces
+    if len(deferred) == len(pieces) and len(pieces) > 1:
+        ordered = sorted(pieces, key=_offset)
+        first = ordered[0].source
+        assert first is not None
+        tdim = ordered[0].time_dim
+        if (all(p.offset == t and p.time_dim == tdim and p.source is not None and p.source.shape == first.shape
+                for t, p in enumerate(ordered))):
+            sources = [p.source for p in ordered if p.source is not None]
+            data = torch.stack(sources) if tdim is None else torch.cat(sources, dim=tdim)
+            whole = 0 if tdim is None else tdim
+            return [Piece(0, timestep_norms(data, whole)[0], False, _keep(data), whole)]
+    for p in deferred:
+        assert p.source is not None
+        p.values = timestep_norms(p.source, p.time_dim)[0]
+        p.version, p.source = (p.source._version, p.source) if _keep(p.source) is not None else (0, None)
+    return pieces
+
+
+def _keep(data: torch.Tensor) -> torch.Tensor | None:
+    """`data` when a float32 norm of it may need measuring again (a CPU tensor below float64)."""
+    return data if data.device.type == "cpu" and data.dtype != torch.float64 else None
 
 
 def combine(pieces: list[Piece]) -> torch.Tensor:
