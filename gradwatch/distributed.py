@@ -69,7 +69,8 @@ class ReducedReadback(PendingReadback):
 
     def __init__(self, work: Any, buffer: torch.Tensor, finish: Any) -> None:
         super().__init__(buffer, None)
-        self._work, self._finish, self._inner = work, finish, None
+        self._work, self._finish = work, finish
+        self._inner: PendingReadback | None = None
 
     def _start(self) -> PendingReadback:
         if self._inner is None:

@@ -190,9 +190,10 @@ class StepAccumulator:
         changed = False
         for pieces in self.pieces.values():
             for p in pieces:
-                if p.source is None or p.squared or p.version != p.source._version or p.values.dtype == torch.float64:
+                values = p.values
+                if p.source is None or p.squared or p.version != p.source._version or values is None:
                     continue
-                if _host_overflowed(p.values.double()):
+                if values.dtype != torch.float64 and _host_overflowed(values.double()):
                     p.values, p.source = remeasure(p.source, p.time_dim), None
                     changed = True
         return changed
@@ -236,7 +237,7 @@ def combine(pieces: list[Piece]) -> torch.Tensor:
     backward last token first; a cell's calls) are concatenated in timestep order. (A float32
     norm n squared in float64 is exact, and 0 + n² = n², sqrt(n²) = n.)"""
     if len(pieces) == 1 and pieces[0].offset == 0 and not pieces[0].squared:
-        values = pieces[0].values
+        values = _values(pieces[0])
         return values if values.dim() == 1 else values.reshape(1)
     if not any(p.squared for p in pieces):
         ordered = sorted(pieces, key=_offset)
@@ -246,9 +247,10 @@ def combine(pieces: list[Piece]) -> torch.Tensor:
                 break
             end += p.length
         else:
-            if all(p.values.dim() == 0 for p in ordered):
-                return torch.stack([p.values for p in ordered])
-            return torch.cat([p.values if p.values.dim() == 1 else p.values.reshape(1) for p in ordered])
+            measured = [_values(p) for p in ordered]
+            if all(v.dim() == 0 for v in measured):
+                return torch.stack(measured)
+            return torch.cat([v if v.dim() == 1 else v.reshape(1) for v in measured])
     return _padded_root_sum_square(pieces)
 
 
@@ -256,11 +258,17 @@ def _offset(piece: Piece) -> int:
     return piece.offset
 
 
+def _values(piece: Piece) -> torch.Tensor:
+    """A measured piece's values (`_measured` ran before any combining)."""
+    assert piece.values is not None
+    return piece.values
+
+
 def _padded_root_sum_square(pieces: list[Piece]) -> torch.Tensor:
     length = max(p.offset + p.length for p in pieces)
     total: torch.Tensor | None = None
     for p in pieces:
-        sq = p.values.reshape(-1).double()
+        sq = _values(p).reshape(-1).double()
         if not p.squared:
             sq = sq.square()
         if p.offset or p.length < length:

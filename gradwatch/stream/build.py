@@ -164,8 +164,8 @@ def locate_nonfinite(
             if t is not None:
                 return NonFinite("backward", m.name, layer, t)
         for layer in reversed(range(m.num_layers)):
-            ls = layers.get((m.name, layer))
-            if ls is not None and not math.isfinite(ls.grad_norm):
+            found = layers.get((m.name, layer))
+            if found is not None and not math.isfinite(found.grad_norm):
                 return NonFinite("backward", m.name, layer, None)
     total = v[lay.slot(TOTAL_SQ)]
     if total and not math.isfinite(total[0]):
