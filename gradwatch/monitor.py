@@ -386,7 +386,8 @@ class Monitor:
                 "with gradients on are not mixed into the training step; parameter statistics are unaffected."))
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
-        flat, segments = acc.pack(scalars, remeasure=exact_timestep_norms)
+        host: list[float] | None = [] if self.reducer is None else None
+        flat, segments = acc.pack(scalars, remeasure=exact_timestep_norms, host_prefix=host)
         readback: Any = None
         if flat is not None and self.reducer is not None:
             readback, segments = self.reducer.start(flat, segments, acc.layout)
@@ -404,6 +405,7 @@ class Monitor:
             clip_policy=action.get("policy"),
             skipped=bool(action.get("skipped", False)),
             outside_params=tuple(read.outside_names),
+            host_values=host or [],
         )
         if loss_fed:
             self._attach_loss(pending, loss)
@@ -458,6 +460,7 @@ class Monitor:
         while self._pending and self._ready(self._pending[0], len(self._pending) == 1, force):
             pending = self._pending.popleft()
             flat = pending.readback.values() if isinstance(pending.readback, PendingReadback) else []
+            flat = pending.host_values + flat if pending.host_values else flat
             loss = pending.loss
             if isinstance(pending.loss_readback, PendingReadback):
                 loss = pending.loss_readback.values()[0]

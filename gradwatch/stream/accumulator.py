@@ -14,7 +14,7 @@ step to the host.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
@@ -23,6 +23,9 @@ from ..stats.timestep import timestep_norms
 from .schema import Segments, StepLayout
 
 __all__ = ["StepAccumulator", "Piece"]
+
+Scalars = Union[torch.Tensor, list[float], float]
+"""A step channel's values: a device tensor, or numbers already on the host (CPU parameters)."""
 
 Remeasure = Callable[[torch.Tensor, "int | None"], torch.Tensor]
 """(source tensor, time dim) -> per-timestep norms in float64 (the overflow-safe measurement)."""
@@ -144,16 +147,30 @@ class StepAccumulator:
         self.calls[module] = t + 1
         return t
 
-    def pack(self, scalars: Sequence[tuple[int, torch.Tensor]], *,
-             remeasure: Remeasure | None = None) -> tuple[torch.Tensor | None, Segments]:
-        """Concatenate `scalars` ((slot, values) in that order) and everything accumulated into one
-        float64 vector: the scalars, then per-timestep norms, then final states, then activity
-        shares. `remeasure`: how to measure a source again in float64 when a CPU piece's norm came
-        out non-finite (None: keep it as measured).
+    def pack(self, scalars: Sequence[tuple[int, Scalars]], *, remeasure: Remeasure | None = None,
+             host_prefix: list[float] | None = None) -> tuple[torch.Tensor | None, Segments]:
+        """Concatenate `scalars` ((slot, values)) and everything accumulated into one float64 vector:
+        the scalars (those given as Python floats first), then per-timestep norms, then final
+        states, then activity shares. `remeasure`: how to measure a source again in float64 when a
+        CPU piece's norm came out non-finite (None: keep it as measured). `host_prefix`: a list that receives the numbers
+        given as Python floats instead of the buffer (the read-back then starts after them): no
+        tensor made of numbers that are on the host already.
         """
         parts: list[torch.Tensor] = []
         segments: Segments = []
+        host: list[float] = []
+        for slot, t in scalars:  # numbers already on the host first, in one tensor
+            if isinstance(t, (list, float)):
+                values = t if isinstance(t, list) else [t]
+                host.extend(values)
+                segments.append((slot, len(values)))
+        if host_prefix is not None:
+            host_prefix[:] = host
+        elif host:
+            parts.append(torch.tensor(host, dtype=torch.float64))
         for slot, t in scalars:
+            if isinstance(t, (list, float)):
+                continue
             part = t.detach() if t.requires_grad else t
             part = part if part.dim() == 1 else part.reshape(-1)
             parts.append(part)
@@ -178,10 +195,10 @@ class StepAccumulator:
         device = parts[0].device
         flat = torch.cat([p if p.device == device else p.to(device) for p in parts]).to(dtype=torch.float64)
         if remeasure is not None and timestep_parts and device.type == "cpu":
-            start = sum(n for _, n in segments[:first_timestep])
-            end = start + sum(n for _, n in segments[first_timestep : first_timestep + timestep_parts])
+            start = sum(p.shape[0] for p in parts[:first_timestep])
+            end = start + sum(p.shape[0] for p in parts[first_timestep : first_timestep + timestep_parts])
             if _host_overflowed(flat[start:end]) and self._remeasured(remeasure):
-                return self.pack(scalars)  # rare: a non-finite norm, measured again in float64
+                return self.pack(scalars, host_prefix=host_prefix)  # rare: a non-finite norm, measured again in float64
         return flat, segments
 
     def _remeasured(self, remeasure: Remeasure) -> bool:

@@ -8,7 +8,7 @@ Each field is read from its channel's slot (`stream.schema`); nothing here spell
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
@@ -47,6 +47,9 @@ class PendingStep:
     """`monitor.step(loss)` (or `end_step`) came for this step, with or without a loss: it may be published."""
     clip_policy: str | None = None
     skipped: bool = False
+    host_values: list[float] = field(default_factory=list)
+    """The values of the first segments, already on the host (CPU parameter reads); the read-back
+    buffer holds the rest."""
     outside_params: tuple[str, ...] = ()
     """Names of the model's parameters outside the watched modules, in the order of `OUTSIDE_WEIGHT_SQ`."""
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .accumulator import Scalars
 from .schema import CLIP, GRAD_SQ, OUTSIDE_WEIGHT_SQ, TOTAL_SQ, UPDATE_SQ, WEIGHT_SQ, StepLayout
 
 __all__ = ["step_scalars"]
@@ -20,13 +21,13 @@ _WEIGHT, _UPDATE, _GRAD = _SLOTS.slot(WEIGHT_SQ), _SLOTS.slot(UPDATE_SQ), _SLOTS
 _TOTAL, _OUTSIDE, _CLIP = _SLOTS.slot(TOTAL_SQ), _SLOTS.slot(OUTSIDE_WEIGHT_SQ), _SLOTS.slot(CLIP)
 
 
-def step_scalars(read: Any, weight: torch.Tensor, update: torch.Tensor,
-                 clip: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+def step_scalars(read: Any, weight: Scalars, update: Scalars,
+                 clip: torch.Tensor | None) -> list[tuple[int, Scalars]]:
     """(slot, values) of the step channels measured this step, in packing order.
 
     `read`: the gradient read before the update (`capture.params.BeforeUpdate`); `weight`,
     `update`: per-group Σθ² before the update and Σ(Δθ)²; `clip`: the clip figures, or None."""
-    scalars = [(_WEIGHT, weight), (_UPDATE, update)]
+    scalars: list[tuple[int, Scalars]] = [(_WEIGHT, weight), (_UPDATE, update)]
     if read.grad_sumsq is not None:
         scalars.append((_GRAD, read.grad_sumsq))
     if read.total is not None:
