@@ -155,7 +155,9 @@ def host_group_sumsq(tensors: list[torch.Tensor], slots: Sequence[int], groups: 
     if not tensors:
         return sums
     values = [stored_values(t) for t in tensors]
-    norms = stack_scalars(foreach_norm(values)).tolist()
+    norms = []
+    for norm in foreach_norm(values):  # one item() each: cheaper than stacking them first
+        norms.append(norm.item())
     if not math.isfinite(sum(norms)):  # a float32 overflow (or a real NaN/Inf): float64, as tensor_sumsqs
         norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in values]).tolist()
     for norm, slot in zip(norms, slots):
