@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -53,7 +55,7 @@ class ParameterMap:
         self.group_of = tuple(group_of)
         """The group of each parameter in `params`, as a tuple: also the key of its cached index tensor."""
         self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
-        self._index_cache: dict[tuple, torch.Tensor] = {}
+        self._index_cache: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
 
     def is_current(self) -> bool:
@@ -186,7 +188,7 @@ class ParameterMap:
         return weight, update
 
 
-def _on_cpu(tensors: list[torch.Tensor]) -> bool:
+def _on_cpu(tensors: Sequence[torch.Tensor]) -> bool:
     for t in tensors:
         if t.device.type != "cpu":
             return False

@@ -92,8 +92,10 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...] | None, dtype: torch.dtype | No
     last = x.dim() - 1
     if dims is not None and len(dims) > 1 and last in dims and not _contiguous_tail(x, dims):
         inner = torch.linalg.vector_norm(x, 2, dim=-1, dtype=dtype)
-        return torch.linalg.vector_norm(inner, 2, dim=tuple(d for d in dims if d != last))
-    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=dtype)
+        outer: torch.Tensor = torch.linalg.vector_norm(inner, 2, dim=tuple(d for d in dims if d != last))
+        return outer
+    norm: torch.Tensor = torch.linalg.vector_norm(x, 2, dim=dims, dtype=dtype)
+    return norm
 
 
 def _contiguous_tail(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
@@ -155,9 +157,9 @@ def host_group_sumsq(tensors: list[torch.Tensor], slots: Sequence[int], groups: 
     if not tensors:
         return sums
     values = [stored_values(t) for t in tensors]
-    norms = []
-    for norm in foreach_norm(values):  # one item() each: cheaper than stacking them first
-        norms.append(norm.item())
+    norms: list[float] = []
+    for measured in foreach_norm(values):  # one item() each: cheaper than stacking them first
+        norms.append(float(measured.item()))
     if not math.isfinite(sum(norms)):  # a float32 overflow (or a real NaN/Inf): float64, as tensor_sumsqs
         norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in values]).tolist()
     for norm, slot in zip(norms, slots):

@@ -149,10 +149,13 @@ class StepAccumulator:
 
     def pack(self, scalars: Sequence[tuple[int, Scalars]], *, remeasure: Remeasure | None = None,
              host_prefix: list[float] | None = None) -> tuple[torch.Tensor | None, Segments]:
-        """Concatenate `scalars` ((slot, values)) and everything accumulated into one float64 vector:
-        the scalars (those given as Python floats first), then per-timestep norms, then final
-        states, then activity shares. `remeasure`: how to measure a source again in float64 when a
-        CPU piece's norm came out non-finite (None: keep it as measured). `host_prefix`: a list that receives the numbers
+        """Concatenate `scalars` ((slot, values)) and everything accumulated into one vector: the
+        scalars (those given as Python floats first), then per-timestep norms, then final states,
+        then activity shares. Float64, or float32 when it holds nothing wider and is read back on
+        the CPU as is (the same Python floats).
+
+        `remeasure`: how to measure a source again in float64 when a CPU piece's norm came out
+        non-finite (None: keep it as measured). `host_prefix`: a list that receives the numbers
         given as Python floats instead of the buffer (the read-back then starts after them): no
         tensor made of numbers that are on the host already.
         """
@@ -193,11 +196,16 @@ class StepAccumulator:
         if not parts:
             return None, segments
         device = parts[0].device
-        flat = torch.cat([p if p.device == device else p.to(device) for p in parts]).to(dtype=torch.float64)
+        flat = torch.cat([p if p.device == device else p.to(device) for p in parts])
+        if host_prefix is None or device.type != "cpu":
+            # float64 for the reducer's sums of squares and the device's read-back; a CPU buffer read
+            # back as is gives the same Python floats in float32 (every float32 is a float64)
+            flat = flat.to(dtype=torch.float64)
         if remeasure is not None and timestep_parts and device.type == "cpu":
             start = sum(p.shape[0] for p in parts[:first_timestep])
             end = start + sum(p.shape[0] for p in parts[first_timestep : first_timestep + timestep_parts])
-            if _host_overflowed(flat[start:end]) and self._remeasured(remeasure):
+            region = flat if start == 0 and end == flat.shape[0] else flat[start:end]
+            if _host_overflowed(region) and self._remeasured(remeasure):
                 return self.pack(scalars, host_prefix=host_prefix)  # rare: a non-finite norm, measured again in float64
         return flat, segments
 
