@@ -9,7 +9,7 @@ untouched; the backward pass passes the gradient on unchanged after reading it.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -25,12 +25,13 @@ GradientSink = Callable[[torch.Tensor], None]
 
 class _Probe(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, anchor, time_dim, batch_sizes, sink, on_error):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor, time_dim: int | None,
+                batch_sizes: torch.Tensor | None, sink: Sink, on_error: Callable[[Exception], None] | None) -> torch.Tensor:
         ctx.time_dim, ctx.batch_sizes, ctx.sink, ctx.on_error = time_dim, batch_sizes, sink, on_error
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         try:
             ctx.sink(*timestep_norms(grad, ctx.time_dim, ctx.batch_sizes), grad)
         except Exception as exc:  # a measurement failure must never break the user's backward pass...
@@ -57,7 +58,8 @@ def timestep_probe(
     """
     if anchor is None:
         anchor = x.new_zeros(())
-    return _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)
+    viewed: torch.Tensor = _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)  # type: ignore[no-untyped-call]
+    return viewed
 
 
 def observe_gradient(
@@ -82,4 +84,4 @@ def observe_gradient(
             if on_error is not None:
                 on_error(exc)  # ...unless on_error re-raises it (strict=True)
 
-    x.register_hook(hook)
+    x.register_hook(hook)  # type: ignore[no-untyped-call]

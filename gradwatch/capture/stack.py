@@ -75,9 +75,13 @@ class ForwardAdapter:
         self.bound = types.MethodType(torch_compat.scriptable_forward(self, type(watched.module).forward),
                                       watched.module)
 
+    def __call__(self, input: Any, hx: Any = None) -> Any:
+        """The measuring forward (each kind of module has its own)."""
+        raise NotImplementedError
+
     def install(self) -> None:
         module = self.watched.module
-        module.forward = self.bound  # type: ignore[method-assign]
+        module.forward = self.bound
         if torch_compat.REPLICATE_ATTRIBUTE not in module.__dict__:  # a module with its own keeps it
             setattr(module, torch_compat.REPLICATE_ATTRIBUTE, PlainReplicas(module))
             self.owns_replicas = True
@@ -97,7 +101,7 @@ class ForwardAdapter:
             if self.previous is None:
                 del module.__dict__["forward"]
             else:
-                module.forward = self.previous  # type: ignore[method-assign]
+                module.forward = self.previous
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Only reached when the adapter is pickled on its own (the module's state leaves it out).
@@ -146,7 +150,7 @@ class _UnwatchedState:
         module = self._module()
         if module is None:
             raise RuntimeError("gradwatch: pickling a module that no longer exists")
-        state = type(module).__getstate__(module)
+        state = type(module).__getstate__(module)  # type: ignore[no-untyped-call]
         if not isinstance(state, dict):
             return state
         state = dict(state)
@@ -225,7 +229,7 @@ def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor
         return None
     if data.dim() == 2:  # unbatched (T, F)
         return 0
-    return 1 if module.batch_first else 0  # type: ignore[attr-defined]
+    return 1 if module.batch_first else 0
 
 
 class StackForward(ForwardAdapter):
@@ -315,7 +319,9 @@ class StackForward(ForwardAdapter):
         return output, hidden
 
     @staticmethod
-    def _initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes):
+    def _initial_state(m: Any, hx: Any, is_lstm: bool, is_batched: bool, batch: int, ndir: int, real_hidden: int,
+                       data: torch.Tensor, sorted_indices: torch.Tensor | None,
+                       batch_sizes: torch.Tensor | None) -> Any:
         layers = m.num_layers * ndir
         if hx is None:
             h = torch.zeros(layers, batch, real_hidden, dtype=data.dtype, device=data.device)
@@ -332,11 +338,14 @@ class StackForward(ForwardAdapter):
         m.check_forward_args(data, hx, batch_sizes)
         return m.permute_hidden(hx, sorted_indices)
 
-    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, slots, start):
+    def _run_layers(self, m: Any, data: torch.Tensor, hx: Any, batch_sizes: torch.Tensor | None, tdim: int | None,
+                    is_lstm: bool, ndir: int, acc: StepAccumulator, slots: ModuleSlots,
+                    start: int) -> tuple[torch.Tensor, Any]:
         weights = torch_compat.flat_weights(m)
         per_layer = len(weights) // (m.num_layers * ndir)
         call = torch_compat.rnn_kernel(m)
         x, finals = data, []
+        hidden: Any
         for layer in range(m.num_layers):
             anchor = None
             if layer == 0 and not x.requires_grad:
