@@ -67,12 +67,15 @@ def measure_parts(case: Case, *, every: int = 10, blocks: int = 30, block: int =
     end, adapter, inner, backward = [0], [0], [0], [0]
     originals = {name: getattr(Monitor, name) for name in TIMED}
     patched = [(Monitor, name, fn) for name, fn in originals.items()]
-    patched += [(stack.StackForward, "__call__", stack.StackForward.__call__), (probe, "timestep_sumsq", probe.timestep_sumsq)]
+    patched += [(stack.StackForward, "__call__", stack.StackForward.__call__), (probe, "timestep_norms", probe.timestep_norms),
+                (stack, "_gradient_sink", stack._gradient_sink)]
     try:
         for name, fn in originals.items():
             setattr(Monitor, name, _timed(fn, end))
         stack.StackForward.__call__ = _timed(stack.StackForward.__call__, adapter)  # type: ignore[method-assign]
-        probe.timestep_sumsq = _timed(probe.timestep_sumsq, backward)  # the backward hooks' binding only
+        probe.timestep_norms = _timed(probe.timestep_norms, backward)  # the backward probes' binding only
+        make_sink = stack._gradient_sink  # the output-gradient hooks' sinks
+        stack._gradient_sink = lambda *a: _timed(make_sink(*a), backward)
         monitor = gradwatch.watch(model, opt, every=every, console=False)
         for a in monitor._adapters:
             a.original = _timed(a.original, inner)

@@ -37,8 +37,9 @@ PARTS = [
     (StepAccumulator, "pack", "  pack"),
     (monitor_module, "start_readback", "  read-back start"),
     (monitor_module, "build_step_stats", "  record build"),
-    (probe, "timestep_sumsq", "backward hooks (output-gradient norms)"),
+    (probe, "timestep_norms", "backward probes (probe steps: per-layer gradient norms)"),
 ]
+BACKWARD = "backward hooks (output-gradient norms)"
 
 
 def _timed(owner: Any, name: str, spent: list[int]) -> Any:
@@ -66,6 +67,10 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
     module_forward: list[int] = []
     originals = [(owner, name, _timed(owner, name, spent[label])) for owner, name, label in PARTS]
     originals.append((stack.StackForward, "__call__", _timed(stack.StackForward, "__call__", adapter_total)))
+    spent[BACKWARD] = []
+    make_sink = stack._gradient_sink
+    originals.append((stack, "_gradient_sink", make_sink))
+    stack._gradient_sink = lambda *a: _timed_call(make_sink(*a), spent[BACKWARD])
     try:
         monitor = gradwatch.watch(model, opt, every=every, console=False)
         detectors: list[int] = []
@@ -74,7 +79,7 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
         plain = adapter.original
         adapter.original = lambda *a: _run_timed(plain, a, module_forward)
         for _ in range(steps):
-            for counter in [*spent.values(), adapter_total, module_forward, detectors]:
+            for counter in [*spent.values(), adapter_total, module_forward, detectors]:  # noqa: B007
                 counter.append(0)
             loss = nn.functional.mse_loss(model["head"](model["rnn"](x)[0]), y)
             opt.zero_grad()
@@ -92,6 +97,16 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
         values = values[warmup:]
         plain_steps = [v for i, v in enumerate(values) if (i + warmup) % every != 0]
         print(f"{label:42s} median {statistics.median(plain_steps) / 1e3:7.1f}   mean {statistics.mean(values) / 1e3:7.1f}")
+
+
+def _timed_call(fn: Any, counter: list[int]) -> Any:
+    def wrapper(*args: Any) -> Any:
+        start = time.thread_time_ns()
+        try:
+            return fn(*args)
+        finally:
+            counter[-1] += time.thread_time_ns() - start
+    return wrapper
 
 
 def _run_timed(fn: Any, args: tuple, counter: list[int]) -> Any:

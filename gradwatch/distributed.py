@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import torch
 
-from .stream.accumulator import Layout
+from .stream.schema import Reduce, Segments, StepLayout
 from .stream.readback import PendingReadback, start_readback
 
 __all__ = ["StepReducer", "is_distributed", "rank", "is_main_process", "reducer_for_current_group"]
@@ -41,9 +41,6 @@ log = logging.getLogger("gradwatch")
 MISMATCH = ("the ranks measured different statistics this step (different modules ran, or the probe "
             "schedule differs; call gradwatch.watch with the same options on every rank)")
 CPU_UNDER_NCCL = "the statistics are on the CPU but the process group has no CPU backend (gloo)"
-
-TIMESTEP_KEYS = ("in_act", "out_act", "out_grad", "xgrad", "act")
-"""Layout keys whose segment is a per-timestep vector of L2 norms (combined as root-sum-square)."""
 
 
 def is_distributed() -> bool:
@@ -67,25 +64,13 @@ def reducer_for_current_group() -> "StepReducer | None":
     return StepReducer() if is_distributed() else None
 
 
-def _canonical_timestep_keys(modules: Sequence[Any]) -> list[Hashable]:
-    keys: list[Hashable] = []
-    for m in modules:
-        keys += [("in_act", m.name), ("out_act", m.name), ("out_grad", m.name)]
-        for layer in range(m.num_layers):
-            keys += [("xgrad", m.name, layer), ("act", m.name, layer)]
-    return keys
-
-
-def _is_timestep_key(key: Hashable) -> bool:
-    return isinstance(key, tuple) and bool(key) and key[0] in TIMESTEP_KEYS
-
-
 class ReducedReadback(PendingReadback):
     """The read-back of a buffer whose `all_reduce` may still be running (gloo runs it in the background)."""
 
     def __init__(self, work: Any, buffer: torch.Tensor, finish: Any) -> None:
         super().__init__(buffer, None)
-        self._work, self._finish, self._inner = work, finish, None
+        self._work, self._finish = work, finish
+        self._inner: PendingReadback | None = None
 
     def _start(self) -> PendingReadback:
         if self._inner is None:
@@ -106,7 +91,7 @@ class StepReducer:
     """Combines one step's packed statistics across the ranks of a process group.
 
         >>> reducer = StepReducer()                      # default group; watch() does this for you
-        >>> readback, layout = reducer.start(flat, layout, modules)
+        >>> readback, segments = reducer.start(flat, segments, layout)
 
     Every rank must call `start` (and `start_loss`) at the same points of its step, which holds
     when every rank runs the same training loop, as DistributedDataParallel requires anyway.
@@ -122,63 +107,63 @@ class StepReducer:
         self._warned = False
 
     # ------------------------------------------------------------------ statistics buffer
-    def start(self, flat: torch.Tensor, layout: Layout, modules: Sequence[Any]) -> tuple[PendingReadback, Layout]:
-        """Launch the reduction of one step's buffer; returns its read-back and the combined layout."""
+    def start(self, flat: torch.Tensor, segments: Segments, layout: StepLayout) -> tuple[PendingReadback, Segments]:
+        """Launch the reduction of one step's buffer; returns its read-back and the combined segments.
+
+        Each segment is reduced as its channel declares (`schema.Reduce`): `MEAN` segments keep
+        their place; `ROOT_SUM_SQUARE` ones (per-timestep norms, whose lengths may differ between
+        ranks) are squared, padded to the longest rank's length, summed and rooted."""
         dist = torch.distributed
-        canonical = _canonical_timestep_keys(modules)
-        sizes = dict(layout)
-        fixed = [(k, n) for k, n in layout if not (_is_timestep_key(k) and k in canonical)]
-        signature = zlib.crc32(repr(fixed).encode())
-        meta = torch.tensor([signature, -signature] + [sizes.get(k, 0) for k in canonical], dtype=torch.int64)
+        varying = layout.summed_slots
+        sizes = dict(segments)
+        fixed = [(slot, n) for slot, n in segments if layout.channels[slot].reduce is Reduce.MEAN]
+        signature = zlib.crc32(repr([(layout.describe(slot), n) for slot, n in fixed]).encode())
+        meta = torch.tensor([signature, -signature] + [sizes.get(s, 0) for s in varying], dtype=torch.int64)
         dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=self.meta_group)
         agreed = meta.tolist()
         if agreed[0] != -agreed[1]:
-            return self._local(flat, layout, MISMATCH)
-        lengths = dict(zip(canonical, agreed[2:]))
+            return self._local(flat, segments, MISMATCH)
         offsets, pos = {}, 0
-        for key, n in layout:
-            offsets[key] = (pos, n)
+        for slot, n in segments:
+            offsets[slot] = (pos, n)
             pos += n
-        parts, out_layout, timestep_slices = [], [], []
-        for key, n in fixed:
-            start = offsets[key][0]
+        parts, out_segments = [], []
+        for slot, n in fixed:
+            start = offsets[slot][0]
             parts.append(flat[start : start + n])
-            out_layout.append((key, n))
-        cursor = sum(n for _, n in fixed)
-        for key in canonical:
-            total = lengths[key]
+            out_segments.append((slot, n))
+        fixed_end = sum(n for _, n in fixed)
+        for slot, total in zip(varying, agreed[2:]):
             if total == 0:
                 continue
-            start, n = offsets.get(key, (0, 0))
+            start, n = offsets.get(slot, (0, 0))
             local = flat[start : start + n].square()
             parts.append(torch.cat([local, flat.new_zeros(total - n)]) if total > n else local)
-            out_layout.append((key, total))
-            timestep_slices.append((cursor, cursor + total))
-            cursor += total
+            out_segments.append((slot, total))
         buffer = torch.cat(parts) if parts else flat.new_zeros(0)
         if buffer.device.type == "cpu" and not self.cpu_capable:
-            return self._local(flat, layout, CPU_UNDER_NCCL)
+            return self._local(flat, segments, CPU_UNDER_NCCL)
         work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        fixed_end = sum(n for _, n in fixed)
+        rooted = fixed_end < buffer.shape[0]
 
         def finish(summed: torch.Tensor) -> torch.Tensor:
             out = summed.clone()
             out[:fixed_end] /= self.world
-            if timestep_slices:
+            if rooted:
                 out[fixed_end:] = out[fixed_end:].sqrt()
             return out
 
         if buffer.device.type != "cpu":
             work.wait()  # NCCL: makes the current stream wait; the host does not block
-            return start_readback(finish(buffer)), out_layout
-        return ReducedReadback(work, buffer, finish), out_layout
+            return start_readback(finish(buffer)), out_segments
+        return ReducedReadback(work, buffer, finish), out_segments
 
-    def _local(self, flat: torch.Tensor, layout: Layout, why: str) -> tuple[PendingReadback, Layout]:
+    def _local(self, flat: torch.Tensor, segments: Segments, why: str) -> tuple[PendingReadback, Segments]:
         if not self._warned:
             self._warned = True
             log.warning("gradwatch: %s, so this step's numbers are this rank's own; alerts may differ "
                         "between ranks.", why)
-        return start_readback(flat), layout
+        return start_readback(flat), segments
 
     # ------------------------------------------------------------------ loss
     def start_loss(self, value: torch.Tensor) -> PendingReadback:

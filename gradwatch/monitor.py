@@ -42,6 +42,7 @@ from .actions.base import NO_ACTION, ActionRecord
 from .capture.modules import WatchedModule, find_recurrent
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import BeforeUpdate, ParameterMap
+from .capture.probe import exact_timestep_norms
 from .capture.session import CaptureSession
 from .capture.stack import ADAPTERS, ForwardAdapter, installed_adapter
 from .errors import GradwatchError
@@ -50,7 +51,9 @@ from .stream.build import ModuleInfo, PendingStep, build_step_stats
 from .stream.history import History
 from .stream.loss import checked_loss
 from .stream.readback import PendingReadback, start_readback
+from .stream.schema import StepLayout
 from .stream.step_boundaries import LossRoute, Mode, StepBoundaries
+from .stream.step_scalars import step_scalars
 
 if TYPE_CHECKING:
     from .actions.base import StepActions
@@ -302,6 +305,7 @@ class Monitor:
             ModuleInfo(w.name, type(w.module).__name__, w.num_layers, getattr(w.module, "nonlinearity", "") == "relu")
             for w in found
         ]
+        self.session.set_layout(StepLayout(self._modules))
         self._map_parameters()
 
     def _map_parameters(self) -> None:
@@ -392,17 +396,8 @@ class Monitor:
         self._gradients = None
         self._steps.step_ended()
         read = grads.read
-        weight, update = self.params.weight_and_update_sumsq(read.weight_sumsq)
-        scalars: dict[Hashable, torch.Tensor] = {("wsq",): weight, ("usq",): update}
-        if read.grad_sumsq is not None:
-            scalars[("gsq",)] = read.grad_sumsq
-        if read.total is not None:
-            scalars[("total",)] = read.total
-        if read.outside_weight_sumsq is not None:
-            scalars[("outside_wsq",)] = read.outside_weight_sumsq
         action = grads.action
-        if action.clip is not None:
-            scalars[("clip",)] = action.clip
+        scalars = step_scalars(read, *self.params.weight_and_update_sumsq(read.weight_sumsq), action.clip)
         if self.session.eval_forwards and not self.session.forwards and any(read.has_grad):
             self.session.tell_once("eval", (
                 "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
@@ -410,15 +405,17 @@ class Monitor:
                 "with gradients on are not mixed into the training step; parameter statistics are unaffected."))
         probed = self.session.probing
         acc = self.session.begin_step(probe=self._is_probe_step(self._step + 1))
-        flat, layout = acc.pack(scalars)
+        host: list[float] | None = [] if self.reducer is None else None
+        flat, segments = acc.pack(scalars, remeasure=exact_timestep_norms, host_prefix=host)
         readback: Any = None
         if flat is not None and self.reducer is not None:
-            readback, layout = self.reducer.start(flat, layout, self._modules)
+            readback, segments = self.reducer.start(flat, segments, acc.layout)
         elif flat is not None:
             readback = start_readback(flat, owned=True)
         pending = PendingStep(
             step=self._step,
-            layout=layout,
+            layout=acc.layout,
+            segments=segments,
             groups=self.params.groups,
             has_grad=read.has_grad,
             probed=probed,
@@ -427,6 +424,7 @@ class Monitor:
             clip_policy=action.policy,
             skipped=action.skipped,
             outside_params=tuple(read.outside_names),
+            host_values=host or [],
         )
         if loss_fed:
             self._attach_loss(pending, loss)
@@ -480,6 +478,7 @@ class Monitor:
         while self._pending and self._ready(self._pending[0], len(self._pending) == 1, force):
             pending = self._pending.popleft()
             flat = pending.readback.values() if isinstance(pending.readback, PendingReadback) else []
+            flat = pending.host_values + flat if pending.host_values else flat
             loss = pending.loss
             if isinstance(pending.loss_readback, PendingReadback):
                 loss = pending.loss_readback.values()[0]

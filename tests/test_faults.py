@@ -86,7 +86,7 @@ def test_failing_capture_falls_back_to_plain_forward(monkeypatch, caplog):
     m = SeqClassifier(nn.GRU)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     mon = gradwatch.watch(m, opt, every=1, console=False)
-    monkeypatch.setattr(stack, "timestep_sumsq", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(stack, "timestep_norms", lambda *a, **k: 1 / 0)
     torch.manual_seed(1)
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
         losses = _train(m, opt, mon, steps=3)
@@ -194,7 +194,7 @@ def test_strict_reraises_a_failure_inside_the_backward_probe(monkeypatch):
     m = SeqClassifier(nn.LSTM)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     mon = gradwatch.watch(m, opt, every=1, console=False, strict=True)
-    monkeypatch.setattr(probe, "timestep_sumsq", lambda *a, **k: 1 / 0)  # only the backward probe uses this name
+    monkeypatch.setattr(probe, "timestep_norms", lambda *a, **k: 1 / 0)  # only the backward probe uses this name
     x, y = lm_batch()
     loss = nn.functional.cross_entropy(m(x).reshape(-1, 20), y.reshape(-1))
     with pytest.raises(ZeroDivisionError):
@@ -212,7 +212,7 @@ def test_a_failing_backward_probe_is_reported_once_and_its_capture_switched_off(
         raise ZeroDivisionError("probe bug")
 
     plain = _bitwise_training(lambda m, o: None)
-    monkeypatch.setattr(probe, "timestep_sumsq", broken)
+    monkeypatch.setattr(probe, "timestep_norms", broken)
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
         watched = _bitwise_training(lambda m, o: gradwatch.watch(m, o, every=1, console=False))
     assert _same_training(plain, watched)

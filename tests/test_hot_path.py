@@ -17,6 +17,8 @@ CONVERSIONS = ["item", "tolist", "numpy", "__float__", "__int__", "__bool__", "_
 HOST_SIDE = {
     ("gradwatch.stream.readback", "values"),  # a read-back's host buffer, once it has arrived
     ("gradwatch.stats.tensor_stats", "_host_overflowed"),  # CPU-only: no device to wait for
+    ("gradwatch.stats.tensor_stats", "host_group_sumsq"),  # CPU-only: parameter norms read as Python floats
+    ("gradwatch.stats.tensor_stats", "host_total"),  # CPU-only: their total, with torch's summation order
     ("gradwatch.distributed", "start"),  # the agreed lengths: a CPU tensor reduced over gloo
 }
 """The (module, function) pairs that may turn a tensor into Python numbers: each reads a host buffer."""
@@ -44,8 +46,14 @@ def forbid_conversions_in_gradwatch(monkeypatch):
     assert not calls, calls
 
 
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
 @pytest.mark.parametrize("every", [1, 10], ids=["probe-every-step", "default"])
-def test_per_step_path_has_no_tensor_to_python_conversion(forbid_conversions_in_gradwatch, every):
+def test_per_step_path_has_no_tensor_to_python_conversion(forbid_conversions_in_gradwatch, every, device_path,
+                                                           monkeypatch):
+    """`device-path`: the parameter reads take the path of device tensors (as on CUDA), not the CPU's
+    host floats, so that the CPU stand-in checks the path CUDA runs."""
+    if device_path:
+        monkeypatch.setattr("gradwatch.capture.params._on_cpu", lambda tensors: False)
     torch.manual_seed(0)
     m = nn.ModuleDict({"lm": SeqClassifier(nn.LSTM, bidirectional=True), "dec": CellDecoder()})
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)

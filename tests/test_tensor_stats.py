@@ -127,3 +127,19 @@ def test_sparse_embedding_gradients_with_sparse_adam_give_records_with_the_dense
     assert mon.steps == 4 and len(mon.history) == 4
     assert [s.grad_norm for s in mon.history] == pytest.approx(totals, rel=1e-6)
     assert all(s.nonfinite is None for s in mon.history)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e25, float("nan")], ids=["ordinary", "past-float32-overflow", "nan"])
+def test_host_group_sumsq_gives_the_bits_of_group_sumsq(scale):
+    """The CPU's Python-float path and the device path (`group_sumsq`) agree bit for bit, also when
+    the float32 norms overflow and both fall back to float64, and on a NaN."""
+    from gradwatch.stats.tensor_stats import group_sumsq, host_group_sumsq
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(5, 3, generator=g) * scale, torch.randn(4, generator=g), torch.randn(2, 2, generator=g) * 3]
+    slots = [0, 1, 0]
+    host = torch.tensor(host_group_sumsq(tensors, slots, 3), dtype=torch.float64)
+    device = group_sumsq(tensors, torch.tensor(slots), 3)
+    assert torch.equal(host, device) or (scale != scale and torch.equal(host.isnan(), device.isnan()))
+    if scale == 1e25:
+        assert torch.isfinite(host).all()

@@ -7,15 +7,20 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
-from ..stats.tensor_stats import group_sumsq
+from ..stats.tensor_stats import group_sumsq, host_group_sumsq, host_total
 from ..stream.groups import GroupKey
 from ..torch_compat import foreach_copy_, foreach_sub_, parameters_in_order
 from .modules import WatchedModule, layer_of_parameter
 
-__all__ = ["BeforeUpdate", "ParameterMap"]
+__all__ = ["BeforeUpdate", "ParameterMap", "Sums"]
+
+Sums = torch.Tensor | list[float]
+"""Per-group sums of squares: a float64 device tensor, or Python floats for CPU tensors."""
 
 
 class ParameterMap:
@@ -50,7 +55,7 @@ class ParameterMap:
         self.group_of = tuple(group_of)
         """The group of each parameter in `params`, as a tuple: also the key of its cached index tensor."""
         self._group_by_id = {id(p): g for p, g in zip(self.params, group_of)}
-        self._index_cache: dict[tuple, torch.Tensor] = {}
+        self._index_cache: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
         self.snapshot: list[torch.Tensor] | None = None
 
     def is_current(self) -> bool:
@@ -102,6 +107,16 @@ class ParameterMap:
         tensors.extend(self.snapshot)
         if not tensors:
             return BeforeUpdate(None, has_grad, None, outside_names, None, None)
+        if _on_cpu(tensors):
+            host = host_group_sumsq(tensors, slots, first_weight + groups)
+            return BeforeUpdate(
+                grad_sumsq=host[:groups] if any(has_grad) else None,
+                has_grad=has_grad,
+                total=host_total(host[:first_outside]) if n_grads else None,
+                outside_names=outside_names,
+                outside_weight_sumsq=host[first_outside:first_weight] if n_out else None,
+                weight_sumsq=host[first_weight:] if self.params else None,
+            )
         sums = group_sumsq(tensors, self._index(tuple(slots), tensors[0].device), first_weight + groups)
         return BeforeUpdate(
             grad_sumsq=sums[:groups] if any(has_grad) else None,
@@ -140,11 +155,12 @@ class ParameterMap:
         if any(s.device != p.device or s.dtype != p.dtype for s, p in zip(self.snapshot, self.params)):
             self.snapshot = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(self.snapshot, self.params)]
 
-    def weight_and_update_sumsq(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def weight_and_update_sumsq(self, weight: Sums | None = None) -> tuple[Sums, Sums]:
         """Per-group Σθ² of the snapshot (weights before the update) and Σ(θ − snapshot)²; then re-snapshot.
 
         `weight`: the snapshot's Σθ² already measured by `read_before_update` this step (reused when the
-        snapshot still matches the parameters; measured again otherwise)."""
+        snapshot still matches the parameters; measured again otherwise). Python floats for CPU
+        parameters, float64 device tensors otherwise (see `BeforeUpdate`)."""
         snapshot = self.snapshot
         self._check_snapshot()
         if self.snapshot is not snapshot:
@@ -155,14 +171,28 @@ class ParameterMap:
             if not current:
                 empty = torch.zeros(len(self.groups), dtype=torch.float64)
                 return empty, empty
-            index = self._index(self.group_of, current[0].device)
-            if weight is None:
-                weight = group_sumsq(self.snapshot, index, len(self.groups))
+            host = _on_cpu(current) and _on_cpu(self.snapshot)
+            index = None if host else self._index(self.group_of, current[0].device)
+
+            def sumsq(tensors: list[torch.Tensor]) -> Sums:
+                if index is None:
+                    return host_group_sumsq(tensors, self.group_of, len(self.groups))
+                return group_sumsq(tensors, index, len(self.groups))
+
+            if weight is None or isinstance(weight, list) != host:
+                weight = sumsq(self.snapshot)
             # θ_before − θ_now in place: no parameter-sized temporary (its norm is the update's)
             foreach_sub_(self.snapshot, current)
-            update = group_sumsq(self.snapshot, index, len(self.groups))
+            update = sumsq(self.snapshot)
             foreach_copy_(self.snapshot, current)
         return weight, update
+
+
+def _on_cpu(tensors: Sequence[torch.Tensor]) -> bool:
+    for t in tensors:
+        if t.device.type != "cpu":
+            return False
+    return True
 
 
 def _parameter_ids(module: nn.Module) -> list[int]:
@@ -171,13 +201,15 @@ def _parameter_ids(module: nn.Module) -> list[int]:
 
 
 class BeforeUpdate:
-    """What `ParameterMap.read_before_update` measured (device tensors, float64; nothing read back)."""
+    """What `ParameterMap.read_before_update` measured: float64 device tensors (nothing read back),
+    or Python floats when every tensor read is on the CPU (no device to wait for; same bits)."""
 
     __slots__ = ("grad_sumsq", "has_grad", "total", "outside_names", "outside_weight_sumsq", "weight_sumsq")
 
-    def __init__(self, grad_sumsq: torch.Tensor | None, has_grad: list[bool], total: torch.Tensor | None,
-                 outside_names: list[str], outside_weight_sumsq: torch.Tensor | None,
-                 weight_sumsq: torch.Tensor | None) -> None:
+    def __init__(self, grad_sumsq: torch.Tensor | list[float] | None, has_grad: list[bool],
+                 total: torch.Tensor | float | None, outside_names: list[str],
+                 outside_weight_sumsq: torch.Tensor | list[float] | None,
+                 weight_sumsq: torch.Tensor | list[float] | None) -> None:
         self.grad_sumsq = grad_sumsq
         """Per-group Σ grad² (None when no watched parameter has a gradient)."""
         self.has_grad = has_grad

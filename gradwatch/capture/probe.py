@@ -1,7 +1,7 @@
 """An identity autograd function that measures the gradient flowing through a tensor.
 
-    >>> y = timestep_probe(x, time_dim=0, sink=lambda sq: norms.append(sq))
-    >>> loss(y).backward()          # sink receives Σ_{batch,features} (∂L/∂x_t)² per t
+    >>> y = timestep_probe(x, time_dim=0, sink=lambda norms, squared, grad: seen.append(norms))
+    >>> loss(y).backward()          # sink receives ‖∂L/∂x_t‖ per t (over batch and features)
 
 The forward pass returns a view of its input, so values and everything downstream are
 untouched; the backward pass passes the gradient on unchanged after reading it.
@@ -9,48 +9,31 @@ untouched; the backward pass passes the gradient on unchanged after reading it.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..stats.tensor_stats import sumsq_over
+from ..stats.timestep import exact_timestep_norms, timestep_norms, timestep_sumsq
 
-__all__ = ["timestep_probe", "timestep_sumsq", "observe_gradient"]
+__all__ = ["timestep_probe", "timestep_sumsq", "timestep_norms", "exact_timestep_norms", "observe_gradient"]
 
-Sink = Callable[[torch.Tensor], None]
-
-
-def timestep_sumsq(values: torch.Tensor, time_dim: int | None, batch_sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ of squares per timestep over every other dimension, in float64.
-
-    With `batch_sizes` (packed sequences), `values` is the packed data (N, F) and rows are
-    grouped into timesteps by `batch_sizes`. With `time_dim=None` the whole tensor is one
-    timestep and the result is a scalar (a cell's single call). Scale-safe (`sumsq_over`):
-    finite values never sum to Inf.
-    """
-    x = values.detach()
-    if time_dim is None and batch_sizes is None:
-        return sumsq_over(x, None)
-    if batch_sizes is not None:
-        rows = sumsq_over(x, tuple(range(1, x.dim()))) if x.dim() > 1 else x.double().square()
-        # batch_sizes lives on the CPU; output_size spares CUDA a sync to size the result
-        index = torch.repeat_interleave(torch.arange(batch_sizes.numel(), device=rows.device),
-                                        batch_sizes.to(rows.device, non_blocking=True), output_size=rows.shape[0])
-        return torch.zeros(batch_sizes.numel(), device=rows.device, dtype=rows.dtype).index_add_(0, index, rows)
-    other = tuple(d for d in range(x.dim()) if d != time_dim)
-    return sumsq_over(x, other) if other else x.double().square()
+Sink = Callable[[torch.Tensor, bool, torch.Tensor], None]
+"""Receives `timestep_norms(grad, ...)`'s (values, squared) and the gradient they measure."""
+GradientSink = Callable[[torch.Tensor], None]
+"""Receives the gradient itself (`observe_gradient`: the accumulator measures it, now or at the step's end)."""
 
 
 class _Probe(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, anchor, time_dim, batch_sizes, sink, on_error):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, anchor: torch.Tensor, time_dim: int | None,
+                batch_sizes: torch.Tensor | None, sink: Sink, on_error: Callable[[Exception], None] | None) -> torch.Tensor:
         ctx.time_dim, ctx.batch_sizes, ctx.sink, ctx.on_error = time_dim, batch_sizes, sink, on_error
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         try:
-            ctx.sink(timestep_sumsq(grad, ctx.time_dim, ctx.batch_sizes))
+            ctx.sink(*timestep_norms(grad, ctx.time_dim, ctx.batch_sizes), grad)
         except Exception as exc:  # a measurement failure must never break the user's backward pass...
             if ctx.on_error is not None:
                 ctx.on_error(exc)  # ...unless on_error re-raises it (strict=True)
@@ -66,7 +49,7 @@ def timestep_probe(
     anchor: torch.Tensor | None = None,
     on_error: Callable[[Exception], None] | None = None,
 ) -> torch.Tensor:
-    """Return a view of `x` whose backward pass reports per-timestep squared gradient norms to `sink`.
+    """Return a view of `x` whose backward pass reports per-timestep gradient norms to `sink`.
 
     `anchor`, a leaf that requires grad, makes the probe fire even when `x` itself does not
     require grad (layer 0 fed with plain data); no gradient is ever written into it.
@@ -75,18 +58,17 @@ def timestep_probe(
     """
     if anchor is None:
         anchor = x.new_zeros(())
-    return _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)
+    viewed: torch.Tensor = _Probe.apply(x, anchor, time_dim, batch_sizes, sink, on_error)  # type: ignore[no-untyped-call]
+    return viewed
 
 
 def observe_gradient(
     x: torch.Tensor,
     *,
-    time_dim: int | None,
-    sink: Sink,
-    batch_sizes: torch.Tensor | None = None,
+    sink: GradientSink,
     on_error: Callable[[Exception], None] | None = None,
 ) -> None:
-    """Report per-timestep squared norms of ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
+    """Hand ∂L/∂x to `sink` from a tensor hook; `x` itself is untouched.
 
     For tensors handed back to the user (a module's output): a tensor hook leaves `x` the very
     tensor the module produced, so the user may modify it in place (`out += skip`,
@@ -97,9 +79,9 @@ def observe_gradient(
     """
     def hook(grad: torch.Tensor) -> None:
         try:
-            sink(timestep_sumsq(grad, time_dim, batch_sizes))
+            sink(grad)
         except Exception as exc:  # a measurement failure must never break the user's backward pass...
             if on_error is not None:
                 on_error(exc)  # ...unless on_error re-raises it (strict=True)
 
-    x.register_hook(hook)
+    x.register_hook(hook)  # type: ignore[no-untyped-call]

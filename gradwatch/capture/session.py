@@ -10,6 +10,7 @@ import logging
 from typing import Callable
 
 from ..stream.accumulator import StepAccumulator
+from ..stream.schema import StepLayout
 
 __all__ = ["CaptureSession"]
 
@@ -20,7 +21,9 @@ class CaptureSession:
     """Owned by one `Monitor`; adapters read `accumulator` and `probing`, never decide anything."""
 
     def __init__(self, report_error: Callable[[str, BaseException], None]) -> None:
-        self.accumulator = StepAccumulator()
+        self.layout = StepLayout([])
+        """Slots of the watched modules' channels (`stream.schema`); set by the monitor with `set_layout`."""
+        self.accumulator = StepAccumulator(self.layout)
         self.probing = False
         self.enabled = True
         self.report_error = report_error
@@ -32,12 +35,18 @@ class CaptureSession:
 
     def begin_step(self, *, probe: bool) -> StepAccumulator:
         """Start collecting a new step; returns the finished step's accumulator."""
-        done, self.accumulator = self.accumulator, StepAccumulator()
+        done, self.accumulator = self.accumulator, StepAccumulator(self.layout)
         self.probing = probe
         self.forwards = 0
         self.eval_forwards = 0
         self._restart_at_next_forward = False
         return done
+
+    def set_layout(self, layout: StepLayout) -> None:
+        """The watched modules changed (at a step's end): measure by `layout` from now on."""
+        self.layout = layout
+        if self.accumulator.layout is not layout and self.forwards == 0:
+            self.accumulator = StepAccumulator(layout)  # nothing measured into the old one yet
 
     def new_evaluation(self) -> None:
         """An optimizer re-evaluates the model within one step (LBFGS's closure): the next measured
@@ -50,7 +59,7 @@ class CaptureSession:
         """A watched module's forward is about to be measured into `accumulator`."""
         if self._restart_at_next_forward:
             self._restart_at_next_forward = False
-            self.accumulator = StepAccumulator()
+            self.accumulator = StepAccumulator(self.layout)
         self.forwards += 1
 
     def tell_once(self, topic: str, message: str) -> None:

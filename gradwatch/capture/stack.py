@@ -22,9 +22,10 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import torch_compat
 from .modules import WatchedModule
-from .probe import observe_gradient, timestep_probe, timestep_sumsq
+from .probe import observe_gradient, timestep_norms, timestep_probe
 from .session import CaptureSession
 from ..stream.accumulator import StepAccumulator
+from ..stream.schema import ModuleSlots
 from ..stats.tensor_stats import unit_activity
 
 __all__ = ["ForwardAdapter", "StackForward", "CellForward", "PlainReplicas", "plain_forward", "installed_adapter"]
@@ -74,9 +75,13 @@ class ForwardAdapter:
         self.bound = types.MethodType(torch_compat.scriptable_forward(self, type(watched.module).forward),
                                       watched.module)
 
+    def __call__(self, input: Any, hx: Any = None) -> Any:
+        """The measuring forward (each kind of module has its own)."""
+        raise NotImplementedError
+
     def install(self) -> None:
         module = self.watched.module
-        module.forward = self.bound  # type: ignore[method-assign]
+        module.forward = self.bound
         if torch_compat.REPLICATE_ATTRIBUTE not in module.__dict__:  # a module with its own keeps it
             setattr(module, torch_compat.REPLICATE_ATTRIBUTE, PlainReplicas(module))
             self.owns_replicas = True
@@ -96,7 +101,7 @@ class ForwardAdapter:
             if self.previous is None:
                 del module.__dict__["forward"]
             else:
-                module.forward = self.previous  # type: ignore[method-assign]
+                module.forward = self.previous
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Only reached when the adapter is pickled on its own (the module's state leaves it out).
@@ -145,7 +150,7 @@ class _UnwatchedState:
         module = self._module()
         if module is None:
             raise RuntimeError("gradwatch: pickling a module that no longer exists")
-        state = type(module).__getstate__(module)
+        state = type(module).__getstate__(module)  # type: ignore[no-untyped-call]
         if not isinstance(state, dict):
             return state
         state = dict(state)
@@ -224,7 +229,7 @@ def _seq_layout(module: nn.Module, data: torch.Tensor, batch_sizes: torch.Tensor
         return None
     if data.dim() == 2:  # unbatched (T, F)
         return 0
-    return 1 if module.batch_first else 0  # type: ignore[attr-defined]
+    return 1 if module.batch_first else 0
 
 
 class StackForward(ForwardAdapter):
@@ -235,52 +240,53 @@ class StackForward(ForwardAdapter):
         if mode is None:
             return self.original(input, hx)
         session, name = self.session, self.watched.name
-        acc = session.accumulator if mode == "measure" else StepAccumulator()
+        acc = session.accumulator if mode == "measure" else StepAccumulator(session.accumulator.layout)
+        slots = acc.layout.modules.get(name)
+        if slots is None:
+            return self.original(input, hx)  # attached after this step's layout was fixed: from the next step
         try:
             data, batch_sizes = (input.data, input.batch_sizes) if isinstance(input, PackedSequence) else (input, None)
             if data.numel() == 0:
                 return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             tdim = _seq_layout(self.watched.module, data, batch_sizes)
             start = acc.continuation(name, hx)
-            in_sq = timestep_sumsq(data, tdim, batch_sizes)
-            acc.add_timesteps(("in_act", name), in_sq, start)
-            span = (start, start + in_sq.shape[0])
+            span = (start, start + acc.add_tensor(slots.in_act, data, start, time_dim=tdim, batch_sizes=batch_sizes))
             replay = session.probing and self.watched.replayable
         except Exception as exc:
             self.fail(exc)
             return self.original(input, hx)
         if replay:
             try:
-                output = self._replay(input, hx, acc, start)
+                output = self._replay(input, hx, acc, slots, start)
             except Exception as exc:
                 self.fail(exc)
                 return self.original(input, hx)
         else:
             output = self.original(input, hx)
         try:
-            return self._measure_output(output, tdim, batch_sizes, acc, span)
+            return self._measure_output(output, tdim, batch_sizes, acc, slots, span)
         except Exception as exc:
             self.fail(exc)
             return output
 
     def _measure_output(self, output: Any, tdim: int | None, batch_sizes: torch.Tensor | None,
-                        acc: StepAccumulator, span: tuple[int, int]) -> Any:
+                        acc: StepAccumulator, slots: ModuleSlots, span: tuple[int, int]) -> Any:
         """Read the output and final state; the returned output is the very object the module returned."""
-        name, start = self.watched.name, span[0]
+        start = span[0]
         y, hidden = output
         data = y.data if isinstance(y, PackedSequence) else y
-        acc.add_timesteps(("out_act", name), timestep_sumsq(data, tdim, batch_sizes), start)
+        norms, squared = timestep_norms(data, tdim, batch_sizes)
+        acc.add_timesteps(slots.out_act, norms, start, squared=squared, source=data, time_dim=tdim)
         if self.watched.num_layers > 1:  # one layer: a non-finite output can only have appeared there
             final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
             if final is not None:
-                acc.add_timesteps(("final", name), final)
-        acc.end_call(name, hidden, span[1])
+                acc.add_final(slots.final, final)
+        acc.end_call(self.watched.name, hidden, span[1])
         if data.requires_grad:
-            sink = lambda sq: acc.add_timesteps(("out_grad", name), sq, start)  # noqa: E731
-            observe_gradient(data, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, on_error=self.fail)
+            observe_gradient(data, sink=_gradient_sink(acc, slots.out_grad, start, tdim, batch_sizes), on_error=self.fail)
         return output
 
-    def _replay(self, input: Any, hx: Any, acc: StepAccumulator, start: int) -> Any:
+    def _replay(self, input: Any, hx: Any, acc: StepAccumulator, slots: ModuleSlots, start: int) -> Any:
         """The module's forward, run one layer at a time with probes between layers."""
         m: Any = self.watched.module
         is_lstm = isinstance(m, nn.LSTM)
@@ -302,7 +308,7 @@ class StackForward(ForwardAdapter):
             batch = data.size(0) if m.batch_first else data.size(1)
         hx = self._initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes)
         tdim = None if packed else (1 if m.batch_first else 0)
-        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start)
+        output, hidden = self._run_layers(m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, slots, start)
         if packed:
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), m.permute_hidden(
                 hidden, unsorted_indices
@@ -313,7 +319,9 @@ class StackForward(ForwardAdapter):
         return output, hidden
 
     @staticmethod
-    def _initial_state(m, hx, is_lstm, is_batched, batch, ndir, real_hidden, data, sorted_indices, batch_sizes):
+    def _initial_state(m: Any, hx: Any, is_lstm: bool, is_batched: bool, batch: int, ndir: int, real_hidden: int,
+                       data: torch.Tensor, sorted_indices: torch.Tensor | None,
+                       batch_sizes: torch.Tensor | None) -> Any:
         layers = m.num_layers * ndir
         if hx is None:
             h = torch.zeros(layers, batch, real_hidden, dtype=data.dtype, device=data.device)
@@ -330,18 +338,20 @@ class StackForward(ForwardAdapter):
         m.check_forward_args(data, hx, batch_sizes)
         return m.permute_hidden(hx, sorted_indices)
 
-    def _run_layers(self, m, data, hx, batch_sizes, tdim, is_lstm, ndir, acc, start):
-        name = self.watched.name
+    def _run_layers(self, m: Any, data: torch.Tensor, hx: Any, batch_sizes: torch.Tensor | None, tdim: int | None,
+                    is_lstm: bool, ndir: int, acc: StepAccumulator, slots: ModuleSlots,
+                    start: int) -> tuple[torch.Tensor, Any]:
         weights = torch_compat.flat_weights(m)
         per_layer = len(weights) // (m.num_layers * ndir)
         call = torch_compat.rnn_kernel(m)
         x, finals = data, []
+        hidden: Any
         for layer in range(m.num_layers):
             anchor = None
             if layer == 0 and not x.requires_grad:
                 anchor = torch.zeros((), device=x.device, requires_grad=True)
             if x.requires_grad or anchor is not None:
-                sink = (lambda key: lambda sq: acc.add_timesteps(key, sq, start))(("xgrad", name, layer))
+                sink = _sink(acc, slots.xgrad[layer], start, tdim)
                 x = timestep_probe(x, time_dim=tdim, sink=sink, batch_sizes=batch_sizes, anchor=anchor,
                                     on_error=self.fail)
             w = weights[layer * ndir * per_layer : (layer + 1) * ndir * per_layer]
@@ -353,8 +363,9 @@ class StackForward(ForwardAdapter):
                 result = call(x, batch_sizes, h0, w, m.bias, 1, 0.0, m.training, m.bidirectional)
             out = result[0]
             finals.append(result[1:])
-            acc.add_timesteps(("act", name, layer), timestep_sumsq(out, tdim, batch_sizes), start)
-            acc.add_activity(("activity", name, layer), unit_activity(out))
+            norms, squared = timestep_norms(out, tdim, batch_sizes)
+            acc.add_timesteps(slots.act[layer], norms, start, squared=squared, source=out, time_dim=tdim)
+            acc.add_activity(slots.activity[layer], unit_activity(out))
             if m.dropout and m.training and layer < m.num_layers - 1:
                 out = torch.nn.functional.dropout(out, m.dropout, True)
             x = out
@@ -373,34 +384,52 @@ class CellForward(ForwardAdapter):
         if mode is None:
             return self.original(input, hx)
         session, name = self.session, self.watched.name
-        acc = session.accumulator if mode == "measure" else StepAccumulator()
+        acc = session.accumulator if mode == "measure" else StepAccumulator(session.accumulator.layout)
+        slots = acc.layout.modules.get(name)
+        if slots is None:
+            return self.original(input, hx)  # attached after this step's layout was fixed: from the next step
         try:
             if input.numel() == 0:
                 return self.original(input, hx)  # an empty batch: nothing to measure, the next one is
             t = acc.next_call(name)
-            acc.set_timestep(("in_act", name), t, timestep_sumsq(input, None))
+            acc.add_tensor(slots.in_act, input, t, time_dim=None)
             x = input
             if session.probing:
                 anchor = None if input.requires_grad else torch.zeros((), device=input.device, requires_grad=True)
-                sink = lambda sq: acc.set_timestep(("xgrad", name, 0), t, sq)  # noqa: E731
-                x = timestep_probe(input, time_dim=None, sink=sink, anchor=anchor, on_error=self.fail)
+                x = timestep_probe(input, time_dim=None, sink=_sink(acc, slots.xgrad[0], t, None), anchor=anchor,
+                                   on_error=self.fail)
         except Exception as exc:
             self.fail(exc)
             return self.original(input, hx)
         output = self.original(x, hx)
         try:
             h = output[0] if isinstance(output, tuple) else output
-            acc.set_timestep(("out_act", name), t, timestep_sumsq(h, None))
+            h_norm = timestep_norms(h, None)[0]
+            acc.add_timesteps(slots.out_act, h_norm, t, source=h)
             if session.probing:
-                acc.set_timestep(("act", name, 0), t, timestep_sumsq(h, None))
-                acc.add_activity(("activity", name, 0), unit_activity(h))
+                acc.add_timesteps(slots.act[0], h_norm, t, source=h)
+                acc.add_activity(slots.activity[0], unit_activity(h))
             if h.requires_grad:
-                sink_out = lambda sq: acc.set_timestep(("out_grad", name), t, sq)  # noqa: E731
-                observe_gradient(h, time_dim=None, sink=sink_out, on_error=self.fail)
+                observe_gradient(h, sink=_gradient_sink(acc, slots.out_grad, t, None, None), on_error=self.fail)
             return output
         except Exception as exc:
             self.fail(exc)
             return output
+
+
+def _sink(acc: StepAccumulator, slot: int, offset: int, time_dim: int | None) -> Any:
+    """A backward hook's sink: the gradient's norms go to `slot` from timestep `offset`."""
+    def sink(norms: torch.Tensor, squared: bool, grad: torch.Tensor) -> None:
+        acc.add_timesteps(slot, norms, offset, squared=squared, source=grad, time_dim=time_dim)
+    return sink
+
+
+def _gradient_sink(acc: StepAccumulator, slot: int, offset: int, time_dim: int | None,
+                   batch_sizes: torch.Tensor | None) -> Any:
+    """An output-gradient hook's sink: the gradient goes to `slot` from timestep `offset` (`add_tensor`)."""
+    def sink(grad: torch.Tensor) -> None:
+        acc.add_tensor(slot, grad, offset, time_dim=time_dim, batch_sizes=batch_sizes)
+    return sink
 
 
 ADAPTERS: dict[str, type[ForwardAdapter]] = {"stack": StackForward, "cell": CellForward}

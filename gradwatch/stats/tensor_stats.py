@@ -12,7 +12,7 @@ import torch
 
 from ..torch_compat import foreach_norm
 
-__all__ = ["group_sumsq", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "host_group_sumsq", "host_total", "norm_over", "host_overflowed", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -66,6 +66,24 @@ def sumsq_over(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Te
     return norm.square()
 
 
+def norm_over(x: torch.Tensor, dims: tuple[int, ...] | None, *, exact: bool = False) -> torch.Tensor:
+    """L2 norm of `x` over `dims` (all when None) in one reduction, the cheap half of `sumsq_over`.
+
+    On CUDA it accumulates in float64 (never overflows). Elsewhere it stays in the tensor's type
+    (float32 at least), which overflows to Inf once the norm passes ~1.8e19: the caller looks at
+    the result later, off the hot path, and measures again with `exact=True` (float64) when it
+    came out non-finite (`stream.accumulator.Piece.source`). With `exact=True`: float64 everywhere.
+    """
+    if exact or x.device.type == "cuda":
+        return _norm(x, dims, torch.float64)
+    return _norm(x, dims, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None)
+
+
+def host_overflowed(values: torch.Tensor) -> bool:
+    """Whether a CPU tensor of norms (or squared norms) holds a non-finite value: see `_host_overflowed`."""
+    return _host_overflowed(values)
+
+
 def _norm(x: torch.Tensor, dims: tuple[int, ...] | None, dtype: torch.dtype | None) -> torch.Tensor:
     """L2 norm over `dims`; the last (contiguous) dimension first when it is one of several that do
     not form the contiguous tail, which spares a strided reduction (batch-first (B, T, F) over B and
@@ -74,8 +92,10 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...] | None, dtype: torch.dtype | No
     last = x.dim() - 1
     if dims is not None and len(dims) > 1 and last in dims and not _contiguous_tail(x, dims):
         inner = torch.linalg.vector_norm(x, 2, dim=-1, dtype=dtype)
-        return torch.linalg.vector_norm(inner, 2, dim=tuple(d for d in dims if d != last))
-    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=dtype)
+        outer: torch.Tensor = torch.linalg.vector_norm(inner, 2, dim=tuple(d for d in dims if d != last))
+        return outer
+    norm: torch.Tensor = torch.linalg.vector_norm(x, 2, dim=dims, dtype=dtype)
+    return norm
 
 
 def _contiguous_tail(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
@@ -125,3 +145,34 @@ def unit_activity(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     a = h.detach().abs().float().reshape(-1, h.shape[-1])
     positions = torch.full((), a.shape[0], dtype=torch.float32, device=a.device)
     return a.amax(dim=0), (a >= SATURATION_LEVEL).float().sum(dim=0), positions
+
+
+def host_group_sumsq(tensors: list[torch.Tensor], slots: Sequence[int], groups: int) -> list[float]:
+    """`group_sumsq` for CPU tensors, as Python floats, with the same bits: one foreach norm kernel
+    and one read of the norms, then the squares and per-group sums in Python (in tensor order, as
+    `index_add_` adds them). On the CPU there is no device to wait for: reading the norms costs no
+    sync, and it spares the half-dozen tensor operations of the scatter (~10 µs each right after
+    backward). tests/test_hot_path.py allows this function's conversion."""
+    sums = [0.0] * groups
+    if not tensors:
+        return sums
+    values = [stored_values(t) for t in tensors]
+    norms: list[float] = []
+    for measured in foreach_norm(values):  # one item() each: cheaper than stacking them first
+        norms.append(float(measured.item()))
+    if not math.isfinite(sum(norms)):  # a float32 overflow (or a real NaN/Inf): float64, as tensor_sumsqs
+        norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in values]).tolist()
+    for norm, slot in zip(norms, slots):
+        sums[slot] += norm * norm
+    return sums
+
+
+def host_total(values: list[float]) -> float:
+    """`torch.tensor(values, dtype=float64).sum()` as a float, with its bits: torch adds up to four
+    values in order (as Python does) and more with vectorised partial sums (CPU only; no sync)."""
+    if len(values) <= 4:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    return float(torch.tensor(values, dtype=torch.float64).sum().item())

@@ -1,88 +1,123 @@
 """Collects one step's device tensors as hooks produce them, then packs them into one buffer.
 
-    >>> acc = StepAccumulator()
-    >>> acc.add_timesteps(("xgrad", "lstm", 0), sumsq)      # from a backward probe
-    >>> flat, layout = acc.pack({"loss": loss})              # one tensor, read back once
+    >>> acc = StepAccumulator(layout)                          # one per step; slots from `schema`
+    >>> acc.add_timesteps(slots.xgrad[0], norms, offset=0)     # from a backward probe
+    >>> flat, segments = acc.pack([(WEIGHT_SQ_SLOT, wsq)])     # one float64 tensor, read back once
 
-Everything stays on the device; `pack` concatenates it so that a single asynchronous copy
-brings the whole step to the host.
+Everything stays on the device. A hook stores what it measured (a vector of per-timestep L2
+norms, one kernel) as a piece of its slot; nothing is combined while the step runs. `pack`
+combines each slot's pieces once (a decoding loop's 20 one-token calls: one `cat`, not 20
+appends) and concatenates all slots so that a single asynchronous copy brings the whole
+step to the host.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Hashable
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
-from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE
+from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE, host_overflowed as _host_overflowed
+from ..stats.timestep import timestep_norms
+from .schema import Segments, StepLayout
 
-__all__ = ["StepAccumulator", "Layout"]
+__all__ = ["StepAccumulator", "Piece"]
 
-Layout = list[tuple[Hashable, int]]
-"""(key, number of values) for each segment of a packed buffer, in order."""
+Scalars = Union[torch.Tensor, list[float], float]
+"""A step channel's values: a device tensor, or numbers already on the host (CPU parameters)."""
+
+Remeasure = Callable[[torch.Tensor, "int | None"], torch.Tensor]
+"""(source tensor, time dim) -> per-timestep norms in float64 (the overflow-safe measurement)."""
 
 
-def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.shape[0] < b.shape[0]:
-        a, b = b, a
-    if a.shape[0] == b.shape[0]:
-        return a + b
-    return torch.cat([a[: b.shape[0]] + b, a[b.shape[0]:]])
+class Piece:
+    """What one call measured for one per-timestep slot: norms at timesteps offset.. of the step."""
+
+    __slots__ = ("offset", "values", "squared", "source", "version", "time_dim")
+
+    def __init__(self, offset: int, values: torch.Tensor | None, squared: bool, source: torch.Tensor | None,
+                 time_dim: int | None) -> None:
+        self.offset = offset
+        self.values = values
+        """L2 norms per timestep (a 0-d tensor for one timestep), or their squares when `squared`; None
+        while the measurement is deferred to `pack` (`StepAccumulator.add_tensor`)."""
+        self.squared = squared
+        self.source = source
+        """The measured tensor (detached), kept on the CPU only: re-measured in float64 at `pack` when
+        a norm came out non-finite (a float32 overflow, see `stats.tensor_stats.sumsq_over`)."""
+        self.version = source._version if source is not None else 0
+        self.time_dim = time_dim
+
+    @property
+    def length(self) -> int:
+        return self.values.shape[0] if self.values is not None and self.values.dim() else 1
 
 
 class StepAccumulator:
-    """Per-step store of device tensors, keyed by tuples such as ("xgrad", module, layer)."""
+    """Per-step store of device tensors, by slot of a `schema.StepLayout`."""
 
-    def __init__(self) -> None:
-        self.vectors: dict[Hashable, torch.Tensor] = {}
-        self.indexed: dict[Hashable, dict[int, torch.Tensor]] = {}
-        self.activity: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, layout: StepLayout) -> None:
+        self.layout = layout
+        self.pieces: dict[int, list[Piece]] = {}
+        """Per-timestep slots: the pieces in the order the calls measured them."""
+        self.finals: dict[int, torch.Tensor] = {}
+        """Per-layer Σ of squares of a module's final state, added over its calls."""
+        self.activity: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
-        self.chains: dict[str, tuple[tuple[weakref.ref, ...], int]] = {}
-        self._owned: set[Hashable] = set()
-        """Keys of `vectors` whose tensor this accumulator made (may be added to in place)."""
+        self.chains: dict[str, tuple[tuple[weakref.ref[Any], ...], int]] = {}
 
-    def add_timesteps(self, key: Hashable, sumsq: torch.Tensor, offset: int = 0) -> None:
-        """Add a per-timestep vector of squared norms starting at timestep `offset` (several calls
-        add up, aligned at t=0 unless a call continues the previous one; see `continuation`).
+    def add_timesteps(self, slot: int, values: torch.Tensor, offset: int = 0, *, squared: bool = False,
+                      source: torch.Tensor | None = None, time_dim: int | None = None) -> None:
+        """Add per-timestep norms (`values`, a vector, or a 0-d tensor for one timestep) starting at
+        timestep `offset`. Several calls add up per timestep (aligned at t=0 unless a call
+        continues the previous one; see `continuation`) when the step is packed.
 
-        Two shapes of call cost one kernel, not a padded copy and a sum: a call that continues the
-        vector right where it ends (a decoding loop's forwards) appends; a call that lands inside a
-        vector this accumulator made (the same loop's backward, last token first) adds in place.
-        Both give the bits the padded sum gives: squared norms are never -0.0, and x + 0.0 == x."""
-        old = self.vectors.get(key)
-        if old is not None and offset and sumsq.dim() == 1 and old.dtype == sumsq.dtype:
-            length, n = old.shape[0], sumsq.shape[0]
-            if length == offset:
-                self.vectors[key] = torch.cat([old, sumsq])
-                self._owned.add(key)
-                return
-            if offset + n <= length and key in self._owned:
-                old[offset : offset + n].add_(sumsq)
-                return
-        if offset:
-            sumsq = torch.cat([sumsq.new_zeros(offset), sumsq])
-        if old is None:
-            self.vectors[key] = sumsq
-            if offset:
-                self._owned.add(key)
+        `squared`: `values` are squared norms (float64). `source`: the measured tensor, on the CPU,
+        for re-measuring in float64 should a norm come out non-finite (see `Piece.source`)."""
+        if source is not None and (squared or values.dtype == torch.float64 or values.device.type != "cpu"):
+            source = None  # nothing to measure again: float64 already, or CUDA (accumulated in float64)
+        self._add(slot, Piece(offset, values, squared, None if source is None else source.detach(), time_dim))
+
+    def add_tensor(self, slot: int, x: torch.Tensor, offset: int = 0, *, time_dim: int | None,
+                   batch_sizes: torch.Tensor | None = None) -> int:
+        """Measure `x`'s per-timestep norms into `slot` from timestep `offset`; returns its number of timesteps.
+
+        A call of several timesteps is measured now (one reduction; `x` is not kept). A call of one
+        timestep (a decoding loop's token, a cell's call) is kept and measured at `pack`, together
+        with the slot's other such calls: one kernel for the whole loop instead of one per call.
+        Use it for tensors nobody modifies in place before the step ends (a module's input, which
+        autograd saves; an output gradient); a module's output is measured at once (`add_timesteps`).
+        """
+        length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
+        if batch_sizes is None and length == 1:
+            piece = Piece(offset, None, False, None, time_dim)
+            piece.source = x.detach()
+            self._add(slot, piece)
+            return 1
+        norms, squared = timestep_norms(x, time_dim, batch_sizes)
+        self.add_timesteps(slot, norms, offset, squared=squared, source=x, time_dim=time_dim)
+        return length
+
+    def _add(self, slot: int, piece: Piece) -> None:
+        pieces = self.pieces.get(slot)
+        if pieces is None:
+            self.pieces[slot] = [piece]
         else:
-            self.vectors[key] = _add_padded(old, sumsq)
-            self._owned.add(key)
+            pieces.append(piece)
 
-    def set_timestep(self, key: Hashable, t: int, sumsq: torch.Tensor) -> None:
-        """Add a squared norm for timestep `t` (cells, where each call is one timestep)."""
-        slots = self.indexed.setdefault(key, {})
-        slots[t] = sumsq if t not in slots else slots[t] + sumsq
+    def add_final(self, slot: int, sumsq: torch.Tensor) -> None:
+        """Add a module's per-layer Σ of squares of its final state (summed over calls)."""
+        old = self.finals.get(slot)
+        self.finals[slot] = sumsq if old is None or old.shape != sumsq.shape else old + sumsq
 
-    def add_activity(self, key: Hashable, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    def add_activity(self, slot: int, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         """Combine per-unit (max |h|, saturated count, positions) across forward calls."""
-        old = self.activity.get(key)
+        old = self.activity.get(slot)
         if old is None or old[0].shape != stats[0].shape:
-            self.activity[key] = stats
+            self.activity[slot] = stats
         else:
-            self.activity[key] = (torch.maximum(old[0], stats[0]), old[1] + stats[1], old[2] + stats[2])
+            self.activity[slot] = (torch.maximum(old[0], stats[0]), old[1] + stats[1], old[2] + stats[2])
 
     def continuation(self, module: str, initial_state: object) -> int:
         """First timestep of a fused module's call: where the module's previous call this step
@@ -101,9 +136,10 @@ class StepAccumulator:
 
         By weak reference: the state's graph holds the output-gradient hooks, which hold this
         accumulator; a strong reference would close a cycle through autograd that gc cannot see.
+        (For the same reason a `Piece.source` is a detached tensor: it has no graph.)
         """
         states = final_state if isinstance(final_state, tuple) else (final_state,)
-        self.chains[module] = (tuple(weakref.ref(s) for s in states), end)  # type: ignore[arg-type]
+        self.chains[module] = (tuple(weakref.ref(s) for s in states), end)
 
     def next_call(self, module: str) -> int:
         """Index of the next call of a cell module within this step."""
@@ -111,51 +147,157 @@ class StepAccumulator:
         self.calls[module] = t + 1
         return t
 
-    def timesteps(self) -> dict[Hashable, torch.Tensor]:
-        """All per-timestep vectors, cells' indexed entries stacked in timestep order."""
-        out = dict(self.vectors)
-        for key, slots in self.indexed.items():
-            if slots:
-                n = max(slots) + 1
-                ref = next(iter(slots.values()))
-                out[key] = torch.stack([slots.get(t, torch.zeros_like(ref)) for t in range(n)])
-        return out
+    def pack(self, scalars: Sequence[tuple[int, Scalars]], *, remeasure: Remeasure | None = None,
+             host_prefix: list[float] | None = None) -> tuple[torch.Tensor | None, Segments]:
+        """Concatenate `scalars` ((slot, values)) and everything accumulated into one vector: the
+        scalars (those given as Python floats first), then per-timestep norms, then final states,
+        then activity shares. Float64, or float32 when it holds nothing wider and is read back on
+        the CPU as is (the same Python floats).
 
-    def pack(self, scalars: dict[Hashable, torch.Tensor]) -> tuple[torch.Tensor | None, Layout]:
-        """Concatenate `scalars` and everything accumulated into one float64 vector.
-
-        Per-timestep squared norms become norms (sqrt) here, on the device.
+        `remeasure`: how to measure a source again in float64 when a CPU piece's norm came out
+        non-finite (None: keep it as measured). `host_prefix`: a list that receives the numbers
+        given as Python floats instead of the buffer (the read-back then starts after them): no
+        tensor made of numbers that are on the host already.
         """
         parts: list[torch.Tensor] = []
-        layout: Layout = []
-        for key, t in scalars.items():
-            part = _flat64(t.detach() if t.requires_grad else t)
+        segments: Segments = []
+        host: list[float] = []
+        for slot, t in scalars:  # numbers already on the host first, in one tensor
+            if isinstance(t, (list, float)):
+                values = t if isinstance(t, list) else [t]
+                host.extend(values)
+                segments.append((slot, len(values)))
+        if host_prefix is not None:
+            host_prefix[:] = host
+        elif host:
+            parts.append(torch.tensor(host, dtype=torch.float64))
+        for slot, t in scalars:
+            if isinstance(t, (list, float)):
+                continue
+            part = t.detach() if t.requires_grad else t
+            part = part if part.dim() == 1 else part.reshape(-1)
             parts.append(part)
-            layout.append((key, part.shape[0]))
-        first_timestep = sum(n for _, n in layout)
-        for key, v in self.timesteps().items():
-            part = _flat64(v)
+            segments.append((slot, part.shape[0]))
+        first_timestep = len(parts)
+        for slot in sorted(self.pieces):
+            self.pieces[slot] = pieces = _measured(self.pieces[slot])
+            part = combine(pieces)
             parts.append(part)
-            layout.append((key, part.shape[0]))
-        timestep_values = sum(n for _, n in layout) - first_timestep
-        for key, (maxabs, satcount, positions) in self.activity.items():
+            segments.append((slot, part.shape[0]))
+        timestep_parts = len(parts) - first_timestep
+        for slot, sumsq in self.finals.items():
+            parts.append(sumsq)
+            segments.append((slot, sumsq.shape[0]))
+        for slot, (maxabs, satcount, positions) in self.activity.items():
             dead = (maxabs < DEAD_EPS).float().mean()
             sat = (satcount >= SATURATION_SHARE * positions).float().mean()
-            parts.append(torch.stack([dead, sat]).double())
-            layout.append((key, 2))
+            parts.append(torch.stack([dead, sat]))
+            segments.append((slot, 2))
         if not parts:
-            return None, layout
+            return None, segments
         device = parts[0].device
         flat = torch.cat([p if p.device == device else p.to(device) for p in parts])
-        if timestep_values:
-            # squared norms -> norms: one in-place sqrt over all the per-timestep segments (same bits as one per segment)
-            flat[first_timestep : first_timestep + timestep_values].sqrt_()
-        return flat, layout
+        if host_prefix is None or device.type != "cpu":
+            # float64 for the reducer's sums of squares and the device's read-back; a CPU buffer read
+            # back as is gives the same Python floats in float32 (every float32 is a float64)
+            flat = flat.to(dtype=torch.float64)
+        if remeasure is not None and timestep_parts and device.type == "cpu":
+            start = sum(p.shape[0] for p in parts[:first_timestep])
+            end = start + sum(p.shape[0] for p in parts[first_timestep : first_timestep + timestep_parts])
+            region = flat if start == 0 and end == flat.shape[0] else flat[start:end]
+            if _host_overflowed(region) and self._remeasured(remeasure):
+                return self.pack(scalars, host_prefix=host_prefix)  # rare: a non-finite norm, measured again in float64
+        return flat, segments
+
+    def _remeasured(self, remeasure: Remeasure) -> bool:
+        """Measure again in float64 every CPU piece whose norm is non-finite and whose source is
+        unchanged since; True when one was."""
+        changed = False
+        for pieces in self.pieces.values():
+            for p in pieces:
+                values = p.values
+                if p.source is None or p.squared or p.version != p.source._version or values is None:
+                    continue
+                if values.dtype != torch.float64 and _host_overflowed(values.double()):
+                    p.values, p.source = remeasure(p.source, p.time_dim), None
+                    changed = True
+        return changed
 
 
-def _flat64(t: torch.Tensor) -> torch.Tensor:
-    """`t` as a float64 vector; no operation at all for one already (the usual case)."""
-    if t.dtype != torch.float64:
-        t = t.double()
-    return t if t.dim() == 1 else t.reshape(-1)
+def _measured(pieces: list[Piece]) -> list[Piece]:
+    """`pieces` with every deferred one measured: one kernel for all of them when they tile the step
+    from t=0 (a decoding loop, a cell's calls), else one each."""
+    deferred = [p for p in pieces if p.values is None]
+    if not deferred:
+        return pieces
+    if len(deferred) == len(pieces) and len(pieces) > 1:
+        ordered = sorted(pieces, key=_offset)
+        first = ordered[0].source
+        assert first is not None
+        tdim = ordered[0].time_dim
+        if (all(p.offset == t and p.time_dim == tdim and p.source is not None and p.source.shape == first.shape
+                for t, p in enumerate(ordered))):
+            sources = [p.source for p in ordered if p.source is not None]
+            data = torch.stack(sources) if tdim is None else torch.cat(sources, dim=tdim)
+            whole = 0 if tdim is None else tdim
+            return [Piece(0, timestep_norms(data, whole)[0], False, _keep(data), whole)]
+    for p in deferred:
+        assert p.source is not None
+        p.values = timestep_norms(p.source, p.time_dim)[0]
+        p.version, p.source = (p.source._version, p.source) if _keep(p.source) is not None else (0, None)
+    return pieces
 
+
+def _keep(data: torch.Tensor) -> torch.Tensor | None:
+    """`data` when a float32 norm of it may need measuring again (a CPU tensor below float64)."""
+    return data if data.device.type == "cpu" and data.dtype != torch.float64 else None
+
+
+def combine(pieces: list[Piece]) -> torch.Tensor:
+    """One slot's per-timestep norms from its pieces: Σ over pieces of squared norms per timestep
+    (zero-padded, added in the order the pieces came), then the square root, in float64.
+
+    The usual shapes cost one kernel or none and give the same bits: a lone piece at t=0 is its
+    own norms; pieces that tile 0..T without overlap (a decoding loop, forward in order or
+    backward last token first; a cell's calls) are concatenated in timestep order. (A float32
+    norm n squared in float64 is exact, and 0 + n² = n², sqrt(n²) = n.)"""
+    if len(pieces) == 1 and pieces[0].offset == 0 and not pieces[0].squared:
+        values = _values(pieces[0])
+        return values if values.dim() == 1 else values.reshape(1)
+    if not any(p.squared for p in pieces):
+        ordered = sorted(pieces, key=_offset)
+        end = 0
+        for p in ordered:
+            if p.offset != end:
+                break
+            end += p.length
+        else:
+            measured = [_values(p) for p in ordered]
+            if all(v.dim() == 0 for v in measured):
+                return torch.stack(measured)
+            return torch.cat([v if v.dim() == 1 else v.reshape(1) for v in measured])
+    return _padded_root_sum_square(pieces)
+
+
+def _offset(piece: Piece) -> int:
+    return piece.offset
+
+
+def _values(piece: Piece) -> torch.Tensor:
+    """A measured piece's values (`_measured` ran before any combining)."""
+    assert piece.values is not None
+    return piece.values
+
+
+def _padded_root_sum_square(pieces: list[Piece]) -> torch.Tensor:
+    length = max(p.offset + p.length for p in pieces)
+    total: torch.Tensor | None = None
+    for p in pieces:
+        sq = _values(p).reshape(-1).double()
+        if not p.squared:
+            sq = sq.square()
+        if p.offset or p.length < length:
+            sq = torch.cat([sq.new_zeros(p.offset), sq, sq.new_zeros(length - p.offset - p.length)])
+        total = sq if total is None else total + sq
+    assert total is not None
+    return total.sqrt()

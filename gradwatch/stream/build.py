@@ -1,17 +1,19 @@
 """Turn one step's read-back numbers into a `StepStats` record (pure Python, no tensors).
 
-    >>> stats = build_step_stats(pending, values_by_key, loss=0.7)
+    >>> stats = build_step_stats(pending, flat_values, loss=0.7)
+
+Each field is read from its channel's slot (`stream.schema`); nothing here spells a key.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Hashable
+from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
-from .accumulator import Layout
 from .groups import GroupKey
+from .schema import CLIP, GRAD_SQ, OUTSIDE_WEIGHT_SQ, TOTAL_SQ, UPDATE_SQ, WEIGHT_SQ, Segments, StepLayout
 
 __all__ = ["ModuleInfo", "PendingStep", "split_values", "build_step_stats", "locate_nonfinite"]
 
@@ -31,7 +33,9 @@ class PendingStep:
     """A finished step whose numbers may still be on their way from the device."""
 
     step: int
-    layout: Layout
+    layout: StepLayout
+    segments: Segments
+    """(slot, length) of each segment of the read-back buffer, in order (`StepAccumulator.pack`)."""
     groups: list[GroupKey]
     has_grad: list[bool]
     probed: bool
@@ -43,15 +47,23 @@ class PendingStep:
     """`monitor.step(loss)` (or `end_step`) came for this step, with or without a loss: it may be published."""
     clip_policy: str | None = None
     skipped: bool = False
+    host_values: list[float] = field(default_factory=list)
+    """The values of the first segments, already on the host (CPU parameter reads); the read-back
+    buffer holds the rest."""
     outside_params: tuple[str, ...] = ()
-    """Names of the model's parameters outside the watched modules, in the order of ("outside_wsq",)."""
+    """Names of the model's parameters outside the watched modules, in the order of `OUTSIDE_WEIGHT_SQ`."""
 
 
-def split_values(layout: Layout, flat: list[float]) -> dict[Hashable, list[float]]:
-    """Cut the flat read-back list into its keyed segments."""
-    out, pos = {}, 0
-    for key, n in layout:
-        out[key] = flat[pos : pos + n]
+Values = Sequence["list[float] | None"]
+"""A step's read-back values by slot (None: not measured this step)."""
+
+
+def split_values(layout: StepLayout, segments: Segments, flat: list[float]) -> list[list[float] | None]:
+    """Cut the flat read-back list into its segments, by slot."""
+    out: list[list[float] | None] = [None] * layout.size
+    pos = 0
+    for slot, n in segments:
+        out[slot] = flat[pos : pos + n]
         pos += n
     return out
 
@@ -73,8 +85,9 @@ def _first_bad(values: list[float] | None, *, last: bool = False) -> int | None:
     return bad[-1] if last else bad[0]
 
 
-def _layers(p: PendingStep, v: dict[Hashable, list[float]]) -> dict[tuple[str, int], LayerStats]:
-    gsq, wsq, usq = v.get(("gsq",)), v.get(("wsq",)), v.get(("usq",))
+def _layers(p: PendingStep, v: Values) -> dict[tuple[str, int], LayerStats]:
+    lay = p.layout
+    gsq, wsq, usq = v[lay.slot(GRAD_SQ)], v[lay.slot(WEIGHT_SQ)], v[lay.slot(UPDATE_SQ)]
     by_layer: dict[tuple[str, int], list[int]] = {}
     for g, key in enumerate(p.groups):
         by_layer.setdefault((key.module, key.layer), []).append(g)
@@ -86,9 +99,11 @@ def _layers(p: PendingStep, v: dict[Hashable, list[float]]) -> dict[tuple[str, i
         u2 = [usq[g] if usq else float("nan") for g in gs]
         dirs = [DirectionStats(_sqrt(a), _sqrt(b), _ratio(_sqrt(c), _sqrt(b))) for a, b, c in zip(g2, w2, u2)]
         wn, un = _sqrt(sum(w2)), _sqrt(sum(u2))
-        activity = v.get(("activity", name, layer))
+        slots = lay.modules.get(name)
         info = kinds.get(name)
-        xgrad, act = v.get(("xgrad", name, layer)), v.get(("act", name, layer))
+        activity = v[slots.activity[layer]] if slots else None
+        xgrad = v[slots.xgrad[layer]] if slots else None
+        act = v[slots.act[layer]] if slots else None
         layers[(name, layer)] = LayerStats(
             module=name,
             layer=layer,
@@ -108,47 +123,54 @@ def _layers(p: PendingStep, v: dict[Hashable, list[float]]) -> dict[tuple[str, i
 
 
 def locate_nonfinite(
-    p: PendingStep, v: dict[Hashable, list[float]], layers: dict[tuple[str, int], LayerStats], loss: float | None
+    p: PendingStep, v: Values, layers: dict[tuple[str, int], LayerStats], loss: float | None
 ) -> NonFinite | None:
     """Where a NaN/Inf first appeared: weights, then forward, then loss, then backward."""
     for (name, layer), ls in layers.items():
         if not math.isfinite(ls.weight_norm):
             return NonFinite("weights", name, layer, None)
-    bad = _first_bad(v.get(("outside_wsq",)))
+    lay = p.layout
+    bad = _first_bad(v[lay.slot(OUTSIDE_WEIGHT_SQ)])
     if bad is not None and bad < len(p.outside_params):  # an embedding/head weight: its module, no layer
         return NonFinite("weights", p.outside_params[bad].rpartition(".")[0] or None, None, None)
     for m in p.modules:
-        t = _first_bad(v.get(("in_act", m.name)))
+        slots = lay.modules.get(m.name)
+        if slots is None:
+            continue
+        t = _first_bad(v[slots.in_act])
         if t is not None:
             return NonFinite("input", m.name, 0, t)
-        t_out = _first_bad(v.get(("out_act", m.name)))
+        t_out = _first_bad(v[slots.out_act])
         if t_out is None:
             continue
         for layer in range(m.num_layers):
-            t = _first_bad(v.get(("act", m.name, layer)))
+            t = _first_bad(v[slots.act[layer]])
             if t is not None:
                 return NonFinite("forward", m.name, layer, t)
         # no per-layer activations (not a probe step): the lowest layer whose final state is
         # non-finite is where it appeared (see capture.stack.final_state_sumsq); else the top layer,
         # whose output showed it
-        first_layer = _first_bad(v.get(("final", m.name)))
+        first_layer = _first_bad(v[slots.final])
         layer = first_layer if first_layer is not None else m.num_layers - 1
         return NonFinite("forward", m.name, layer, t_out)
     if loss is not None and not math.isfinite(loss):
         return NonFinite("loss", None, None, None)
     for m in p.modules:
-        t_out = _first_bad(v.get(("out_grad", m.name)), last=True)
+        slots = lay.modules.get(m.name)
+        if slots is None:
+            continue
+        t_out = _first_bad(v[slots.out_grad], last=True)
         if t_out is not None:
             return NonFinite("backward", m.name, m.num_layers - 1, t_out)
         for layer in reversed(range(m.num_layers)):
-            t = _first_bad(v.get(("xgrad", m.name, layer)), last=True)
+            t = _first_bad(v[slots.xgrad[layer]], last=True)
             if t is not None:
                 return NonFinite("backward", m.name, layer, t)
         for layer in reversed(range(m.num_layers)):
-            ls = layers.get((m.name, layer))
-            if ls is not None and not math.isfinite(ls.grad_norm):
+            found = layers.get((m.name, layer))
+            if found is not None and not math.isfinite(found.grad_norm):
                 return NonFinite("backward", m.name, layer, None)
-    total = v.get(("total",))
+    total = v[lay.slot(TOTAL_SQ)]
     if total and not math.isfinite(total[0]):
         return NonFinite("backward", None, None, None)
     return None
@@ -156,12 +178,14 @@ def locate_nonfinite(
 
 def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> StepStats:
     """The record for one step from its read-back values."""
-    v = split_values(p.layout, flat)
+    lay = p.layout
+    v = split_values(lay, p.segments, flat)
     layers = _layers(p, v)
-    total = v.get(("total",))
+    total = v[lay.slot(TOTAL_SQ)]
     clip = None
-    if p.clip_policy is not None and ("clip",) in v:
-        before, after, coef, threshold = v[("clip",)]
+    clip_values = v[lay.slot(CLIP)]
+    if p.clip_policy is not None and clip_values is not None:
+        before, after, coef, threshold = clip_values
         clip = ClipEvent(p.clip_policy, before, after, coef, threshold if math.isfinite(threshold) else None)
     return StepStats(
         step=p.step,
@@ -172,5 +196,15 @@ def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> S
         nonfinite=locate_nonfinite(p, v, layers, loss),
         clip=clip,
         skipped=p.skipped,
-        timestep_output_grad_norms={m.name: list(v[("out_grad", m.name)]) for m in p.modules if ("out_grad", m.name) in v},
+        timestep_output_grad_norms=_output_grad_norms(p, v),
     )
+
+
+def _output_grad_norms(p: PendingStep, v: Values) -> dict[str, list[float]]:
+    out = {}
+    for m in p.modules:
+        slots = p.layout.modules.get(m.name)
+        values = v[slots.out_grad] if slots else None
+        if values is not None:
+            out[m.name] = list(values)
+    return out

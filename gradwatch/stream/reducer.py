@@ -1,6 +1,6 @@
 """`Reducer`: combines one step's packed statistics across processes (`gradwatch.distributed.StepReducer`).
 
-    >>> readback, layout = reducer.start(flat, layout, modules)    # launched, not waited for
+    >>> readback, segments = reducer.start(flat, segments, layout)    # launched, not waited for
     >>> loss_readback = reducer.start_loss(loss.reshape(1))
 
 `watch()` gives the monitor one when a process group of more than one rank is initialised;
@@ -9,14 +9,13 @@ otherwise the monitor reads its buffer back as it is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 if TYPE_CHECKING:
-    from .accumulator import Layout
-    from .build import ModuleInfo
     from .readback import PendingReadback
+    from .schema import Segments, StepLayout
 
 __all__ = ["Reducer"]
 
@@ -24,9 +23,10 @@ __all__ = ["Reducer"]
 class Reducer(Protocol):
     """Every rank calls `start` and `start_loss` at the same points of its step."""
 
-    def start(self, flat: torch.Tensor, layout: Layout,
-              modules: Sequence[ModuleInfo]) -> tuple[PendingReadback, Layout]:
-        """Launch the reduction of one step's packed buffer; its read-back and the combined layout."""
+    def start(self, flat: torch.Tensor, segments: Segments,
+              layout: StepLayout) -> tuple[PendingReadback, Segments]:
+        """Launch the reduction of one step's packed buffer (its `(slot, n)` segments in `layout`);
+        its read-back and the combined segments."""
         ...
 
     def start_loss(self, value: torch.Tensor) -> PendingReadback:
