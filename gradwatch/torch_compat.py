@@ -57,10 +57,8 @@ def functorch_transform_active() -> bool:
 
 def jit_tracing() -> bool:
     """True while `torch.jit.trace` records (gradwatch's Python-side measurement cannot be traced)."""
-    try:
-        return bool(torch.jit.is_tracing())
-    except AttributeError:
-        return False
+    is_tracing: Callable[[], object] | None = getattr(torch.jit, "is_tracing", None)
+    return bool(is_tracing()) if is_tracing is not None else False
 
 
 def compiling() -> bool:
@@ -111,7 +109,7 @@ def foreach_norm(tensors: Sequence[Tensor], *, dtype: torch.dtype | None = None)
 def foreach_mul_(tensors: Sequence[Tensor], factor: Tensor | float) -> None:
     """Multiply every tensor in place by `factor` (a Python float, or a 0-d tensor on their device)."""
     if hasattr(torch, "_foreach_mul_"):
-        torch._foreach_mul_(tensors, factor)  # type: ignore[arg-type]
+        torch._foreach_mul_(tensors, factor)  # type: ignore[call-overload]
         return
     for t in tensors:
         t.mul_(factor)
@@ -120,8 +118,8 @@ def foreach_mul_(tensors: Sequence[Tensor], factor: Tensor | float) -> None:
 def foreach_clamp_(tensors: Sequence[Tensor], low: float, high: float) -> None:
     """Clamp every tensor in place to [low, high] (min first, then max, as clip_grad_value_)."""
     if hasattr(torch, "_foreach_clamp_min_") and hasattr(torch, "_foreach_clamp_max_"):
-        torch._foreach_clamp_min_(tensors, low)  # type: ignore[arg-type]
-        torch._foreach_clamp_max_(tensors, high)  # type: ignore[arg-type]
+        torch._foreach_clamp_min_(tensors, low)  # type: ignore[call-overload]
+        torch._foreach_clamp_max_(tensors, high)  # type: ignore[call-overload]
         return
     for t in tensors:
         t.clamp_(min=low).clamp_(max=high)
@@ -139,7 +137,7 @@ def foreach_copy_(targets: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
 def foreach_sub_(targets: Sequence[Tensor], others: Sequence[Tensor]) -> None:
     """Subtract each of `others` from its target in place."""
     if hasattr(torch, "_foreach_sub_"):
-        torch._foreach_sub_(targets, others)  # type: ignore[arg-type]
+        torch._foreach_sub_(targets, others)  # type: ignore[call-overload]
         return
     for t, o in zip(targets, others):
         t.sub_(o)
@@ -167,12 +165,12 @@ def rnn_kernel(module: nn.RNNBase) -> Callable[..., Any]:
     from torch import _VF
 
     if isinstance(module, nn.LSTM):
-        return _VF.lstm  # type: ignore[attr-defined,no-any-return]
+        return _VF.lstm
     if isinstance(module, nn.GRU):
-        return _VF.gru  # type: ignore[attr-defined,no-any-return]
+        return _VF.gru
     if getattr(module, "nonlinearity", "tanh") == "tanh":
-        return _VF.rnn_tanh  # type: ignore[attr-defined,no-any-return]
-    return _VF.rnn_relu  # type: ignore[attr-defined,no-any-return]
+        return _VF.rnn_tanh
+    return _VF.rnn_relu
 
 
 # -- torch.amp.GradScaler internals --

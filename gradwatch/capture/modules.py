@@ -84,8 +84,9 @@ def unwrap_model(model: object) -> nn.Module:
         if isinstance(inner, nn.Module):
             model = inner
             continue
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
+        wrapped = getattr(model, "module", None)  # DistributedDataParallel, DataParallel
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) and isinstance(wrapped, nn.Module):
+            model = wrapped
             continue
         return model
 

@@ -22,7 +22,7 @@ class PendingReadback:
         self.event = event
 
     def ready(self) -> bool:
-        return self.event is None or bool(self.event.query())
+        return self.event is None or bool(self.event.query())  # type: ignore[no-untyped-call]
 
     def values(self) -> list[float]:
         if self.event is not None:
@@ -41,7 +41,7 @@ def start_readback(tensor: torch.Tensor, *, owned: bool = False) -> PendingReadb
     if tensor.device.type == "cuda":
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
     else:
         host = tensor.to("cpu", copy=True)
