@@ -24,6 +24,7 @@ from .auto import Auto
 from .batch import GradBatch, optimizer_params
 from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
 from .guard import NonFiniteGuard
+from .propagation import feed_propagation
 
 __all__ = [
     "Actions",
@@ -104,6 +105,7 @@ class Actions:
         if self.clipper is None:
             return {}
         with torch.no_grad():
+            feed_propagation(self.clipper, monitor)
             record = self.clipper.clip_(batch)
         return {"clip": record, "policy": self.clipper.name}
 

@@ -116,6 +116,9 @@ class Auto:
 
     max_update: float = 0.04
     """Largest ‖lr_eff · g‖ / ‖θ‖ allowed for SGD-like optimizers (4% of the weights' norm)."""
+    free_propagation: float = 3.0
+    """Timesteps the gradient may travel back per timestep where the loss injected it before the
+    update bound shrinks: the bound is max_update · min(1, free_propagation / P) (`actions.propagation`)."""
     spike: float = 3.0
     """Clip norms above exp(m + spike · s), m and s the EMA mean and std of log norms."""
     alpha: float = 0.97
@@ -131,7 +134,7 @@ class Auto:
     name: ClassVar[str] = "auto"
 
     def __post_init__(self) -> None:
-        for field_name in ("max_update", "spike", "min_std", "max_std"):
+        for field_name in ("max_update", "free_propagation", "spike", "min_std", "max_std"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive finite number, got {value!r}.")
@@ -326,6 +329,14 @@ class _AutoClipper:
         self.bound = _UpdateBound(cfg.max_update, cfg.refresh)
         self.stats: _HostLogStats | _DeviceLogStats | None = None
         self.device: torch.device | None = None
+        self.propagation: Tensor | None = None
+        """The last P measured by the monitor's probe (`observe_propagation`); None: not known (no bound)."""
+
+    def observe_propagation(self, p: Tensor | None) -> None:
+        """Take this step's P (a 0-d tensor from `actions.propagation`; None on steps without the probe:
+        the last value stays). Kept as a tensor: on CUDA it is used in device math, never read."""
+        if p is not None:
+            self.propagation = p.detach().float()
 
     def clip_(self, batch: GradBatch) -> Tensor:
         norm = batch.total_norm()
@@ -342,15 +353,21 @@ class _AutoClipper:
 
     def _bound_threshold(self, batch: GradBatch, n: Tensor) -> Tensor | None:
         if self.bound.limit is not None or not self.bound.active:
-            return self.bound.limit
-        norms = stack_scalars(batch.norms, dtype=torch.float32, device=n.device)
-        return self.bound.threshold(norms, n)
+            bound = self.bound.limit
+        else:
+            norms = stack_scalars(batch.norms, dtype=torch.float32, device=n.device)
+            bound = self.bound.threshold(norms, n)
+        return bound
 
     def _clip_on_host(self, batch: GradBatch, norm: Tensor, stats: _HostLogStats) -> Tensor:
         # CPU tensors: reading them is a memory load, not a wait for a device.
         n = float(norm)
         bound = self._bound_threshold(batch, norm)
-        limit = stats.limit if bound is None else min(stats.limit, float(bound))
+        limit = stats.limit
+        if bound is not None:
+            # P is a CPU tensor here too (reading it is no sync): min(1, free / P) as floats
+            p = 1.0 if self.propagation is None else float(self.propagation)
+            limit = min(limit, float(bound) * min(1.0, self.cfg.free_propagation / p if p > 0 else 1.0))
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
             foreach_mul_(group, coef)
@@ -360,6 +377,11 @@ class _AutoClipper:
     def _clip_on_device(self, batch: GradBatch, norm: Tensor, stats: _DeviceLogStats) -> Tensor:
         n = norm.float()
         bound = self._bound_threshold(batch, n)
+        if bound is not None and self.propagation is not None:
+            if self.propagation.device != bound.device:
+                self.propagation = self.propagation.to(bound.device)
+            # min(1, free / P) by a clamp, not a branch: P stays on the device
+            bound = bound * torch.clamp(self.cfg.free_propagation / self.propagation, max=1.0)
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
