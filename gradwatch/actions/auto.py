@@ -331,6 +331,8 @@ class _AutoClipper:
         self.device: torch.device | None = None
         self.propagation: Tensor | None = None
         """The last P measured by the monitor's probe (`observe_propagation`); None: not known (no bound)."""
+        self.propagation_failed = False
+        """Set when reading P from the monitor failed once (`actions.propagation.feed_propagation`): no more P."""
 
     def observe_propagation(self, p: Tensor | None) -> None:
         """Take this step's P (a 0-d tensor from `actions.propagation`; None on steps without the probe:

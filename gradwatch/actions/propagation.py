@@ -14,7 +14,7 @@ is how many timesteps' worth of gradient leave through the input per timestep wh
 came in, counted in units of the input gradient at the injection points: 1 when the loss is
 spread over the sequence as much as the input gradient is (a language model, a sequence
 labeller: a loss at every timestep, whatever T), Σ_t v_t / v_T for a loss on the last state
-only. A default-initialised tanh RNN, an LSTM or a GRU forgets within a few steps (P ≈ 1-2);
+only. A default-initialised tanh RNN, an LSTM or a GRU forgets within a few steps (P ≈ 1-4);
 an identity-initialised ReLU RNN (IRNN) classifying from its last state carries the gradient
 back over the whole sequence (P ≈ 100-200 at T = 150-300 on step 0, before any update), and
 more once its recurrence amplifies (a profile growing back in time counts above T). P does not
