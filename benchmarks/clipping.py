@@ -646,11 +646,18 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
         params = [p for p in model.parameters()]
         contenders: dict[str, Callable[[], Any]] = {
             "clip_grad_norm_": lambda: nn.utils.clip_grad_norm_(params, 1e9)}
+        # a probe step's per-timestep gradient profiles, as the monitor's session holds them (auto reads P)
+        T = 40 if size == "small" else 20
+        session = types.SimpleNamespace(accumulator=types.SimpleNamespace(vectors={
+            ("out_grad", "rnn"): torch.rand(T), ("xgrad", "rnn", 0): torch.rand(T)}))
         for label, clip, opt_cls in (("norm", 1e9, torch.optim.SGD), ("auto (SGD)", "auto", torch.optim.SGD),
-                                     ("auto (Adam)", "auto", torch.optim.Adam)):
+                                     ("auto (Adam)", "auto", torch.optim.Adam),
+                                     ("auto (SGD, probe step)", "auto", torch.optim.SGD)):
             # lr tiny and a constant norm: "auto" never actually clips, so the gradients stay as they are
             actions = build_actions(clip, False)
             monitor = types.SimpleNamespace(optimizers=[opt_cls(params, lr=1e-9)])
+            if "probe" in label:
+                monitor.session = session
             for _ in range(64):  # past auto's early weight re-measurements (steps 0, 1, 3, …, 63): steady state
                 actions.before_step(monitor)  # type: ignore[union-attr]
             contenders[label] = lambda a=actions, m=monitor: a.before_step(m)
@@ -730,14 +737,18 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {task} | {v.get('split')} | {100 * (v['clipped_share'] or 0):.1f}% | "
                      f"{_pm(v['none_loss'], v.get('none_sem'))} | {_pm(v['auto_loss'], v.get('auto_sem'))} | "
                      f"{_fmt(v['auto_over_none'], '.3f')} |")
-    lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks)", "",
-              "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD) / cgn | auto (Adam) / cgn |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks; a probe step "
+              "(every 10th by default) also computes P from the per-timestep profiles)", "",
+              "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD, probe step) "
+              "| auto (SGD) / cgn | auto (Adam) / cgn | probe step / cgn |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for size, row in results["timing_us"].items():
         base = row["clip_grad_norm_"]
+        probe = row.get("auto (SGD, probe step)")
         lines.append(f"| {size} | {row['parameters']:.3g} | {base:.1f} | {row['norm']:.1f} | "
-                     f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | "
-                     f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} |")
+                     f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | {_fmt(probe, '.1f')} | "
+                     f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} | "
+                     f"{_fmt(probe / base if probe else None, '.2f')} |")
     lines.append("")
     lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
                  f"its loss became NaN/Inf or its final held-out loss ended above {BLEW_UP:g}× the initial one; a threshold "

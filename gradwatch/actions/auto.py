@@ -11,7 +11,19 @@ of two thresholds:
    lr_eff = lr · (1 − dampening) / (1 − μ). The bound keeps that displacement below
    `max_update` = 4% of the weights' own norm:
 
-       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂      (each param group with its own lr_eff)
+       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂ · min(1, 3 / P)      (each param group with its own lr_eff)
+
+   P is how many timesteps the gradient travels back through the recurrence per timestep where
+   the loss injected it, measured by gradwatch's per-timestep probe in this run's backward passes
+   (`gradwatch.actions.propagation`; 1 for a loss at every timestep, ≈ 1-4 for gated cells and
+   default-initialised tanh RNNs, 100-200 for an identity-initialised ReLU RNN classifying from
+   its last state over T = 150-300). A relative change δ of the recurrent weights is compounded
+   over those P steps, so the update must shrink with P. 3 (`free_propagation`) was chosen on
+   the IRNN T = 150 calibration task among 1, 3 and 8 (auto's final loss over 10 seeds: 0.158 ±
+   0.021 with every step clipped, 0.078 ± 0.010, 0.142 ± 0.065 with one run ending at 0.72; best
+   fixed threshold 0.0787 ± 0.013). P is known from the first probe step (step 0) on, is refreshed on
+   every probe step (`watch(every=...)`, 10 by default) and stays 1 (no factor) when `auto` runs
+   without a monitor's probe (`gradwatch run --clip auto` on a script updating by hand).
 
    The ratio is dimensionless, so it needs no history: a gradient that explodes on the very
    first step (a high-gain recurrent matrix, a bad init, a learning rate far too high) is cut
@@ -68,21 +80,14 @@ Without an optimizer (`gradwatch run --clip auto` on a script that updates its p
 hand) there is no learning rate to read: only the spike bound applies.
 
 Benchmark (`python benchmarks/clipping.py`: 10 exploding tasks and 4 healthy runs × 10 seeds,
-docs/clipping.md has the tables): 2 of 100 exploding runs ended above 1.05× their
-initial loss (none overflowed); final loss within 10% of the grid's best fixed threshold on 6
-of the 9 tasks that a fixed threshold trains (0.99–1.05×), better than every fixed threshold on
-the temporal-order task, 1.83× on a warm-up that overshoots, 5.7–8.8× on the IRNN (below);
-healthy runs: final loss unchanged, 0–0.3% of steps clipped, 1.7% with batch size 1.
+docs/clipping.md has the tables and what each target reached): BENCHMARK_SUMMARY
 
-What no rule here can do: an identity-initialised ReLU RNN (IRNN) on T = 150–300 trains only
-with a threshold of 0.03–1, far below its first gradient norm,
-i.e. updates of 0.015–0.15% of ‖θ‖ from step 0 on; a healthy plain-SGD GRU language model moves 1.1–1.9% of ‖θ‖ every step
-(`python benchmarks/clipping.py --ratios`). The update bound cannot tell them apart, and the
-spike bound has no history at step 0; what separates them is the recurrence's sensitivity
-(≈ T through an identity W_hh), which the gradients, the weights and the learning rate do not show.
-A T-scaled bound on the recurrent weights, the same with a spectral-radius horizon, per-tensor
-bounds and a smaller `max_update` were tried and rejected: each either leaves the IRNN at chance or
-clips healthy runs on 24–100% of their steps (docs/clipping.md, "Tried since, and rejected").
+Tried and rejected on the way (docs/clipping.md, "Tried since, and rejected"): a T-scaled bound
+on the recurrent weights, the same with a spectral-radius horizon, per-tensor bounds, a smaller
+`max_update`, a controller that shrinks the bound when ‖g‖ jumps between steps (the IRNN's norm
+jumps e²-e⁶ between batches even at negligible updates, so it ratchets down), the plain ratio of
+the two profiles' spans (Σ/max; the IRNN's profile grows back in time as it learns, the ratio
+falls to ~25 and late updates oscillate), and its running maximum.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ from ..errors import GradwatchError
 from ..stats.tensor_stats import stack_scalars
 from ..torch_compat import foreach_mul_, foreach_norm
 from .batch import GradBatch, clip_record, scale_
+from .propagation import Profiles, propagation_on_device, propagation_on_host
 
 __all__ = ["Auto", "effective_lr", "SGD_LIKE"]
 
@@ -329,16 +335,19 @@ class _AutoClipper:
         self.bound = _UpdateBound(cfg.max_update, cfg.refresh)
         self.stats: _HostLogStats | _DeviceLogStats | None = None
         self.device: torch.device | None = None
-        self.propagation: Tensor | None = None
-        """The last P measured by the monitor's probe (`observe_propagation`); None: not known (no bound)."""
+        self.propagation: Tensor | float | None = None
+        """The last P measured by the monitor's probe (`observe_profiles`): a float when the statistics
+        are host floats, a 0-d device tensor otherwise; None: not known (no factor)."""
         self.propagation_failed = False
         """Set when reading P from the monitor failed once (`actions.propagation.feed_propagation`): no more P."""
 
-    def observe_propagation(self, p: Tensor | None) -> None:
-        """Take this step's P (a 0-d tensor from `actions.propagation`; None on steps without the probe:
-        the last value stays). Kept as a tensor: on CUDA it is used in device math, never read."""
+    def observe_profiles(self, pairs: Profiles) -> None:
+        """Take this probe step's per-timestep gradient profiles and keep their P (computed where
+        the statistics live: as a float for CPU gradients, on the device otherwise, never read)."""
+        on_host = self.host if self.host is not None else pairs[0][0].device.type == "cpu"
+        p = propagation_on_host(pairs) if on_host else propagation_on_device(pairs)
         if p is not None:
-            self.propagation = p.detach().float()
+            self.propagation = p
 
     def clip_(self, batch: GradBatch) -> Tensor:
         norm = batch.total_norm()
@@ -367,9 +376,9 @@ class _AutoClipper:
         bound = self._bound_threshold(batch, norm)
         limit = stats.limit
         if bound is not None:
-            # P is a CPU tensor here too (reading it is no sync): min(1, free / P) as floats
-            p = 1.0 if self.propagation is None else float(self.propagation)
-            limit = min(limit, float(bound) * min(1.0, self.cfg.free_propagation / p if p > 0 else 1.0))
+            p = self.propagation
+            factor = 1.0 if p is None else min(1.0, self.cfg.free_propagation / float(p))  # CPU: no sync
+            limit = min(limit, float(bound) * factor)
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
             foreach_mul_(group, coef)
@@ -379,11 +388,15 @@ class _AutoClipper:
     def _clip_on_device(self, batch: GradBatch, norm: Tensor, stats: _DeviceLogStats) -> Tensor:
         n = norm.float()
         bound = self._bound_threshold(batch, n)
-        if bound is not None and self.propagation is not None:
-            if self.propagation.device != bound.device:
-                self.propagation = self.propagation.to(bound.device)
-            # min(1, free / P) by a clamp, not a branch: P stays on the device
-            bound = bound * torch.clamp(self.cfg.free_propagation / self.propagation, max=1.0)
+        p = self.propagation
+        if bound is not None and p is not None:
+            if isinstance(p, float):
+                bound = bound * min(1.0, self.cfg.free_propagation / p)
+            else:
+                if p.device != bound.device:
+                    p = self.propagation = p.to(bound.device)
+                # min(1, free / P) by a clamp, not a branch: P stays on the device
+                bound = bound * torch.clamp(self.cfg.free_propagation / p, max=1.0)
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
