@@ -562,6 +562,9 @@ def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
       Jacobian; < 1: it decays);
     - reach: Σ_t ‖∂L/∂x_t‖ / max_t ‖∂L/∂x_t‖ as a share of T (1: a flat profile over the whole
       sequence; small: the gradient comes from a few timesteps);
+    - P: Σ_t v_t · max_t u_t / Σ_t v_t u_t with v_t = ‖∂L/∂x_t‖ and u_t = ‖∂L/∂y_t‖ (the layer's
+      output gradient, where the loss injects it): what `auto` receives from gradwatch's probe
+      (`gradwatch.actions.propagation`);
     - norm: the total gradient norm before clipping; loss: the training loss of that step.
 
     The lead for an IRNN-aware `auto` (docs/clipping.md, "Tried since, and rejected").
@@ -578,7 +581,10 @@ def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
             x.register_hook(lambda g: seen.__setitem__("profile", g.detach().flatten(1).norm(dim=1)))
             return (x, *args[1:])
 
-        hook = rnn.register_forward_pre_hook(watch_input)
+        def watch_output(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            out[0].register_hook(lambda g: seen.__setitem__("injected", g.detach().flatten(1).norm(dim=1)))
+
+        hooks = [rnn.register_forward_pre_hook(watch_input), rnn.register_forward_hook(watch_output)]
         actions = build_actions(clip, False)
         monitor = types.SimpleNamespace(optimizers=[opt])
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
@@ -589,20 +595,23 @@ def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
             loss = loss_fn(model(x), y)
             loss.backward()
             if step in steps:
-                prof = seen["profile"]  # sequence-first layers: one norm per timestep
+                prof, injected = seen["profile"], seen["injected"]  # sequence-first: one norm per timestep
                 k = max(len(prof) // 5, 1)
                 late = float(prof[-k:].mean())
+                overlap = float((prof * injected).sum())
                 rows.append({"step": step, "loss": float(loss.detach()),
                              "norm": float(torch.cat([p.grad.flatten() for p in model.parameters()
                                                       if p.grad is not None]).norm()),
                              "growth": float(prof[:k].mean()) / late if late > 0 else math.nan,
-                             "reach": float(prof.sum() / prof.max() / len(prof)) if prof.max() > 0 else 0.0})
+                             "reach": float(prof.sum() / prof.max() / len(prof)) if prof.max() > 0 else 0.0,
+                             "P": float(prof.sum() * injected.max()) / overlap if overlap > 0 else math.nan})
             if actions is not None:
                 actions.before_step(monitor)
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         out[task.name] = rows
     return out
 
@@ -778,7 +787,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name} (clip {args.profile}):")
             for r in rows:
                 print(f"  step {r['step']:>2}: loss {r['loss']:.3g}, ‖g‖ {r['norm']:.3g}, "
-                      f"first/last fifth {r['growth']:.3g}, reach {r['reach']:.2f} T")
+                      f"first/last fifth {r['growth']:.3g}, reach {r['reach']:.2f} T, P {r['P']:.3g}")
         return {}
     if args.ratios:
         torch.set_num_threads(1)

@@ -971,3 +971,22 @@ def test_clipping_benchmark_recurrent_update_ratio_matches_a_hand_computation():
     assert row["T"] == 150 and x.shape[0] == 150
     assert row["hh_median"] == pytest.approx(expected, rel=1e-4)
     assert row["T_hh_median"] == pytest.approx(150 * expected, rel=1e-4)
+
+
+def test_clipping_benchmark_profile_P_is_what_auto_receives():
+    """`--profile`'s P column (benchmark hooks) equals the P gradwatch's probe feeds to auto, IRNN step 0."""
+    bench = load_benchmark("clipping")
+    task = next(t for t in bench.EXPLODING if t.name == "IRNN T=150")
+    row = bench.temporal_profiles([task], None, steps=(0,))[task.name][0]
+    torch.manual_seed(0)
+    model, opt, draw, loss_fn = task.build(0)
+    monitor = gradwatch.watch(model, opt, clip="auto", console=False, strict=True)
+    x, y = draw()
+    loss = loss_fn(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    monitor.step(loss)
+    fed = float(monitor._actions.clipper.propagation)
+    monitor.close()
+    assert row["P"] > 50 and fed == pytest.approx(row["P"], rel=1e-4)
