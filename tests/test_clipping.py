@@ -990,3 +990,16 @@ def test_clipping_benchmark_profile_P_is_what_auto_receives():
     fed = float(monitor._actions.clipper.propagation)
     monitor.close()
     assert row["P"] > 50 and fed == pytest.approx(row["P"], rel=1e-4)
+
+
+def test_auto_takes_no_propagation_under_several_distributed_ranks(monkeypatch):
+    """Each rank measures its own batch: a per-rank P would clip all-reduced gradients differently."""
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.5)
+    actions = build_actions("auto", False)
+    set_grads(params, 1.0, 0)
+    actions.before_step(_profiles_monitor(opt, torch.rand(30), torch.rand(30)))
+    assert actions.clipper.propagation is None

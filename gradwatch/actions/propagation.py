@@ -28,7 +28,8 @@ For CPU gradients P is a Python float computed with numpy views of the probe's p
 sums; on any other device a 0-d tensor computed with a few kernels and no host-device sync.
 Steps without the probe have no profiles; the clipper keeps the last value.
 With several watched modules the largest P counts; a module whose output gradient is zero
-everywhere, or a non-finite P, counts as 1.
+everywhere, or a non-finite P, counts as 1. Under torch.distributed with several ranks P is not
+used (each rank would measure its own batch and clip differently): `auto` keeps its plain bound.
 """
 
 from __future__ import annotations
@@ -99,9 +100,18 @@ def feed_propagation(clipper: Any, monitor: Any) -> None:
     observe = getattr(clipper, "observe_profiles", None)
     if session is None or observe is None or getattr(clipper, "propagation_failed", False):
         return
+    if _several_ranks():
+        return  # each rank's profiles come from its own batch: a per-rank P would clip ranks differently
     try:
         pairs = profiles(getattr(session, "accumulator", None))
         if pairs:
             observe(pairs)
     except Exception:
         clipper.propagation_failed = True
+
+
+def _several_ranks() -> bool:
+    """Under torch.distributed with more than one rank, P is not used (the ranks' gradients are
+    all-reduced and must be clipped alike; agreeing on P would need one more collective)."""
+    dist = torch.distributed
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
