@@ -5,6 +5,7 @@
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
     python benchmarks/clipping.py --ratios --ratios-clip 0.1   # the same under a fixed threshold
+    python benchmarks/clipping.py --profile [auto|none|0.1]   # how far the gradient travels back in time
     >>> from benchmarks.clipping import run_benchmark, to_markdown
     >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
 
@@ -48,7 +49,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradwatch.actions import AutoClip, ZClip, build_actions  # noqa: E402
+import gradwatch  # noqa: E402
+from gradwatch.actions import Auto, AutoClip, ZClip, build_actions  # noqa: E402
 
 Batch = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
@@ -370,15 +372,30 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
     torch.manual_seed(seed)
     model, opt, draw, loss_fn = task.build(seed)
     steps = steps or task.steps
-    actions = build_actions(clip, False)
+    # "auto" runs under gradwatch.watch: its update bound uses how far the gradient travels back in
+    # time, which the monitor's probe measures (every 10 steps, the default). Watching does not
+    # change training (bitwise on CPU), so the other policies run on the bare pre-step actions.
+    is_auto = isinstance(clip, Auto) or (isinstance(clip, str) and clip == "auto")
+    watched = gradwatch.watch(model, opt, clip=clip, console=False, history=steps + 1) if is_auto else None
+    actions = None if watched is not None else build_actions(clip, False)
     monitor = types.SimpleNamespace(optimizers=[opt])
     sample = task.held_out(torch.Generator().manual_seed(10_000 + seed)) if task.held_out else draw
     held_out = [sample() for _ in range(8)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
 
     def evaluate() -> float:
-        with torch.no_grad():
-            return statistics.fmean(float(loss_fn(model(x), y)) for x, y in held_out)
+        model.eval()  # a watched model measures training forwards only
+        try:
+            with torch.no_grad():
+                return statistics.fmean(float(loss_fn(model(x), y)) for x, y in held_out)
+        finally:
+            model.train()
+
+    def watched_coefficients() -> list[float]:
+        if watched is None:
+            return coefs
+        watched.close()
+        return [r.clip.coefficient for r in watched.history if r.clip is not None]
 
     initial, coefs, late, start = evaluate(), [], [], time.perf_counter()
     tail = max(steps // 6, 1)
@@ -390,12 +407,16 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         if actions is not None:
             coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))
         opt.step()
+        if watched is not None:
+            watched.step(loss.detach())
         if scheduler is not None:
             scheduler.step()
         if not math.isfinite(float(loss.detach())):
+            coefs = watched_coefficients()
             return Run(initial, math.nan, True, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
         if step > steps - tail and (steps - step) % max(tail // 5, 1) == 0:
             late.append(evaluate())
+    coefs = watched_coefficients()
     final = statistics.fmean(late)  # the last sixth of training, 6 snapshots: less SGD jitter than one
     diverged = not math.isfinite(final) or final > BLEW_UP * initial
     return Run(initial, final, diverged, _share(coefs), _median_clipped(coefs), time.perf_counter() - start)
@@ -527,6 +548,74 @@ def update_ratios(tasks: list[Task], *, seed: int = 0, steps: int = 30,
     return out
 
 
+PROFILE_STEPS = (0, 1, 2, 3, 5, 10, 20, 40)
+"""Steps at which `temporal_profiles` reports the per-timestep gradient profile."""
+
+
+def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
+                      steps: tuple[int, ...] = PROFILE_STEPS) -> dict[str, list[dict[str, float]]]:
+    """How far the gradient travels back in time in each backward pass (what gradwatch's probe
+    measures), per task, while training under `clip` (a `watch(clip=...)` value):
+
+    - growth: mean ‖∂L/∂x_t‖ over the first fifth of the sequence / over the last fifth, at the
+      first recurrent layer's input (> 1: the gradient grows back in time, an expanding recurrent
+      Jacobian; < 1: it decays);
+    - reach: Σ_t ‖∂L/∂x_t‖ / max_t ‖∂L/∂x_t‖ as a share of T (1: a flat profile over the whole
+      sequence; small: the gradient comes from a few timesteps);
+    - P: Σ_t v_t · max_t u_t / Σ_t v_t u_t with v_t = ‖∂L/∂x_t‖ and u_t = ‖∂L/∂y_t‖ (the layer's
+      output gradient, where the loss injects it): what `auto` receives from gradwatch's probe
+      (`gradwatch.actions.propagation`);
+    - norm: the total gradient norm before clipping; loss: the training loss of that step.
+
+    The lead for an IRNN-aware `auto` (docs/clipping.md, "Tried since, and rejected").
+    """
+    out: dict[str, list[dict[str, float]]] = {}
+    for task in tasks:
+        torch.manual_seed(seed)
+        model, opt, draw, loss_fn = task.build(seed)
+        rnn = next(m for m in model.modules() if isinstance(m, nn.RNNBase))
+        seen: dict[str, torch.Tensor] = {}
+
+        def watch_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[0] if args[0].requires_grad else args[0].detach().requires_grad_()
+            x.register_hook(lambda g: seen.__setitem__("profile", g.detach().flatten(1).norm(dim=1)))
+            return (x, *args[1:])
+
+        def watch_output(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            out[0].register_hook(lambda g: seen.__setitem__("injected", g.detach().flatten(1).norm(dim=1)))
+
+        hooks = [rnn.register_forward_pre_hook(watch_input), rnn.register_forward_hook(watch_output)]
+        actions = build_actions(clip, False)
+        monitor = types.SimpleNamespace(optimizers=[opt])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
+        rows = []
+        for step in range(max(steps) + 1):
+            x, y = draw()
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if step in steps:
+                prof, injected = seen["profile"], seen["injected"]  # sequence-first: one norm per timestep
+                k = max(len(prof) // 5, 1)
+                late = float(prof[-k:].mean())
+                overlap = float((prof * injected).sum())
+                rows.append({"step": step, "loss": float(loss.detach()),
+                             "norm": float(torch.cat([p.grad.flatten() for p in model.parameters()
+                                                      if p.grad is not None]).norm()),
+                             "growth": float(prof[:k].mean()) / late if late > 0 else math.nan,
+                             "reach": float(prof.sum() / prof.max() / len(prof)) if prof.max() > 0 else 0.0,
+                             "P": float(prof.sum() * injected.max()) / overlap if overlap > 0 else math.nan})
+            if actions is not None:
+                actions.before_step(monitor)
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+        for hook in hooks:
+            hook.remove()
+        out[task.name] = rows
+    return out
+
+
 # ------------------------------------------------------------------------------------ timing
 TIMING_MODELS = {"small": (None, 0, 0), "medium": (5000, 256, 512), "large": (10000, 512, 1024)}
 """size: (vocab, embedding, hidden) of an LSTM language model; "small" is the benchmark's RNN."""
@@ -566,11 +655,18 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
         params = [p for p in model.parameters()]
         contenders: dict[str, Callable[[], Any]] = {
             "clip_grad_norm_": lambda: nn.utils.clip_grad_norm_(params, 1e9)}
+        # a probe step's per-timestep gradient profiles, as the monitor's session holds them (auto reads P)
+        T = 40 if size == "small" else 20
+        session = types.SimpleNamespace(accumulator=types.SimpleNamespace(vectors={
+            ("out_grad", "rnn"): torch.rand(T), ("xgrad", "rnn", 0): torch.rand(T)}))
         for label, clip, opt_cls in (("norm", 1e9, torch.optim.SGD), ("auto (SGD)", "auto", torch.optim.SGD),
-                                     ("auto (Adam)", "auto", torch.optim.Adam)):
+                                     ("auto (Adam)", "auto", torch.optim.Adam),
+                                     ("auto (SGD, probe step)", "auto", torch.optim.SGD)):
             # lr tiny and a constant norm: "auto" never actually clips, so the gradients stay as they are
             actions = build_actions(clip, False)
             monitor = types.SimpleNamespace(optimizers=[opt_cls(params, lr=1e-9)])
+            if "probe" in label:
+                monitor.session = session
             for _ in range(64):  # past auto's early weight re-measurements (steps 0, 1, 3, …, 63): steady state
                 actions.before_step(monitor.optimizers)  # type: ignore[union-attr]
             contenders[label] = lambda a=actions, m=monitor: a.before_step(m.optimizers)
@@ -650,14 +746,18 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {task} | {v.get('split')} | {100 * (v['clipped_share'] or 0):.1f}% | "
                      f"{_pm(v['none_loss'], v.get('none_sem'))} | {_pm(v['auto_loss'], v.get('auto_sem'))} | "
                      f"{_fmt(v['auto_over_none'], '.3f')} |")
-    lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks)", "",
-              "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD) / cgn | auto (Adam) / cgn |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks; a probe step "
+              "(every 10th by default) also computes P from the per-timestep profiles)", "",
+              "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD, probe step) "
+              "| auto (SGD) / cgn | auto (Adam) / cgn | probe step / cgn |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for size, row in results["timing_us"].items():
         base = row["clip_grad_norm_"]
+        probe = row.get("auto (SGD, probe step)")
         lines.append(f"| {size} | {row['parameters']:.3g} | {base:.1f} | {row['norm']:.1f} | "
-                     f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | "
-                     f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} |")
+                     f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | {_fmt(probe, '.1f')} | "
+                     f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} | "
+                     f"{_fmt(probe / base if probe else None, '.2f')} |")
     lines.append("")
     lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
                  f"its loss became NaN/Inf or its final held-out loss ended above {BLEW_UP:g}× the initial one; a threshold "
@@ -675,7 +775,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "and the same for the recurrent weights alone, also × T")
     parser.add_argument("--ratios-clip", type=float, metavar="THRESHOLD",
                         help="with --ratios: read them under clip_grad_norm_(THRESHOLD) instead of unclipped")
+    parser.add_argument("--profile", metavar="CLIP", nargs="?", const="auto",
+                        help="only print how far the gradient travels back in time (growth and reach of "
+                             "‖∂L/∂x_t‖ over the sequence) per task while training under CLIP "
+                             "('auto', the default, 'none' or a threshold)")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        torch.set_num_threads(1)
+        clip = None if args.profile == "none" else args.profile if args.profile == "auto" else float(args.profile)
+        for name, rows in temporal_profiles(EXPLODING + HEALTHY, clip).items():
+            print(f"{name} (clip {args.profile}):")
+            for r in rows:
+                print(f"  step {r['step']:>2}: loss {r['loss']:.3g}, ‖g‖ {r['norm']:.3g}, "
+                      f"first/last fifth {r['growth']:.3g}, reach {r['reach']:.2f} T, P {r['P']:.3g}")
+        return {}
     if args.ratios:
         torch.set_num_threads(1)
         for name, r in update_ratios(EXPLODING + HEALTHY, clip=args.ratios_clip).items():

@@ -25,6 +25,7 @@ from .auto import Auto
 from .batch import GradBatch, optimizer_params
 from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
 from .guard import NonFiniteGuard
+from .propagation import feed_propagation
 
 __all__ = [
     "Actions",
@@ -105,6 +106,7 @@ class Actions:
         if self.clipper is None:
             return NO_ACTION
         with torch.no_grad():
+            feed_propagation(self.clipper, monitor)
             record = self.clipper.clip_(batch)
         return ActionRecord(clip=record, policy=self.clipper.name)
 

@@ -196,9 +196,11 @@ class _PercentileClipper:
         norm = batch.total_norm()
         n32 = norm.float()
         slot = self._slot(n32.device)
-        self.buf[slot] = torch.where(torch.isfinite(n32), n32, math.nan)  # type: ignore[index]
+        buf = self.buf
+        assert buf is not None  # _slot made it
+        buf[slot] = torch.where(torch.isfinite(n32), n32, math.nan)
         self.count += 1
-        seen = self.buf[: min(self.count, self.buf.numel())]  # type: ignore[index]
+        seen = buf[: min(self.count, buf.numel())]
         threshold = torch.nanquantile(seen, self.q)
         # All-NaN history gives a NaN threshold: clip nothing rather than poison the gradients.
         limit = torch.nan_to_num(threshold, nan=math.inf)
@@ -334,9 +336,9 @@ class AGC:
 
 def unit_norms(x: Tensor) -> Tensor:
     """L2 norm per output unit: over all dimensions but the first (keepdim); whole tensor if ndim ≤ 1."""
-    if x.ndim <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+    norms: Tensor = (torch.linalg.vector_norm(x) if x.ndim <= 1
+                     else torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True))
+    return norms
 
 
 class _AGCClipper:
