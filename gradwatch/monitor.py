@@ -371,8 +371,21 @@ class Monitor:
         except Exception as exc:
             self._stop_measuring("gradient read", exc)
             return
-        action = self._act(lambda actions: actions.before_step(optimizers)) if self._actions is not None else None
+        profiles = self._gradient_profiles()
+        action = self._act(lambda actions: actions.before_step(optimizers, profiles)) if self._actions is not None else None
         self._gradients = GradientRead(read, action or NO_ACTION)
+
+    def _gradient_profiles(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The per-timestep gradient profiles for actions that want them (auto clipping), else none;
+        measuring them fails at most once (reported), and the actions then clip without them."""
+        if self._actions is None or not self._actions.wants_profiles or "gradient profiles" in self._disabled:
+            return []
+        try:
+            return self.session.accumulator.gradient_profiles()
+        except Exception as exc:
+            self._disabled.add("gradient profiles")
+            self._report_error("gradient profiles for clip='auto'", exc, consequence="auto clips without them; training continues")
+            return []
 
     def _act(self, call: Callable[[StepActions], T]) -> T | None:
         """`call(actions)`, or None without actions; failing actions (clipping, guard, unscaling) are

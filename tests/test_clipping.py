@@ -530,11 +530,10 @@ def test_auto_leaves_a_loss_at_every_timestep_alone():
     assert p < 3 and event.threshold == pytest.approx(0.04 * theta / 0.01, rel=1e-4)
 
 
-def _profiles_monitor(opt, out_sq, in_sq):
-    """A monitor stand-in whose capture session holds one module's two per-timestep profiles."""
-    acc = types.SimpleNamespace(vectors={("out_grad", "rnn"): out_sq, ("xgrad", "rnn", 0): in_sq,
-                                         ("in_act", "rnn"): torch.ones_like(in_sq)})
-    return types.SimpleNamespace(optimizers=[opt], session=types.SimpleNamespace(accumulator=acc))
+def _profile(out_sq, in_sq):
+    """One module's profiles as the monitor passes them on a probe step: per-timestep norms of
+    the gradient into its output and out through its input (given here as sums of squares)."""
+    return [(out_sq.sqrt(), in_sq.sqrt())]
 
 
 def test_auto_propagation_on_host_floats_and_device_tensors_agree():
@@ -550,33 +549,56 @@ def test_auto_propagation_on_host_floats_and_device_tensors_agree():
         records = []
         for step, scale in enumerate(SCALES[:20]):
             set_grads(params, scale, step)
-            monitor = _profiles_monitor(opt, u, v) if step % 10 == 0 else monitor_of(opt)  # probe every 10
-            records.append(actions.before_step(monitor)["clip"])
+            profiles = _profile(u, v) if step % 10 == 0 else []  # probe every 10
+            records.append(actions.before_step([opt], profiles).clip)
         return torch.stack(records), float(actions.clipper.propagation)
 
     (host_records, host_p), (device_records, device_p) = run(True), run(False)
     assert host_p == pytest.approx(expected, rel=1e-6) and device_p == pytest.approx(expected, rel=1e-6)
     torch.testing.assert_close(host_records, device_records, rtol=1e-5, atol=0)
-    plain = auto_actions(True).before_step(monitor_of(opt))  # same first gradients, no profile
-    set_grads(params, SCALES[0], 0)
-    plain = auto_actions(True).before_step(monitor_of(opt))["clip"]
+    set_grads(params, SCALES[0], 0)  # same first gradients, no profile
+    plain = auto_actions(True).before_step([opt]).clip
     assert host_records[0, 3].item() == pytest.approx(plain[3].item() * 3 / expected, rel=1e-5)
 
 
 def test_a_failing_propagation_read_stops_feeding_not_clipping():
     class Broken:
-        @property
-        def vectors(self):
-            raise RuntimeError("accumulator changed shape")
+        def __iter__(self):
+            raise RuntimeError("profiles changed shape")
+
+        def __len__(self):
+            return 1
 
     params = list(Net().parameters())
     opt = torch.optim.SGD(params, lr=0.5)
     actions = build_actions("auto", False)
     set_grads(params, 1.0, 0)
-    monitor = types.SimpleNamespace(optimizers=[opt], session=types.SimpleNamespace(accumulator=Broken()))
-    record = actions.before_step(monitor)["clip"]
+    record = actions.before_step([opt], Broken()).clip
     assert actions.clipper.propagation_failed and actions.clipper.propagation is None
+    assert not actions.wants_profiles  # the monitor stops measuring them
     assert record[2].item() <= 1.0
+
+
+def test_a_failing_profile_measurement_in_the_monitor_is_reported_once_and_training_goes_on(monkeypatch, caplog):
+    from gradwatch.stream.accumulator import StepAccumulator
+
+    def broken(self):
+        raise RuntimeError("accumulator changed shape")
+
+    monkeypatch.setattr(StepAccumulator, "gradient_profiles", broken)
+    torch.manual_seed(0)
+    model = LastStateRNN(irnn(), 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = gradwatch.watch(model, opt, clip="auto", console=False)
+    for _ in range(3):
+        loss = model(torch.randn(20, 4, 2)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss)
+    monitor.close()
+    assert len(monitor.history) == 3 and all(r.clip is not None for r in monitor.history)
+    assert sum("gradient profiles" in r.getMessage() for r in caplog.records) == 1
 
 
 # -------------------------------------------------------------------------- no host-device sync
@@ -609,7 +631,7 @@ def test_auto_propagation_never_reads_a_tensor_on_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, _forbid)
     for step, scale in enumerate(SCALES[:12]):
         set_grads(params, scale, step)
-        actions.before_step(_profiles_monitor(opt, u, v) if step % 5 == 0 else monitor_of(opt))
+        actions.before_step([opt], _profile(u, v) if step % 5 == 0 else [])
     assert actions.clipper.propagation is not None and not actions.clipper.propagation_failed
 
 
@@ -625,7 +647,7 @@ def test_auto_propagation_does_not_synchronize_on_cuda():
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            actions.before_step(_profiles_monitor(opt, u, v) if step % 5 == 0 else monitor_of(opt))
+            actions.before_step([opt], _profile(u, v) if step % 5 == 0 else [])
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert not getattr(actions.clipper, "propagation_failed", False)
@@ -1001,5 +1023,5 @@ def test_auto_takes_no_propagation_under_several_distributed_ranks(monkeypatch):
     opt = torch.optim.SGD(params, lr=0.5)
     actions = build_actions("auto", False)
     set_grads(params, 1.0, 0)
-    actions.before_step(_profiles_monitor(opt, torch.rand(30), torch.rand(30)))
+    actions.before_step([opt], _profile(torch.rand(30), torch.rand(30)))
     assert actions.clipper.propagation is None

@@ -25,7 +25,7 @@ from .auto import Auto
 from .batch import GradBatch, optimizer_params
 from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
 from .guard import NonFiniteGuard
-from .propagation import feed_propagation
+from .propagation import Profiles, feed_propagation, takes_profiles
 
 __all__ = [
     "Actions",
@@ -95,8 +95,14 @@ class Actions:
         if self.scaler is not None:
             unscale_all_(self.scaler, optimizers)
 
-    def before_step(self, optimizers: Sequence[torch.optim.Optimizer]) -> ActionRecord:
-        """Guard, then clip, the gradients `optimizers` are about to apply; return the step's record."""
+    @property
+    def wants_profiles(self) -> bool:
+        """True when the clipper uses the per-timestep gradient profiles ("auto")."""
+        return self.clipper is not None and takes_profiles(self.clipper)
+
+    def before_step(self, optimizers: Sequence[torch.optim.Optimizer], profiles: Profiles = ()) -> ActionRecord:
+        """Guard, then clip, the gradients `optimizers` are about to apply; return the step's record.
+        `profiles`: see `base.StepActions.before_step` (auto's propagation factor)."""
         batch = GradBatch.of(optimizers, self._optimizer_params(optimizers))
         if not batch.params:
             return NO_ACTION
@@ -106,7 +112,7 @@ class Actions:
         if self.clipper is None:
             return NO_ACTION
         with torch.no_grad():
-            feed_propagation(self.clipper, monitor)
+            feed_propagation(self.clipper, profiles)
             record = self.clipper.clip_(batch)
         return ActionRecord(clip=record, policy=self.clipper.name)
 

@@ -2,7 +2,7 @@
 
     >>> actions = build_actions("auto", skip_nonfinite=True)          # an `Actions`, one implementation
     >>> actions.before_read(optimizers)                                # GradScaler: unscale first
-    >>> record = actions.before_step(optimizers)                       # guard, then clip
+    >>> record = actions.before_step(optimizers, profiles)             # guard, then clip
     >>> record.clip, record.policy, record.skipped
     (tensor([3.1, 1.0, 0.32, 1.0]), 'auto', False)
 
@@ -48,6 +48,16 @@ class StepActions(Protocol):
         """Before the monitor measures the gradients (mixed precision: unscale them)."""
         ...
 
-    def before_step(self, optimizers: Sequence[torch.optim.Optimizer]) -> ActionRecord:
-        """After the measurement, right before the update: guard, clip, and say what was done."""
+    @property
+    def wants_profiles(self) -> bool:
+        """True when `before_step` uses the per-timestep gradient profiles (clip="auto"): the monitor
+        then measures them on probe steps and passes them."""
+        ...
+
+    def before_step(self, optimizers: Sequence[torch.optim.Optimizer],
+                    profiles: Sequence[tuple[Tensor, Tensor]] = ()) -> ActionRecord:
+        """After the measurement, right before the update: guard, clip, and say what was done.
+
+        `profiles`: on probe steps, per watched module, the norms per timestep of the gradient into
+        its output and out through its input (`StepAccumulator.gradient_profiles`); else empty."""
         ...

@@ -1,7 +1,7 @@
 """How far the gradient travels back in time in this backward pass, for `clip="auto"`.
 
-    >>> pairs = profiles(monitor.session.accumulator)   # probe steps: per-timestep gradient norms
-    >>> propagation_on_device(pairs)                     # P, a 0-d tensor (propagation_on_host: a float)
+    >>> pairs = accumulator.gradient_profiles()   # probe steps: per-timestep gradient norms (u_t, v_t)
+    >>> propagation_on_device(pairs)              # P, a 0-d tensor (propagation_on_host: a float)
 
 On probe steps gradwatch measures, per timestep t of each watched recurrent module, the norm
 u_t = ‖∂L/∂y_t‖ of the gradient the loss sends into the module's output (where the loss injects
@@ -35,43 +35,26 @@ used (each rank would measure its own batch and clip differently): `auto` keeps 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["profiles", "propagation_on_host", "propagation_on_device", "feed_propagation"]
+__all__ = ["Profiles", "propagation_on_host", "propagation_on_device", "feed_propagation", "takes_profiles"]
 
-Profiles = list[tuple[Tensor, Tensor]]
-"""(Σ of squares of ∂L/∂y_t, Σ of squares of ∂L/∂x_t) per timestep, one pair per watched module."""
-
-
-def profiles(accumulator: Any) -> Profiles:
-    """The (output gradient, input gradient) per-timestep sums of squares that this step's
-    accumulator holds for each watched module (both only on probe steps), cut to a common length."""
-    vectors = getattr(accumulator, "vectors", None)
-    if not isinstance(vectors, dict):
-        return []
-    pairs = []
-    for key, out_sumsq in vectors.items():
-        if isinstance(key, tuple) and len(key) == 2 and key[0] == "out_grad":
-            in_sumsq = vectors.get(("xgrad", key[1], 0))
-            if in_sumsq is not None:
-                n = min(out_sumsq.shape[0], in_sumsq.shape[0])
-                if out_sumsq.shape[0] != n or in_sumsq.shape[0] != n:
-                    out_sumsq, in_sumsq = out_sumsq[:n], in_sumsq[:n]
-                pairs.append((out_sumsq, in_sumsq))  # sums of squares of gradients: no autograd history
-    return pairs
+Profiles = Sequence[tuple[Tensor, Tensor]]
+"""(‖∂L/∂y_t‖, ‖∂L/∂x_t‖) per timestep (equal lengths), one pair per watched module
+(`stream.accumulator.StepAccumulator.gradient_profiles`)."""
 
 
 def propagation_on_host(pairs: Profiles) -> float | None:
     """P from CPU tensors, as a Python float (numpy views: a few µs, where ~15 tensor ops cost ~15×
     more in dispatch); None without profiles. The largest over modules; 1 where undefined."""
     found = []
-    for out_sumsq, in_sumsq in pairs:
-        u = np.sqrt(out_sumsq.detach().numpy())  # sums of squares: ≥ 0, or NaN (then P counts as 1)
-        v = np.sqrt(in_sumsq.detach().numpy())
+    for out_norms, in_norms in pairs:
+        u = out_norms.detach().numpy().astype(np.float64)  # norms: ≥ 0, or non-finite (then P counts as 1)
+        v = in_norms.detach().numpy().astype(np.float64)
         overlap = float(v @ u)
         p = float(v.sum()) * float(u.max(initial=0.0)) / overlap if overlap > 0 else math.nan
         found.append(p if math.isfinite(p) else 1.0)
@@ -81,9 +64,8 @@ def propagation_on_host(pairs: Profiles) -> float | None:
 def propagation_on_device(pairs: Profiles) -> Tensor | None:
     """The same P as a 0-d float32 tensor on the profiles' device, without a host-device sync."""
     found: list[Tensor] = []
-    for out_sumsq, in_sumsq in pairs:
-        w = torch.stack([out_sumsq, in_sumsq]).float().clamp_(min=0).sqrt_()
-        u, v = w[0], w[1]
+    for out_norms, in_norms in pairs:
+        u, v = out_norms.float(), in_norms.float()
         overlap = torch.dot(v, u)
         p = v.sum() * u.max() / torch.where(overlap > 0, overlap, torch.ones_like(overlap))
         found.append(torch.where((overlap > 0) & torch.isfinite(p), p, torch.ones_like(p)))
@@ -92,22 +74,23 @@ def propagation_on_device(pairs: Profiles) -> Tensor | None:
     return torch.stack(found).max() if len(found) > 1 else found[0]
 
 
-def feed_propagation(clipper: Any, monitor: Any) -> None:
-    """Give a clipper that takes them (`observe_profiles`, "auto") this step's profiles from the
-    monitor's capture session. Best effort: a monitor without a session (a bare `Actions` call)
-    gives nothing, and a failure here stops the feeding, never the clipping or the training."""
-    session = getattr(monitor, "session", None)
+def feed_propagation(clipper: Any, pairs: Profiles) -> None:
+    """Give a clipper that takes them (`observe_profiles`: "auto") this probe step's profiles.
+    Best effort: a failure here stops the feeding for good, never the clipping or the training."""
     observe = getattr(clipper, "observe_profiles", None)
-    if session is None or observe is None or getattr(clipper, "propagation_failed", False):
+    if not pairs or observe is None or getattr(clipper, "propagation_failed", False):
         return
     if _several_ranks():
         return  # each rank's profiles come from its own batch: a per-rank P would clip ranks differently
     try:
-        pairs = profiles(getattr(session, "accumulator", None))
-        if pairs:
-            observe(pairs)
+        observe(pairs)
     except Exception:
         clipper.propagation_failed = True
+
+
+def takes_profiles(clipper: Any) -> bool:
+    """Whether `clipper` uses the profiles (so that the monitor measures them for it)."""
+    return callable(getattr(clipper, "observe_profiles", None)) and not getattr(clipper, "propagation_failed", False)
 
 
 def _several_ranks() -> bool:

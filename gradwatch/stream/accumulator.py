@@ -147,6 +147,28 @@ class StepAccumulator:
         self.calls[module] = t + 1
         return t
 
+    def timestep_profile(self, slot: int) -> torch.Tensor | None:
+        """One per-timestep slot's norms measured so far this step, as `pack` will put them in the
+        buffer (its deferred pieces are measured now, once); None when nothing was measured."""
+        pieces = self.pieces.get(slot)
+        if not pieces:
+            return None
+        self.pieces[slot] = pieces = _measured(pieces)
+        return combine(pieces)
+
+    def gradient_profiles(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per watched module, (‖∂L/∂y_t‖ into its output, ‖∂L/∂x_t‖ out through its input) per
+        timestep, cut to a common length: for modules that have both this step (probe steps).
+        Clipping's "auto" reads how far the gradient travels back in time from them."""
+        pairs = []
+        for slots in self.layout.modules.values():
+            out_grad = self.timestep_profile(slots.out_grad)
+            in_grad = self.timestep_profile(slots.xgrad[0]) if slots.xgrad else None
+            if out_grad is not None and in_grad is not None:
+                n = min(out_grad.shape[0], in_grad.shape[0])
+                pairs.append((out_grad[:n], in_grad[:n]))
+        return pairs
+
     def pack(self, scalars: Sequence[tuple[int, Scalars]], *, remeasure: Remeasure | None = None,
              host_prefix: list[float] | None = None) -> tuple[torch.Tensor | None, Segments]:
         """Concatenate `scalars` ((slot, values)) and everything accumulated into one vector: the
