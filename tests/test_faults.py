@@ -177,7 +177,7 @@ def test_a_failing_clipping_policy_is_switched_off_and_the_records_go_on(monkeyp
 
     calls = []
 
-    def broken(self, optimizers):
+    def broken(self, optimizers, profiles=()):
         calls.append(1)
         raise RuntimeError("clipping bug")
 
