@@ -77,10 +77,13 @@ CACHE = ROOT / ".cache" / "corpus"
 TASKS = ("adding", "first_token", "char_lm", "packed_last", "packed_first", "regression")
 CELLS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "LSTMCell", "GRUCell")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
+FRESH_SEED = 2026
+FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")
 BATCHES = (1, 4, 8, 16, 32, 64)
-GOOD_LR = {"sgd": 0.3, "momentum": 0.05, "adam": 1e-2, "adamw": 1e-2}
+GOOD_LR = {"sgd": 0.3, "momentum": 0.05, "adam": 1e-2, "adamw": 1e-2, "rmsprop": 3e-3, "nesterov": 0.05}
 LR_FACTOR = {"too_low": 1e-3, "good": 1.0, "too_high": 30.0, "warmup_high": 100.0}
 WARMUP_STEPS = 20
 CLASSES = 4
@@ -111,6 +114,7 @@ class Spec:
     layers: int
     steps: int
     seed: int
+    split: str = "main"  # "main" (calibration or held-out by family hash) or "fresh"
 
     @property
     def family(self) -> str:
@@ -118,34 +122,48 @@ class Spec:
 
     @property
     def half(self) -> str:
-        """'calibration' or 'held-out', from a hash of the family key (stable across runs and machines)."""
-        return "calibration" if hashlib.sha1(self.family.encode()).digest()[0] % 2 == 0 else "held-out"
+        """'calibration' or 'held-out', from a hash of the family key (stable across runs and machines);
+        'fresh' for the fresh split."""
+        return "fresh" if self.split == "fresh" else _family_half(self.family)
 
     @property
     def name(self) -> str:
-        return (f"{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
+        return (f"{'F' if self.split == 'fresh' else ''}{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
                 f"-T{self.timesteps}")
 
 
-def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False) -> list[Spec]:
-    """`n` setups drawn from the families; mostly T ≤ 100, one in ten long (200-500)."""
-    rng = random.Random(seed)
-    specs = []
+def _family_half(family: str) -> str:
+    return "calibration" if hashlib.sha1(family.encode()).digest()[0] % 2 == 0 else "held-out"
+
+
+def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False, fresh: bool = False) -> list[Spec]:
+    """`n` setups drawn from the families; mostly T ≤ 100, one in ten long (200-500).
+
+    `fresh=True`: the fresh split, drawn from its own seed (`FRESH_SEED`), with two optimizers the main
+    corpus never uses (RMSprop, SGD with Nesterov momentum); a family of the calibration half is redrawn,
+    so a fresh run is either of a held-out family (new seeds) or of a family nobody has seen."""
+    rng = random.Random(FRESH_SEED if fresh and seed == 0 else seed)
+    specs: list[Spec] = []
     while len(specs) < n:
         task, cell = rng.choice(TASKS), rng.choice(CELLS)
         if cell.endswith("Cell") and task.startswith("packed"):
             continue  # a hand-unrolled cell loop takes no PackedSequence
+        optimizer = rng.choice(OPTIMIZERS + FRESH_OPTIMIZERS) if fresh else None
+        if optimizer is not None and optimizer in OPTIMIZERS and _family_half(f"{task}/{cell}/{optimizer}") == "calibration":
+            continue
         long = not quick and not cell.endswith("Cell") and rng.random() < 0.1
         timesteps = rng.choice((200, 300, 500)) if long else rng.choice((10, 20, 30, 50, 80, 100))
         if quick:
             timesteps = rng.choice((10, 16))
         batch = rng.choice(BATCHES if not long else (1, 4, 8))
         specs.append(Spec(
-            index=len(specs), task=task, cell=cell, optimizer=rng.choice(OPTIMIZERS), lr_level=rng.choice(LR_LEVELS),
+            index=len(specs), task=task, cell=cell, optimizer=optimizer or rng.choice(OPTIMIZERS),
+            lr_level=rng.choice(LR_LEVELS),
             init=rng.choice(INITS), batch=batch, timesteps=timesteps,
             hidden=rng.choice((16, 32) if long or quick else (16, 32, 64)),
             layers=1 if (cell.endswith("Cell") or rng.random() < 0.7) else 2,
             steps=30 if quick else (80 if long else rng.choice((100, 120))), seed=rng.randrange(10_000),
+            split="fresh" if fresh else "main",
         ))
     return specs
 
@@ -273,6 +291,10 @@ def _optimizer(spec: Spec, params: Iterable[nn.Parameter]) -> torch.optim.Optimi
         return torch.optim.SGD(params, lr=lr)
     if spec.optimizer == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if spec.optimizer == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -608,11 +630,14 @@ def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("generate", "report"))
-    parser.add_argument("--n", type=int, default=330, help="runs in the corpus (default 330)")
+    parser.add_argument("--n", type=int, default=330, help=f"runs in the corpus (default 330; fresh split {FRESH_N})")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--budget", type=float, default=math.inf, help="generate: stop after this many seconds")
     parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
-    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "all"))
+    parser.add_argument("--split", default="main", choices=("main", "fresh"),
+                        help=f"generate: the main corpus (calibration + held-out) or the fresh split ({FRESH_N} runs)")
+    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "fresh", "all"),
+                        help="report: which runs to judge ('fresh': the fresh split)")
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
@@ -627,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
             _, _, text = report(load_runs(Path(tmp)), half="all", out_dir=args.out)
         print(text)
         return 0
-    specs = make_specs(args.n)
+    fresh = args.split == "fresh" or (args.command == "report" and args.half == "fresh")
+    specs = make_specs(FRESH_N if fresh and args.n == 330 else args.n, fresh=fresh)
     if args.command == "generate":
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
