@@ -131,7 +131,7 @@ def _profiles(stats: StepStats, min_steps: int) -> dict[LayerKey, TemporalProfil
 class TemporalDecayDetector:
     """Geometric decay of the gradient going back through time; a warning only when it hurts."""
 
-    signs = ("temporal_decay",)
+    signs: tuple[str, ...] = ("temporal_decay",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -189,7 +189,7 @@ class TemporalDecayDetector:
 class TemporalGrowthDetector:
     """Geometric growth of the gradient going back through time (recurrent gain above one)."""
 
-    signs = ("temporal_growth",)
+    signs: tuple[str, ...] = ("temporal_growth",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config

@@ -53,7 +53,7 @@ def _others(keys: list[LayerKey], worst: LayerKey) -> str:
 class TinyUpdatesDetector:
     """Negligible steps (new weight ≈ old weight) while the loss is not improving."""
 
-    signs = ("tiny_updates",)
+    signs: tuple[str, ...] = ("tiny_updates",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -114,7 +114,7 @@ class TinyUpdatesDetector:
 class LargeUpdatesDetector:
     """Steps that move a layer by a large share of its weight norm, and keep doing so or do damage."""
 
-    signs = ("large_updates",)
+    signs: tuple[str, ...] = ("large_updates",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
