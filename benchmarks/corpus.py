@@ -615,9 +615,12 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
 
 
 def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
-           out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+           chance: bool = False, out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Judge the runs of `half`; `chance=True` gives each run's chance loss to the detectors (`chance_loss=`),
+    as a user who knows their task's input-blind loss would."""
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
-    verdicts = [judge(r, replay(r["records"], options), recovered=recovered) for r in chosen]
+    verdicts = [judge(r, replay(r["records"], dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
+                      recovered=recovered) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -641,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
+    parser.add_argument("--chance", action="store_true",
+                        help="report: give each run's chance-level loss to the detectors (watch(chance_loss=...))")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -658,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels,
+    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels, chance=args.chance,
                         out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0

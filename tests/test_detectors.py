@@ -278,6 +278,25 @@ def test_large_step_followed_by_a_loss_jump_is_a_warning():
     assert [(a.step, a.severity) for a in alerts] == [(1, "warning")] and "did damage" in alerts[0].message
 
 
+def test_adam_inflating_small_weights_is_a_large_updates_warning():
+    # issue #13 corpus (calibration run 103: Adam, warm-up to 100x its learning rate, weights x0.1): the steps shrink
+    # from 4.8 to 0.4 of the weights, so no step rule fired, but the weight norm grows 0.35 -> 10.8 in 5 steps, then
+    # 71 by step 20, when the run turns non-finite with no warning at all
+    norms = [0.351, 1.72, 3.41, 5.83, 7.87, 10.8, 13.8]
+    ratios = [4.76, 1.39, 0.899, 0.619, 0.505, 0.404, 0.331]
+    records = [rec(i, layer(ratio=r, weight=w), loss=1.0) for i, (r, w) in enumerate(zip(ratios, norms))]
+    alerts = feed(LargeUpdatesDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts][:1] == [(5, "warning")]
+    assert "inflating" in alerts[0].message and "0.351 → 10.8" in alerts[0].message
+
+
+def test_weights_growing_5x_in_5_steps_are_not_inflating():
+    # healthy corpus runs (Adam from weights scaled down 10x) grow their weight norm by up to 4.9x in 5 rising steps
+    norms = [1.0 * 4.9 ** (i / 5) for i in range(30)]
+    records = [rec(i, layer(ratio=0.3, weight=w), loss=1.0) for i, w in enumerate(norms)]
+    assert feed(LargeUpdatesDetector(CFG), records) == []
+
+
 def test_adam_first_steps_are_not_large_updates():
     # Adam moves every element by ~lr at first: ratio ~ lr / rms(theta), then it settles
     ratios = [0.14, 0.1, 0.09, 0.08] + [0.04] * 50
@@ -534,6 +553,41 @@ def test_converged_plateau_without_inactive_units_is_silent():
     records = stalled_run(200, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None, ratio=1e-7,
                                                sat=0.0), loss=converged)
     assert feed(SlowProgressDetector(CFG), records) == []
+
+
+# issue #13 round 3: a loss that drops to the chance level and stops there looks like convergence unless the
+# user gives the chance level (`chance_loss`): the adding problem at its target variance 1/6, steps still brisk
+def at_chance_run(chance_plateau: float = 0.168) -> list[StepStats]:
+    loss = lambda i: max(chance_plateau, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731
+    return stalled_run(120, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, ratio=1e-2), loss=loss)
+
+
+def test_drop_to_chance_and_stop_is_silent_without_the_chance_level():
+    assert feed(SlowProgressDetector(CFG), at_chance_run()) == []
+
+
+def test_drop_to_chance_and_stop_is_slow_progress_when_the_chance_loss_is_given():
+    alerts = feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), at_chance_run())
+    assert alerts and alerts[0].step <= 40 and alerts[0].severity == "warning"
+    assert "stuck at the chance level" in alerts[0].message and "chance loss 0.167 you gave" in alerts[0].message
+
+
+def test_a_loss_that_goes_below_the_chance_level_is_not_at_chance():
+    # converged far below the input-blind loss: the chance level says it learned
+    assert feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), at_chance_run(chance_plateau=0.05)) == []
+
+
+def test_a_loss_still_falling_steadily_towards_chance_is_not_at_chance():
+    falling = lambda i: 3.0 * 0.99**i  # noqa: E731  (still above 0.9 × chance 2.0 at step 40, falling every step)
+    records = stalled_run(40, lambda i: layer(ts=[1.0] * 40 if i % 10 == 0 else None, ratio=1e-2), loss=falling)
+    assert feed(SlowProgressDetector(DetectorConfig(chance_loss=2.0)), records) == []
+
+
+def test_chance_loss_option_is_validated():
+    assert DetectorConfig.from_options({"chance_loss": None}).chance_loss is None
+    assert DetectorConfig.from_options({"chance_loss": 1.386}).chance_loss == 1.386
+    with pytest.raises(GradwatchError, match="chance_loss"):
+        DetectorConfig.from_options({"chance_loss": -1.0})
 
 
 @pytest.mark.parametrize("loss", [lambda i: 2.0 * 0.98**i, lambda i: 1.0 + 0.02 * i],

@@ -73,7 +73,7 @@ _SETTLING = 0.9
 class SlowProgressDetector:
     """A stalled loss together with gradient evidence of vanishing."""
 
-    signs = ("slow_progress",)
+    signs: tuple[str, ...] = ("slow_progress",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -91,6 +91,10 @@ class SlowProgressDetector:
         self.progress.update(stats.loss)
         self._collect(stats)
         state = self.progress.state
+        if self.progress.fell_to_chance:
+            # it fell to the chance level and stays there: what looks like convergence is the input-blind answer;
+            # a loss that started at chance is judged as before (a slow starter also sits at chance for a while)
+            return [self._alert(stats.step, *self._chance_evidence())]
         if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
@@ -108,6 +112,19 @@ class SlowProgressDetector:
                 "learning signal from the inputs does not reach the weights that would use it"))]
         key, cause, text = found
         return [self._alert(stats.step, key, cause, text)]
+
+    def _chance_evidence(self) -> tuple[LayerKey | None, str, str]:
+        """(layer, cause, words) for a loss at the chance level: the gradient evidence if any, else the level alone."""
+        p = self.progress
+        level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
+                 f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
+                 f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model does "
+                 "no better than ignoring its inputs")
+        found = self._evidence()
+        if found is None:
+            return next(iter(self._kinds), None), "unexplained", level
+        key, cause, text = found
+        return key, cause, f"{level}; {text}"
 
     def _high_plateau(self, step: int) -> list[Alert]:
         c, p = self.config, self.progress
@@ -127,6 +144,8 @@ class SlowProgressDetector:
     def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
         lead = {"stalled": "the loss is stuck at its starting level", "worse": "the loss is above its starting level"}.get(
             self.progress.state, "the loss has stopped improving")
+        if self.progress.fell_to_chance:
+            lead = "the loss is stuck at the chance level"
         return make_alert(
             "slow_progress",
             "warning",
@@ -173,9 +192,9 @@ class SlowProgressDetector:
         inactive = {k: v for k, v in self._inactive.items() if v[0] >= c.dead_share}
         if inactive:
             key = max(inactive, key=lambda k: inactive[k][0])
-            share, state = inactive[key]
+            idle, state = inactive[key]
             return key, state, (
-                f"{share * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
+                f"{idle * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
@@ -287,7 +306,7 @@ def measure_swings(losses: list[float], *, swing: float, noise: float) -> Swings
 class OscillationDetector:
     """The loss swings up and down instead of settling, because the steps are too large."""
 
-    signs = ("oscillation",)
+    signs: tuple[str, ...] = ("oscillation",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
