@@ -79,6 +79,9 @@ CELLS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "LSTMCell", "GRUCell")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
 FRESH_SEED = 2026
+FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G")}
+"""Fresh splits: seed and run-name prefix. `fresh` was frozen before round 3's tuning and judged once at its end;
+`fresh2` was frozen (generated) before anyone looked at round 3's misses, for what came after."""
 FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")
@@ -114,7 +117,7 @@ class Spec:
     layers: int
     steps: int
     seed: int
-    split: str = "main"  # "main" (calibration or held-out by family hash) or "fresh"
+    split: str = "main"  # "main" (calibration or held-out by family hash) or a fresh split ("fresh", "fresh2")
 
     @property
     def family(self) -> str:
@@ -123,12 +126,12 @@ class Spec:
     @property
     def half(self) -> str:
         """'calibration' or 'held-out', from a hash of the family key (stable across runs and machines);
-        'fresh' for the fresh split."""
-        return "fresh" if self.split == "fresh" else _family_half(self.family)
+        the split's name for a fresh split."""
+        return self.split if self.split in FRESH_SPLITS else _family_half(self.family)
 
     @property
     def name(self) -> str:
-        return (f"{'F' if self.split == 'fresh' else ''}{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
+        return (f"{FRESH_SPLITS[self.split][1] if self.split in FRESH_SPLITS else ''}{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
                 f"-T{self.timesteps}")
 
 
@@ -136,13 +139,14 @@ def _family_half(family: str) -> str:
     return "calibration" if hashlib.sha1(family.encode()).digest()[0] % 2 == 0 else "held-out"
 
 
-def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False, fresh: bool = False) -> list[Spec]:
+def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False, fresh: bool | str = False) -> list[Spec]:
     """`n` setups drawn from the families; mostly T ≤ 100, one in ten long (200-500).
 
-    `fresh=True`: the fresh split, drawn from its own seed (`FRESH_SEED`), with two optimizers the main
+    `fresh=True` (or a name of `FRESH_SPLITS`): a fresh split, drawn from its own seed, with two optimizers the main
     corpus never uses (RMSprop, SGD with Nesterov momentum); a family of the calibration half is redrawn,
     so a fresh run is either of a held-out family (new seeds) or of a family nobody has seen."""
-    rng = random.Random(FRESH_SEED if fresh and seed == 0 else seed)
+    split = ("fresh" if fresh is True else fresh) if fresh else "main"
+    rng = random.Random(FRESH_SPLITS[split][0] if fresh and seed == 0 else seed)
     specs: list[Spec] = []
     while len(specs) < n:
         task, cell = rng.choice(TASKS), rng.choice(CELLS)
@@ -163,7 +167,7 @@ def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False, fresh: bool 
             hidden=rng.choice((16, 32) if long or quick else (16, 32, 64)),
             layers=1 if (cell.endswith("Cell") or rng.random() < 0.7) else 2,
             steps=30 if quick else (80 if long else rng.choice((100, 120))), seed=rng.randrange(10_000),
-            split="fresh" if fresh else "main",
+            split=split,
         ))
     return specs
 
@@ -637,10 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--budget", type=float, default=math.inf, help="generate: stop after this many seconds")
     parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
-    parser.add_argument("--split", default="main", choices=("main", "fresh"),
+    parser.add_argument("--split", default="main", choices=("main", *FRESH_SPLITS),
                         help=f"generate: the main corpus (calibration + held-out) or the fresh split ({FRESH_N} runs)")
-    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "fresh", "all"),
-                        help="report: which runs to judge ('fresh': the fresh split)")
+    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", *FRESH_SPLITS, "all"),
+                        help="report: which runs to judge ('fresh', 'fresh2': a fresh split)")
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
@@ -657,7 +661,8 @@ def main(argv: list[str] | None = None) -> int:
             _, _, text = report(load_runs(Path(tmp)), half="all", out_dir=args.out)
         print(text)
         return 0
-    fresh = args.split == "fresh" or (args.command == "report" and args.half == "fresh")
+    fresh = args.half if args.command == "report" and args.half in FRESH_SPLITS else (
+        args.split if args.split in FRESH_SPLITS else False)
     specs = make_specs(FRESH_N if fresh and args.n == 330 else args.n, fresh=fresh)
     if args.command == "generate":
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
