@@ -93,8 +93,12 @@ class SlowProgressDetector:
         state = self.progress.state
         if self.progress.fell_to_chance:
             # it fell to the chance level and stays there: what looks like convergence is the input-blind answer;
-            # a loss that started at chance is judged as before (a slow starter also sits at chance for a while)
-            return [self._alert(stats.step, *self._chance_evidence())]
+            # a loss that started at chance is judged as before (a slow starter also sits at chance for a while).
+            # Without gradient evidence it waits `progress_unexplained_steps`, as a flat loss alone does: a run can
+            # also rest at chance for a while before it learns
+            found = self._evidence()
+            if found is not None or self.progress.count >= self.config.progress_unexplained_steps:
+                return [self._alert(stats.step, *self._chance_evidence(found))]
         if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
@@ -113,14 +117,13 @@ class SlowProgressDetector:
         key, cause, text = found
         return [self._alert(stats.step, key, cause, text)]
 
-    def _chance_evidence(self) -> tuple[LayerKey | None, str, str]:
+    def _chance_evidence(self, found: tuple[LayerKey, str, str] | None) -> tuple[LayerKey | None, str, str]:
         """(layer, cause, words) for a loss at the chance level: the gradient evidence if any, else the level alone."""
         p = self.progress
         level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
                  f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
                  f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model does "
                  "no better than ignoring its inputs")
-        found = self._evidence()
         if found is None:
             return next(iter(self._kinds), None), "unexplained", level
         key, cause, text = found
