@@ -201,6 +201,14 @@ class LossProgress:
         return (self.at_chance and initial is not None and self.chance is not None
                 and initial * self.chance_share >= self.chance)
 
+    @property
+    def above_chance(self) -> bool:
+        """A chance loss was given, the loss started above it (as for `fell_to_chance`) and its recent level is still
+        at or above it, falling or not: after enough steps, not even the input-blind answer has been reached."""
+        level, initial = self.level, self.initial
+        return (self.chance is not None and level is not None and initial is not None
+                and initial * self.chance_share >= self.chance and level >= self.chance)
+
     def slope_t(self) -> float:
         """t-statistic of the least-squares slope of the last 3 × `window` losses (0 when flat or too few)."""
         values = list(self.last)

@@ -99,6 +99,9 @@ class SlowProgressDetector:
             found = self._evidence()
             if found is not None or self.progress.count >= self.config.progress_unexplained_steps:
                 return [self._alert(stats.step, *self._chance_evidence(found))]
+        elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
+            # still above the input-blind loss after as many steps as a flat loss is given, even if falling slowly
+            return [self._alert(stats.step, *self._chance_evidence(self._evidence()))]
         if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
@@ -120,10 +123,15 @@ class SlowProgressDetector:
     def _chance_evidence(self, found: tuple[LayerKey, str, str] | None) -> tuple[LayerKey | None, str, str]:
         """(layer, cause, words) for a loss at the chance level: the gradient evidence if any, else the level alone."""
         p = self.progress
-        level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
-                 f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
-                 f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model does "
-                 "no better than ignoring its inputs")
+        if p.fell_to_chance:
+            level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
+                     f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
+                     "does no better than ignoring its inputs")
+        else:
+            level = (f"after {p.count} steps its level over the last {len(p.last)} steps, {fmt(p.level)}, is still "
+                     f"above the chance loss {fmt(p.chance)} you gave (slope t = {p.slope_t():.1f}): the model does not "
+                     "yet do as well as ignoring its inputs")
         if found is None:
             return next(iter(self._kinds), None), "unexplained", level
         key, cause, text = found
@@ -149,6 +157,8 @@ class SlowProgressDetector:
             self.progress.state, "the loss has stopped improving")
         if self.progress.fell_to_chance:
             lead = "the loss is stuck at the chance level"
+        elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
+            lead = "the loss is still above the chance level"
         return make_alert(
             "slow_progress",
             "warning",
