@@ -5,6 +5,8 @@
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
     $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
+    $ python benchmarks/corpus.py generate --split fresh3     # a fresh split (160 runs; also fresh, fresh2)
+    $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
     >>> run = record_run(make_specs(12, quick=True)[0])      # trains once under gradwatch
@@ -39,7 +41,11 @@ for the adding problem, 3 for the sum of three Gaussians), log K for K balanced 
 unigram entropy of the text for the language model.
 
 Families are split by a hash of their key into a calibration half (thresholds may be chosen on
-it) and a held-out half (figures reported).
+it) and a held-out half (figures reported). Fresh splits (`FRESH_SPLITS`) are drawn from their own
+seeds, with the calibration families redrawn and two optimizers the main corpus never uses
+(RMSprop, Nesterov momentum); each was frozen in git before the detector changes it judges were
+made or read (issue #13, session 4). `report --chance` gives each run its chance loss
+(`watch(chance_loss=...)`), as a user who knows it would.
 """
 
 from __future__ import annotations
