@@ -264,21 +264,24 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if self.kind.endswith("Cell"):
-            h = torch.zeros(x.shape[0], self.rnn.hidden_size)
+            h = torch.zeros(x.shape[0], int(getattr(self.rnn, "hidden_size")))
             state: Any = (h, h.clone()) if self.kind == "LSTMCell" else h
             outs = []
             for t in range(x.shape[1]):
                 state = self.rnn(x[:, t], state)
                 outs.append(state[0] if isinstance(state, tuple) else state)
             y = torch.stack(outs, 1)
-            return self.head(y if self.dense else y[:, -1])
+            out: torch.Tensor = self.head(y if self.dense else y[:, -1])
+            return out
         if lengths is not None:
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             _, h_n = self.rnn(packed)
             h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-            return self.head(h_n[-1])
+            last: torch.Tensor = self.head(h_n[-1])
+            return last
         y, _ = self.rnn(x)
-        return self.head(y if self.dense else y[:, -1])
+        dense: torch.Tensor = self.head(y if self.dense else y[:, -1])
+        return dense
 
 
 def _initialise(rnn: nn.Module, init: str) -> None:
@@ -289,10 +292,10 @@ def _initialise(rnn: nn.Module, init: str) -> None:
             elif init == "scaled_down":
                 p.mul_(0.1)
             elif name.startswith("weight_hh") and init == "orthogonal":
-                for chunk in p.split(p.shape[1]):
+                for chunk in torch.split(p, p.shape[1]):
                     nn.init.orthogonal_(chunk)
             elif name.startswith("weight_hh") and init == "identity":
-                for chunk in p.split(p.shape[1]):
+                for chunk in torch.split(p, p.shape[1]):
                     chunk.copy_(torch.eye(p.shape[1]))
 
 
@@ -336,7 +339,7 @@ def record_run(spec: Spec) -> dict[str, Any]:
         x, y, lengths = task.batch()
         loss = task.loss(model(x, lengths), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         monitor.step(loss)
         value = float(loss.detach())
@@ -471,7 +474,10 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
     by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
     div = by["diverged"]
-    early = lambda v, k: v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k  # noqa: E731
+
+    def early(v: dict[str, Any], k: int) -> bool:
+        return bool(v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k)
+
     eligible5 = [v for v in div if early(v, LEAD_WANTED)]
     eligible3 = [v for v in div if early(v, LEAD_LEAST)]
     lasting3 = [v for v in div if v["divergence"] >= LEAD_LEAST]
@@ -534,7 +540,10 @@ def _frac(pair: tuple[int, int]) -> str:
 
 def markdown(result: dict[str, Any], *, half: str) -> str:
     r = result
-    fmt = lambda x: "—" if x is None else f"{x:g}"  # noqa: E731
+
+    def fmt(x: float | None) -> str:
+        return "—" if x is None else f"{x:g}"
+
     lines = [
         f"Corpus: {r['runs']} runs on the {half} half; labels " + ", ".join(f"{k} {n}" for k, n in r["labels"].items()) + ".",
         "",
