@@ -98,10 +98,10 @@ class SlowProgressDetector:
             # also rest at chance for a while before it learns
             found = self._evidence()
             if found is not None or self.progress.count >= self.config.progress_unexplained_steps:
-                return [self._alert(stats.step, *self._chance_evidence(found))]
+                return [self._alert(stats.step, *self._chance_evidence(found), gradients=False)]
         elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
             # still above the input-blind loss after as many steps as a flat loss is given, even if falling slowly
-            return [self._alert(stats.step, *self._chance_evidence(self._evidence()))]
+            return [self._alert(stats.step, *self._chance_evidence(self._evidence()), gradients=False)]
         if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
@@ -133,9 +133,11 @@ class SlowProgressDetector:
                      f"above the chance loss {fmt(p.chance)} you gave (slope t = {p.slope_t():.1f}): the model does not "
                      "yet do as well as ignoring its inputs")
         if found is None:
-            return next(iter(self._kinds), None), "unexplained", level
+            return next(iter(self._kinds), None), "unexplained", (
+                f"{level}; and the gradients show no specific cause (no decay through time beyond "
+                f"{fmt(self.config.temporal_decay_ratio)}, no dead or saturated units, updates of usual size)")
         key, cause, text = found
-        return key, cause, f"{level}; {text}"
+        return key, cause, f"{level}; and the gradients: {text}"
 
     def _high_plateau(self, step: int) -> list[Alert]:
         c, p = self.config, self.progress
@@ -152,7 +154,8 @@ class SlowProgressDetector:
             f"that learned only the average answer stops there) and the steps are too small to leave it (largest median "
             f"update ratio {fmt(full[key])} in {where(*key)}, threshold {fmt(c.plateau_update_ratio)})"))]
 
-    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
+    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str, *, gradients: bool = True) -> Alert:
+        """`text` is the gradient evidence ("and the gradients: …" is prefixed unless `gradients` is False)."""
         lead = {"stalled": "the loss is stuck at its starting level", "worse": "the loss is above its starting level"}.get(
             self.progress.state, "the loss has stopped improving")
         if self.progress.fell_to_chance:
@@ -163,7 +166,7 @@ class SlowProgressDetector:
             "slow_progress",
             "warning",
             step,
-            evidence=f"{lead}: {self.progress.describe()}; and the gradients: {text}.",
+            evidence=f"{lead}: {self.progress.describe()}; {'and the gradients: ' if gradients else ''}{text}.",
             remedy=remedies.slow_progress(self._kinds.get(key, "") if key else "", cause) + ".",
             value=self.progress.improvement or 0.0,
             threshold=self.config.progress_min,
