@@ -193,12 +193,14 @@ class TemporalGrowthDetector:
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
+        self.progress = LossProgress.from_config(config)
 
     def reset(self) -> None:
-        pass
+        self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
+        self.progress.update(stats.loss)
         if not stats.probed:
             return []
         grows = {
@@ -219,10 +221,19 @@ class TemporalGrowthDetector:
             if t_cut is not None:
                 evidence += f"; from timestep {t_cut} back it is over {fmt(c.temporal_growth_ratio)}× the recent level"
             critical = p.ratio >= c.temporal_growth_critical
+            gain = self.progress.improvement
+            converged = self.progress.state == "plateau" and gain is not None and gain >= 1 - c.plateau_level
+            improving = not critical and (self.progress.state == "improving" or converged)
+            if improving:
+                # a task whose answer lies in the first inputs (the first token of a short sequence) has its largest
+                # input gradients there while it learns: growth that does not stop the loss falling is not an explosion
+                evidence += (f"; but the loss {'has converged' if converged else 'is improving'} "
+                             f"({self.progress.describe()}): the task may rely on its earliest inputs rather than the "
+                             "gradient exploding (info; a warning when the loss is not improving)")
             alerts.append(
                 make_alert(
                     "temporal_growth",
-                    "critical" if critical else "warning",
+                    "critical" if critical else "info" if improving else "warning",
                     stats.step,
                     evidence=evidence + ".",
                     remedy=remedies.temporal_growth(ls.kind, _is_relu(ls)) + ".",
