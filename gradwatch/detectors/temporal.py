@@ -22,7 +22,11 @@ from the few timesteps left to the end of the sequence, which would read as grow
   quarters — and the gradient is not negligible (≥ `temporal_growth_min_grad` × the layer's weight
   norm). Packed batches of unsorted variable-length sequences make a saw-tooth profile (each
   sequence's gradient decays back from its own end; short sequences end early) that the quarter
-  medians alone read as growth; the consistency test does not.
+  medians alone read as growth; the consistency test does not. A warning becomes `info` while the
+  loss improves or has converged (`LossProgress` "improving", or a plateau below `plateau_level` ×
+  its start): a task whose answer lies in its first inputs (a short first-token classifier) has its
+  largest input gradients there while it learns (issue #13 corpus: 3 healthy runs, never the first
+  warning of a diverged one). Critical growth stays critical.
 
 Bidirectional layers are skipped (their input gradient mixes both time directions), as
 are sequences shorter than `temporal_min_steps` and profiles with non-finite entries
