@@ -5,6 +5,8 @@
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
     $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
+    $ python benchmarks/corpus.py generate --split fresh3     # a fresh split (160 runs; also fresh, fresh2)
+    $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
     >>> run = record_run(make_specs(12, quick=True)[0])      # trains once under gradwatch
@@ -39,7 +41,11 @@ for the adding problem, 3 for the sum of three Gaussians), log K for K balanced 
 unigram entropy of the text for the language model.
 
 Families are split by a hash of their key into a calibration half (thresholds may be chosen on
-it) and a held-out half (figures reported).
+it) and a held-out half (figures reported). Fresh splits (`FRESH_SPLITS`) are drawn from their own
+seeds, with the calibration families redrawn and two optimizers the main corpus never uses
+(RMSprop, Nesterov momentum); each was frozen in git before the detector changes it judges were
+made or read (issue #13, session 4). `report --chance` gives each run its chance loss
+(`watch(chance_loss=...)`), as a user who knows it would.
 """
 
 from __future__ import annotations
@@ -77,10 +83,17 @@ CACHE = ROOT / ".cache" / "corpus"
 TASKS = ("adding", "first_token", "char_lm", "packed_last", "packed_first", "regression")
 CELLS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "LSTMCell", "GRUCell")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
+FRESH_SEED = 2026
+FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J")}
+"""Fresh splits: seed and run-name prefix. `fresh` was frozen before round 3's tuning and judged once at its end;
+`fresh2` was frozen (generated) before anyone looked at round 3's misses, for round 4; `fresh3` before anyone looked
+at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5."""
+FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")
 BATCHES = (1, 4, 8, 16, 32, 64)
-GOOD_LR = {"sgd": 0.3, "momentum": 0.05, "adam": 1e-2, "adamw": 1e-2}
+GOOD_LR = {"sgd": 0.3, "momentum": 0.05, "adam": 1e-2, "adamw": 1e-2, "rmsprop": 3e-3, "nesterov": 0.05}
 LR_FACTOR = {"too_low": 1e-3, "good": 1.0, "too_high": 30.0, "warmup_high": 100.0}
 WARMUP_STEPS = 20
 CLASSES = 4
@@ -111,6 +124,7 @@ class Spec:
     layers: int
     steps: int
     seed: int
+    split: str = "main"  # "main" (calibration or held-out by family hash) or a fresh split ("fresh", "fresh2")
 
     @property
     def family(self) -> str:
@@ -118,34 +132,49 @@ class Spec:
 
     @property
     def half(self) -> str:
-        """'calibration' or 'held-out', from a hash of the family key (stable across runs and machines)."""
-        return "calibration" if hashlib.sha1(self.family.encode()).digest()[0] % 2 == 0 else "held-out"
+        """'calibration' or 'held-out', from a hash of the family key (stable across runs and machines);
+        the split's name for a fresh split."""
+        return self.split if self.split in FRESH_SPLITS else _family_half(self.family)
 
     @property
     def name(self) -> str:
-        return (f"{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
+        return (f"{FRESH_SPLITS[self.split][1] if self.split in FRESH_SPLITS else ''}{self.index:03d}-{self.task}-{self.cell}-{self.optimizer}-{self.lr_level}-{self.init}-b{self.batch}"
                 f"-T{self.timesteps}")
 
 
-def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False) -> list[Spec]:
-    """`n` setups drawn from the families; mostly T ≤ 100, one in ten long (200-500)."""
-    rng = random.Random(seed)
-    specs = []
+def _family_half(family: str) -> str:
+    return "calibration" if hashlib.sha1(family.encode()).digest()[0] % 2 == 0 else "held-out"
+
+
+def make_specs(n: int = 330, *, seed: int = 0, quick: bool = False, fresh: bool | str = False) -> list[Spec]:
+    """`n` setups drawn from the families; mostly T ≤ 100, one in ten long (200-500).
+
+    `fresh=True` (or a name of `FRESH_SPLITS`): a fresh split, drawn from its own seed, with two optimizers the main
+    corpus never uses (RMSprop, SGD with Nesterov momentum); a family of the calibration half is redrawn,
+    so a fresh run is either of a held-out family (new seeds) or of a family nobody has seen."""
+    split = ("fresh" if fresh is True else fresh) if fresh else "main"
+    rng = random.Random(FRESH_SPLITS[split][0] if fresh and seed == 0 else seed)
+    specs: list[Spec] = []
     while len(specs) < n:
         task, cell = rng.choice(TASKS), rng.choice(CELLS)
         if cell.endswith("Cell") and task.startswith("packed"):
             continue  # a hand-unrolled cell loop takes no PackedSequence
+        optimizer = rng.choice(OPTIMIZERS + FRESH_OPTIMIZERS) if fresh else None
+        if optimizer is not None and optimizer in OPTIMIZERS and _family_half(f"{task}/{cell}/{optimizer}") == "calibration":
+            continue
         long = not quick and not cell.endswith("Cell") and rng.random() < 0.1
         timesteps = rng.choice((200, 300, 500)) if long else rng.choice((10, 20, 30, 50, 80, 100))
         if quick:
             timesteps = rng.choice((10, 16))
         batch = rng.choice(BATCHES if not long else (1, 4, 8))
         specs.append(Spec(
-            index=len(specs), task=task, cell=cell, optimizer=rng.choice(OPTIMIZERS), lr_level=rng.choice(LR_LEVELS),
+            index=len(specs), task=task, cell=cell, optimizer=optimizer or rng.choice(OPTIMIZERS),
+            lr_level=rng.choice(LR_LEVELS),
             init=rng.choice(INITS), batch=batch, timesteps=timesteps,
             hidden=rng.choice((16, 32) if long or quick else (16, 32, 64)),
             layers=1 if (cell.endswith("Cell") or rng.random() < 0.7) else 2,
             steps=30 if quick else (80 if long else rng.choice((100, 120))), seed=rng.randrange(10_000),
+            split=split,
         ))
     return specs
 
@@ -235,21 +264,24 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if self.kind.endswith("Cell"):
-            h = torch.zeros(x.shape[0], self.rnn.hidden_size)
+            h = torch.zeros(x.shape[0], int(getattr(self.rnn, "hidden_size")))
             state: Any = (h, h.clone()) if self.kind == "LSTMCell" else h
             outs = []
             for t in range(x.shape[1]):
                 state = self.rnn(x[:, t], state)
                 outs.append(state[0] if isinstance(state, tuple) else state)
             y = torch.stack(outs, 1)
-            return self.head(y if self.dense else y[:, -1])
+            out: torch.Tensor = self.head(y if self.dense else y[:, -1])
+            return out
         if lengths is not None:
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             _, h_n = self.rnn(packed)
             h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-            return self.head(h_n[-1])
+            last: torch.Tensor = self.head(h_n[-1])
+            return last
         y, _ = self.rnn(x)
-        return self.head(y if self.dense else y[:, -1])
+        dense: torch.Tensor = self.head(y if self.dense else y[:, -1])
+        return dense
 
 
 def _initialise(rnn: nn.Module, init: str) -> None:
@@ -260,10 +292,10 @@ def _initialise(rnn: nn.Module, init: str) -> None:
             elif init == "scaled_down":
                 p.mul_(0.1)
             elif name.startswith("weight_hh") and init == "orthogonal":
-                for chunk in p.split(p.shape[1]):
+                for chunk in torch.split(p, p.shape[1]):
                     nn.init.orthogonal_(chunk)
             elif name.startswith("weight_hh") and init == "identity":
-                for chunk in p.split(p.shape[1]):
+                for chunk in torch.split(p, p.shape[1]):
                     chunk.copy_(torch.eye(p.shape[1]))
 
 
@@ -273,6 +305,10 @@ def _optimizer(spec: Spec, params: Iterable[nn.Parameter]) -> torch.optim.Optimi
         return torch.optim.SGD(params, lr=lr)
     if spec.optimizer == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if spec.optimizer == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -303,7 +339,7 @@ def record_run(spec: Spec) -> dict[str, Any]:
         x, y, lengths = task.batch()
         loss = task.loss(model(x, lengths), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         monitor.step(loss)
         value = float(loss.detach())
@@ -438,7 +474,10 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
     by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
     div = by["diverged"]
-    early = lambda v, k: v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k  # noqa: E731
+
+    def early(v: dict[str, Any], k: int) -> bool:
+        return bool(v["divergence"] >= k and v["sign_step"] is not None and v["sign_step"] <= v["divergence"] - k)
+
     eligible5 = [v for v in div if early(v, LEAD_WANTED)]
     eligible3 = [v for v in div if early(v, LEAD_LEAST)]
     lasting3 = [v for v in div if v["divergence"] >= LEAD_LEAST]
@@ -501,7 +540,10 @@ def _frac(pair: tuple[int, int]) -> str:
 
 def markdown(result: dict[str, Any], *, half: str) -> str:
     r = result
-    fmt = lambda x: "—" if x is None else f"{x:g}"  # noqa: E731
+
+    def fmt(x: float | None) -> str:
+        return "—" if x is None else f"{x:g}"
+
     lines = [
         f"Corpus: {r['runs']} runs on the {half} half; labels " + ", ".join(f"{k} {n}" for k, n in r["labels"].items()) + ".",
         "",
@@ -593,9 +635,12 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
 
 
 def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
-           out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+           chance: bool = False, out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Judge the runs of `half`; `chance=True` gives each run's chance loss to the detectors (`chance_loss=`),
+    as a user who knows their task's input-blind loss would."""
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
-    verdicts = [judge(r, replay(r["records"], options), recovered=recovered) for r in chosen]
+    verdicts = [judge(r, replay(r["records"], dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
+                      recovered=recovered) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -608,14 +653,19 @@ def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("generate", "report"))
-    parser.add_argument("--n", type=int, default=330, help="runs in the corpus (default 330)")
+    parser.add_argument("--n", type=int, default=330, help=f"runs in the corpus (default 330; fresh split {FRESH_N})")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--budget", type=float, default=math.inf, help="generate: stop after this many seconds")
     parser.add_argument("--reverse", action="store_true", help="generate: last spec first (a second process)")
-    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", "all"))
+    parser.add_argument("--split", default="main", choices=("main", *FRESH_SPLITS),
+                        help=f"generate: the main corpus (calibration + held-out) or the fresh split ({FRESH_N} runs)")
+    parser.add_argument("--half", default="held-out", choices=("held-out", "calibration", *FRESH_SPLITS, "all"),
+                        help="report: which runs to judge ('fresh', 'fresh2': a fresh split)")
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
+    parser.add_argument("--chance", action="store_true",
+                        help="report: give each run's chance-level loss to the detectors (watch(chance_loss=...))")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -627,12 +677,14 @@ def main(argv: list[str] | None = None) -> int:
             _, _, text = report(load_runs(Path(tmp)), half="all", out_dir=args.out)
         print(text)
         return 0
-    specs = make_specs(args.n)
+    fresh = args.half if args.command == "report" and args.half in FRESH_SPLITS else (
+        args.split if args.split in FRESH_SPLITS else False)
+    specs = make_specs(FRESH_N if fresh and args.n == 330 else args.n, fresh=fresh)
     if args.command == "generate":
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels,
+    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels, chance=args.chance,
                         out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0

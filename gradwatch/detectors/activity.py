@@ -39,7 +39,7 @@ def _fractions(ls: LayerStats) -> dict[str, float]:
 class DeadNeuronsDetector:
     """A large share of a layer's units dead or saturated on consecutive probe steps."""
 
-    signs = ("dead_neurons",)
+    signs: tuple[str, ...] = ("dead_neurons",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config

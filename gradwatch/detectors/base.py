@@ -108,16 +108,17 @@ class LossProgress:
     """
 
     def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf,
-                 flat_t: float = 0.0) -> None:
+                 flat_t: float = 0.0, chance: float | None = None, chance_share: float = 0.9) -> None:
         self.steps, self.window, self.min_improvement, self.trend = steps, window, min_improvement, trend
-        self.flat_t = flat_t
+        self.flat_t, self.chance, self.chance_share = flat_t, chance, chance_share
         self.reset()
 
     @classmethod
     def from_config(cls, config: DetectorConfig) -> "LossProgress":
         """The progress tracker every loss-aware detector uses (`progress_*` options)."""
         return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min,
-                   trend=config.progress_trend, flat_t=config.plateau_flat_t)
+                   trend=config.progress_trend, flat_t=config.plateau_flat_t, chance=config.chance_loss,
+                   chance_share=config.chance_share)
 
     def reset(self) -> None:
         self.count = 0
@@ -176,6 +177,37 @@ class LossProgress:
         if self.count >= self.steps and self.slope_t() < self.trend:
             return "worse"  # above where it started and no longer climbing steadily: not learning, not (yet) diverging
         return "unknown"
+
+    @property
+    def level(self) -> float | None:
+        """Mean of the last 3 × `window` losses (None before that many): the level compared with the chance loss."""
+        return statistics.fmean(self.last) if len(self.last) == self.last.maxlen else None
+
+    @property
+    def at_chance(self) -> bool:
+        """A chance loss was given, `steps` losses seen, the recent level is ≥ `chance_share` × chance and
+        the loss is not falling steadily: no better than an input-blind predictor, and not getting there."""
+        level = self.level
+        if self.chance is None or self.count < self.steps or level is None:
+            return False
+        return level >= self.chance_share * self.chance and self.slope_t() > -self.trend
+
+    @property
+    def fell_to_chance(self) -> bool:
+        """`at_chance`, and the loss started above the chance level (the first `window` losses' median ≥ chance /
+        `chance_share`): it fell to the input-blind answer and stopped there, which otherwise looks like
+        convergence. A loss that starts at chance and stays there is "stalled" and judged as such."""
+        initial = self.initial
+        return (self.at_chance and initial is not None and self.chance is not None
+                and initial * self.chance_share >= self.chance)
+
+    @property
+    def above_chance(self) -> bool:
+        """A chance loss was given, the loss started above it (as for `fell_to_chance`) and its recent level is still
+        at or above it, falling or not: after enough steps, not even the input-blind answer has been reached."""
+        level, initial = self.level, self.initial
+        return (self.chance is not None and level is not None and initial is not None
+                and initial * self.chance_share >= self.chance and level >= self.chance)
 
     def slope_t(self) -> float:
         """t-statistic of the least-squares slope of the last 3 × `window` losses (0 when flat or too few)."""

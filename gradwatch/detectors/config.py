@@ -106,6 +106,27 @@ class DetectorConfig:
     too small to leave it. Adam runs still learning on a high plateau keep ratios of 0.02–0.03
     (corpus calibration half)."""
 
+    chance_loss: float | None = None
+    """The loss of the best input-blind predictor of your task, if you know it: log K for K
+    balanced classes with cross-entropy, the variance of the target for a mean-squared-error
+    regression, the unigram entropy of the text for a character model. gradwatch cannot infer it
+    from the gradients. Given, for a loss that started above it (first `progress_window` losses ≥
+    this / `chance_share`), `slow_progress` also warns (1) when the loss fell to the chance level
+    and stopped there — which otherwise looks like convergence: its recent level is still at least
+    `chance_share` × this and it is not falling steadily (least-squares slope of the last
+    3 × `progress_window` losses not `progress_trend` standard errors below zero); from
+    `progress_steps` with gradient evidence (decay, dead or saturated units, tiny updates), from
+    `progress_unexplained_steps` without (a run can rest at chance before it learns); and (2) when
+    after `progress_unexplained_steps` steps its recent level is still above this, however it
+    falls. A loss that starts at the chance level is judged as without it. Corpus calibration
+    half, chance given: stuck runs warned within 40 steps 87 → 96 of 96, healthy runs warned 2 of
+    28 as without it. None (default): not used."""
+    chance_share: float = 0.9
+    """A loss whose recent level (mean of the last 3 × `progress_window` losses, which a
+    single-sample loss needs: its median sits below its mean) is at least this fraction of
+    `chance_loss` is at chance. The corpus labels a run stuck when its final losses are ≥ 0.9 ×
+    the chance level."""
+
     # ---------------------------------------------------------------- tiny_updates
     tiny_update_ratio: float = 1e-5
     """Warn when a layer's median update ratio ‖Δθ‖/‖θ‖ over `update_window` steps is below
@@ -142,6 +163,16 @@ class DetectorConfig:
     multiple of the median loss before it did damage: warning, even when the ratio is falling
     (Adam at 30× its usual learning rate: 1.8 → 0.68 of the weights while the loss jumped 1.4
     → 29 and diverged three steps later)."""
+    weight_growth_steps: int = 5
+    """Inflating weights: a layer's weight norm rose on each of the last this many steps…"""
+    weight_growth_factor: float = 10.0
+    """…by this factor or more in all: warning (`large_updates`, "the weights are inflating").
+    A learning rate far too high for Adam moves every weight by about lr per step, so small
+    weights grow step after step while the loss can stay flat, until the activations overflow
+    (the corpus run that diverged with no warning: weight norm 0.35 → 10.8 in 5 steps, NaN at
+    step 20). Corpus calibration half: healthy runs grow their weights by at most 4.9× in 5
+    rising steps (Adam from weights scaled down 10×); the runs that grow 10× or more diverged,
+    got stuck or survived a sustained loss explosion."""
 
     # ---------------------------------------------------------------- norm_spike
     spike_window: int = 20
@@ -328,6 +359,8 @@ class DetectorConfig:
 
 
 def _check(name: str, value: Any, default: Any) -> Any:
+    if default is None and value is None:
+        return None
     if name == "disable":
         items = (value,) if isinstance(value, str) else tuple(value or ())
         bad = [s for s in items if s not in SIGNS]

@@ -73,7 +73,7 @@ _SETTLING = 0.9
 class SlowProgressDetector:
     """A stalled loss together with gradient evidence of vanishing."""
 
-    signs = ("slow_progress",)
+    signs: tuple[str, ...] = ("slow_progress",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -91,6 +91,17 @@ class SlowProgressDetector:
         self.progress.update(stats.loss)
         self._collect(stats)
         state = self.progress.state
+        if self.progress.fell_to_chance:
+            # it fell to the chance level and stays there: what looks like convergence is the input-blind answer;
+            # a loss that started at chance is judged as before (a slow starter also sits at chance for a while).
+            # Without gradient evidence it waits `progress_unexplained_steps`, as a flat loss alone does: a run can
+            # also rest at chance for a while before it learns
+            found = self._evidence()
+            if found is not None or self.progress.count >= self.config.progress_unexplained_steps:
+                return [self._alert(stats.step, *self._chance_evidence(found), gradients=False)]
+        elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
+            # still above the input-blind loss after as many steps as a flat loss is given, even if falling slowly
+            return [self._alert(stats.step, *self._chance_evidence(self._evidence()), gradients=False)]
         if state not in ("stalled", "worse", "plateau"):
             return []
         found = self._evidence(inactive_only=state == "plateau")
@@ -109,6 +120,25 @@ class SlowProgressDetector:
         key, cause, text = found
         return [self._alert(stats.step, key, cause, text)]
 
+    def _chance_evidence(self, found: tuple[LayerKey, str, str] | None) -> tuple[LayerKey | None, str, str]:
+        """(layer, cause, words) for a loss at the chance level: the gradient evidence if any, else the level alone."""
+        p = self.progress
+        if p.fell_to_chance:
+            level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
+                     f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
+                     "does no better than ignoring its inputs")
+        else:
+            level = (f"after {p.count} steps its level over the last {len(p.last)} steps, {fmt(p.level)}, is still "
+                     f"above the chance loss {fmt(p.chance)} you gave (slope t = {p.slope_t():.1f}): the model does not "
+                     "yet do as well as ignoring its inputs")
+        if found is None:
+            return next(iter(self._kinds), None), "unexplained", (
+                f"{level}; and the gradients show no specific cause (no decay through time beyond "
+                f"{fmt(self.config.temporal_decay_ratio)}, no dead or saturated units, updates of usual size)")
+        key, cause, text = found
+        return key, cause, f"{level}; and the gradients: {text}"
+
     def _high_plateau(self, step: int) -> list[Alert]:
         c, p = self.config, self.progress
         if p.recent is None or p.initial is None or p.recent < c.plateau_level * p.initial:
@@ -124,14 +154,19 @@ class SlowProgressDetector:
             f"that learned only the average answer stops there) and the steps are too small to leave it (largest median "
             f"update ratio {fmt(full[key])} in {where(*key)}, threshold {fmt(c.plateau_update_ratio)})"))]
 
-    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str) -> Alert:
+    def _alert(self, step: int, key: LayerKey | None, cause: str, text: str, *, gradients: bool = True) -> Alert:
+        """`text` is the gradient evidence ("and the gradients: …" is prefixed unless `gradients` is False)."""
         lead = {"stalled": "the loss is stuck at its starting level", "worse": "the loss is above its starting level"}.get(
             self.progress.state, "the loss has stopped improving")
+        if self.progress.fell_to_chance:
+            lead = "the loss is stuck at the chance level"
+        elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
+            lead = "the loss is still above the chance level"
         return make_alert(
             "slow_progress",
             "warning",
             step,
-            evidence=f"{lead}: {self.progress.describe()}; and the gradients: {text}.",
+            evidence=f"{lead}: {self.progress.describe()}; {'and the gradients: ' if gradients else ''}{text}.",
             remedy=remedies.slow_progress(self._kinds.get(key, "") if key else "", cause) + ".",
             value=self.progress.improvement or 0.0,
             threshold=self.config.progress_min,
@@ -173,9 +208,9 @@ class SlowProgressDetector:
         inactive = {k: v for k, v in self._inactive.items() if v[0] >= c.dead_share}
         if inactive:
             key = max(inactive, key=lambda k: inactive[k][0])
-            share, state = inactive[key]
+            idle, state = inactive[key]
             return key, state, (
-                f"{share * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
+                f"{idle * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
@@ -287,7 +322,7 @@ def measure_swings(losses: list[float], *, swing: float, noise: float) -> Swings
 class OscillationDetector:
     """The loss swings up and down instead of settling, because the steps are too large."""
 
-    signs = ("oscillation",)
+    signs: tuple[str, ...] = ("oscillation",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config

@@ -34,7 +34,7 @@ _WHERE = {
 class NonFiniteDetector:
     """Critical alert at the step where a NaN/Inf appears, with its location."""
 
-    signs = ("non_finite",)
+    signs: tuple[str, ...] = ("non_finite",)
 
     def reset(self) -> None:
         pass

@@ -64,7 +64,7 @@ class _Pending:
 class NormSpikeDetector:
     """Sudden jumps, steady growth and absolute excess of the gradient norm."""
 
-    signs = ("norm_spike",)
+    signs: tuple[str, ...] = ("norm_spike",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config

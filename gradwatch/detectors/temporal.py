@@ -22,7 +22,11 @@ from the few timesteps left to the end of the sequence, which would read as grow
   quarters — and the gradient is not negligible (≥ `temporal_growth_min_grad` × the layer's weight
   norm). Packed batches of unsorted variable-length sequences make a saw-tooth profile (each
   sequence's gradient decays back from its own end; short sequences end early) that the quarter
-  medians alone read as growth; the consistency test does not.
+  medians alone read as growth; the consistency test does not. A warning becomes `info` while the
+  loss improves or has converged (`LossProgress` "improving", or a plateau below `plateau_level` ×
+  its start): a task whose answer lies in its first inputs (a short first-token classifier) has its
+  largest input gradients there while it learns (issue #13 corpus: 3 healthy runs, never the first
+  warning of a diverged one). Critical growth stays critical.
 
 Bidirectional layers are skipped (their input gradient mixes both time directions), as
 are sequences shorter than `temporal_min_steps` and profiles with non-finite entries
@@ -131,7 +135,7 @@ def _profiles(stats: StepStats, min_steps: int) -> dict[LayerKey, TemporalProfil
 class TemporalDecayDetector:
     """Geometric decay of the gradient going back through time; a warning only when it hurts."""
 
-    signs = ("temporal_decay",)
+    signs: tuple[str, ...] = ("temporal_decay",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -189,16 +193,18 @@ class TemporalDecayDetector:
 class TemporalGrowthDetector:
     """Geometric growth of the gradient going back through time (recurrent gain above one)."""
 
-    signs = ("temporal_growth",)
+    signs: tuple[str, ...] = ("temporal_growth",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
+        self.progress = LossProgress.from_config(config)
 
     def reset(self) -> None:
-        pass
+        self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
+        self.progress.update(stats.loss)
         if not stats.probed:
             return []
         grows = {
@@ -219,10 +225,19 @@ class TemporalGrowthDetector:
             if t_cut is not None:
                 evidence += f"; from timestep {t_cut} back it is over {fmt(c.temporal_growth_ratio)}× the recent level"
             critical = p.ratio >= c.temporal_growth_critical
+            gain = self.progress.improvement
+            converged = self.progress.state == "plateau" and gain is not None and gain >= 1 - c.plateau_level
+            improving = not critical and (self.progress.state == "improving" or converged)
+            if improving:
+                # a task whose answer lies in the first inputs (the first token of a short sequence) has its largest
+                # input gradients there while it learns: growth that does not stop the loss falling is not an explosion
+                evidence += (f"; but the loss {'has converged' if converged else 'is improving'} "
+                             f"({self.progress.describe()}): the task may rely on its earliest inputs rather than the "
+                             "gradient exploding (info; a warning when the loss is not improving)")
             alerts.append(
                 make_alert(
                     "temporal_growth",
-                    "critical" if critical else "warning",
+                    "critical" if critical else "info" if improving else "warning",
                     stats.step,
                     evidence=evidence + ".",
                     remedy=remedies.temporal_growth(ls.kind, _is_relu(ls)) + ".",

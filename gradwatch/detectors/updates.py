@@ -53,7 +53,7 @@ def _others(keys: list[LayerKey], worst: LayerKey) -> str:
 class TinyUpdatesDetector:
     """Negligible steps (new weight ≈ old weight) while the loss is not improving."""
 
-    signs = ("tiny_updates",)
+    signs: tuple[str, ...] = ("tiny_updates",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -114,7 +114,7 @@ class TinyUpdatesDetector:
 class LargeUpdatesDetector:
     """Steps that move a layer by a large share of its weight norm, and keep doing so or do damage."""
 
-    signs = ("large_updates",)
+    signs: tuple[str, ...] = ("large_updates",)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -124,6 +124,8 @@ class LargeUpdatesDetector:
         self._streak: dict[LayerKey, int] = {}
         self._trail: dict[LayerKey, collections.deque[float]] = {}
         self._losses: collections.deque[float] = collections.deque(maxlen=self.config.update_window)
+        self._weights: dict[LayerKey, collections.deque[float]] = {}
+        """Weight norm of each layer over the last `weight_growth_steps` + 1 steps."""
         self._loss_before: float | None = None
         """Median loss up to the previous step, i.e. before the previous step's update."""
 
@@ -155,6 +157,8 @@ class LargeUpdatesDetector:
                 flagged[key] = (r, "growing")
             elif prev is not None and prev >= c.large_update_ratio and self._damaged(loss):
                 flagged[key] = (prev, "damage")
+            elif self._inflating(key, stats.layers[key].weight_norm):
+                flagged[key] = (r, "inflating")
         alerts = [self._alert(stats, [k for k in flagged if k[0] == m], flagged, loss)
                   for m in dict.fromkeys(k[0] for k in flagged)]
         if loss is not None:
@@ -168,6 +172,17 @@ class LargeUpdatesDetector:
         if len(values) < 4 or values[-1] < c.large_update_growth_ratio:
             return False
         return all(b >= c.large_update_growth * a for a, b in zip(values, values[1:]))
+
+    def _inflating(self, key: LayerKey, weight_norm: float) -> bool:
+        """The layer's weight norm rose on each of the last `weight_growth_steps` steps, by `weight_growth_factor`× in all."""
+        c = self.config
+        norms = self._weights.setdefault(key, collections.deque(maxlen=c.weight_growth_steps + 1))
+        norms.append(weight_norm)
+        values = list(norms)
+        if len(values) <= c.weight_growth_steps or not all(math.isfinite(v) and v > 0 for v in values):
+            return False
+        rising = all(b > a for a, b in zip(values, values[1:]))
+        return rising and values[-1] >= c.weight_growth_factor * values[0]
 
     def _damaged(self, loss: float | None) -> bool:
         """This batch's loss (after last step's update) is `large_update_loss_factor` × the median before it."""
@@ -188,6 +203,12 @@ class LargeUpdatesDetector:
                     f"{fmt(c.large_update_growth_ratio)}: the step size is running away")
         elif why == "streak":
             rule = f"threshold {fmt(c.large_update_ratio)} on {c.large_update_steps} consecutive, non-shrinking steps"
+        elif why == "inflating":
+            w = list(self._weights[worst])
+            rule = (f"and the weights are inflating: the weight norm rose on each of the last {c.weight_growth_steps} steps, "
+                    f"{fmt(w[0])} → {fmt(w[-1])}, {fmt(w[-1] / w[0])}× (threshold {fmt(c.weight_growth_factor)}×); a "
+                    "learning rate far too high makes the weights grow until the activations overflow, even while the loss "
+                    "stays flat")
         else:
             rule = (f"threshold {fmt(c.large_update_ratio)}, and it did damage: the loss of the next batch, {fmt(loss)}, is "
                     f"{fmt((loss or 0) / median(self._losses))}× the median before it (threshold "
