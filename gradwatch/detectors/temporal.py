@@ -167,6 +167,8 @@ class TemporalDecayDetector:
                 evidence += f"; and it hurts: {self.progress.describe()}"
             elif state == "plateau":
                 evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
+                if c.chance_loss is None:  # a plateau at chance looks like convergence: only the chance level tells
+                    evidence += f" ({remedies.chance_loss_hint()})"
             elif state == "worse":
                 evidence += f"; {self.progress.describe()} (it got worse and stays there; slow_progress says whether it is stuck)"
             elif state == "improving":
