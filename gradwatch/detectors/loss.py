@@ -129,8 +129,8 @@ class SlowProgressDetector:
                      f"not falling steadily (slope t = {p.slope_t():.1f}): the model does worse than ignoring its inputs")
         elif p.fell_to_chance:
             level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
-                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
-                     f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} you gave (threshold "
+                     f"{fmt(p.chance_share)}×), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
                      "does no better than ignoring its inputs")
         else:
             level = (f"after {p.count} steps its level over the last {len(p.last)} steps, {fmt(p.level)}, is still "
@@ -144,10 +144,12 @@ class SlowProgressDetector:
         return key, cause, f"{level}; and the gradients: {text}"
 
     def _far_above_chance(self) -> bool:
-        """The recent level is above chance by more than `chance_share` allows below it (level ≥ chance / share):
+        """The recent level and median are above chance by more than `chance_share` allows below it (≥ chance / share):
         stuck there, the model does worse than an input-blind one, not as well."""
         p = self.progress
-        return p.level is not None and p.chance is not None and p.level * p.chance_share >= p.chance
+        # the recent median too: the mean over 30 steps still holds the high losses of a fast drop to chance
+        return (p.level is not None and p.recent is not None and p.chance is not None
+                and min(p.level, p.recent) * p.chance_share >= p.chance)
 
     def _high_plateau(self, step: int) -> list[Alert]:
         c, p = self.config, self.progress

@@ -175,6 +175,8 @@ class TemporalDecayDetector:
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
                 evidence += "; not yet known whether it hurts (the loss has not been seen to stall)"
+                if c.chance_loss is None:  # said once (cooldown): the first decay alert comes before any plateau
+                    evidence += f"; {remedies.chance_loss_hint()}"
             alerts.append(
                 make_alert(
                     "temporal_decay",
