@@ -246,6 +246,75 @@ def test_run_clip_error_lists_cli_spellings_not_constructors(tmp_path, capsys):
     assert status != 0 and "norm:MAX_NORM" in err and "zclip" in err and "ZClip(" not in err
 
 
+PLATEAU_AT_CHANCE_SCRIPT = """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    class Model(nn.Module):  # the target is noise: the best prediction is its mean, at MSE = its variance, 1
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.RNN(2, 16), nn.Linear(16, 1)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.mul_(0.05)  # the early timesteps get no gradient
+                self.head.bias.fill_(6.0)  # the loss starts far above chance and falls to it
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][-1]).squeeze(-1)
+
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(45):
+        x, y = torch.randn(40, 32, 2), torch.randn(32)
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+
+def test_run_chance_loss_calls_a_run_stuck_at_chance(tmp_path, capsys):
+    """`gradwatch run` had no way to pass chance_loss: a loss that fell to the chance level and stopped there
+    looked like convergence (info only), and the info did not say how to tell gradwatch the chance level."""
+    script = write_script(tmp_path, "noise.py", PLATEAU_AT_CHANCE_SCRIPT)
+    assert main(["run", "--no-live", "--every", "5", script]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "INFO vanishing/temporal_decay" in err
+    assert "gradwatch run --chance-loss LOSS makes slow_progress warn" in err and "chance_loss=" not in err
+    jsonl = tmp_path / "run.jsonl"
+    assert main(["run", "--no-live", "--every", "5", "--chance-loss", "1", "--jsonl", str(jsonl), script]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING vanishing/slow_progress at step 29" in err and "the chance loss 1 you gave" in err
+    assert "--chance-loss LOSS" not in err  # given: no hint
+
+
+def test_run_detector_sets_any_threshold(tmp_path, capsys):
+    script = write_script(tmp_path, "noise.py", PLATEAU_AT_CHANCE_SCRIPT)
+    jsonl = tmp_path / "run.jsonl"
+    status = main(["run", "--no-live", "--every", "5", "--detector", "disable=temporal_decay", "--detector",
+                   "chance_loss=1", "--detector", "cooldown=5", "--jsonl", str(jsonl), script])
+    assert status == 0
+    alerts = [(a["sign"], a["step"]) for r in steps_of(jsonl) for a in r.get("alerts", [])]
+    # chance_loss=1: slow_progress at step 29; cooldown=5: said again every 5 steps (the default 100: once)
+    assert alerts == [("slow_progress", step) for step in range(29, 45, 5)]
+
+
+def test_run_chance_loss_and_detector_chance_loss_must_agree(tmp_path, capsys):
+    script = write_script(tmp_path, "noise.py", PLATEAU_AT_CHANCE_SCRIPT)
+    assert main(["run", "--chance-loss", "1", "--detector", "chance_loss=1.0", "--detector", "cooldown=5",
+                 "--every", "50", script]) == 0
+    capsys.readouterr()
+    assert main(["run", "--chance-loss", "1", "--detector", "chance_loss=2", script]) == 2
+    assert capsys.readouterr().err == ("gradwatch run: error: --chance-loss 1 and --detector chance_loss=2 disagree: "
+                                       "give the chance loss once (--chance-loss LOSS).\n")
+
+
+def test_run_detector_unknown_key_lists_the_valid_keys(capsys):
+    from gradwatch.detectors.config import DetectorConfig
+
+    assert main(["run", "--detector", "cooldwn=5", "train.py"]) == 2
+    err = capsys.readouterr().err
+    assert "no detector option 'cooldwn' (did you mean 'cooldown'?)" in err
+    assert all(name in err for name in DetectorConfig.option_names())
+
+
 def test_run_watches_each_model_of_a_seq2seq_script(tmp_path, capsys):
     script = write_script(tmp_path, "seq2seq.py", SEQ2SEQ_SCRIPT)
     jsonl = tmp_path / "run.jsonl"
@@ -348,6 +417,13 @@ def test_demo_nan_scenario_locates_the_corrupted_input():
     bad = monitor.history[at].nonfinite
     assert (bad.where, bad.module, bad.layer, bad.timestep) == ("input", "rnn", 0, 17)
     assert monitor.history[at - 1].nonfinite is None
+
+
+def test_demo_intro_names_the_chance_loss_it_passes(capsys):
+    assert main(["demo", "--steps", "1", "--no-live"]) == 0
+    assert "chance_loss=0.167, the target's variance." in " ".join(capsys.readouterr().err.split())
+    assert main(["demo", "--scenario", "exploding", "--steps", "1", "--no-live"]) == 0
+    assert "chance_loss" not in capsys.readouterr().err
 
 
 def test_demo_command_writes_a_jsonl_stream(tmp_path, capsys):
@@ -456,7 +532,24 @@ def test_run_does_not_attach_a_model_loaded_back_for_evaluation(tmp_path, capsys
     (["demo", "--steps", "-5"], "gradwatch demo: error: argument --steps: -5 is not a positive whole number"),
     (["demo", "--every", "0"], "gradwatch demo: error: argument --every: 0 is not a positive whole number"),
     (["demo", "--delay", "-1"], "gradwatch demo: error: argument --delay: -1 is not a number of seconds"),
-], ids=["no-script", "missing", "folder", "every-0", "demo-steps-negative", "demo-every-0", "demo-delay-negative"])
+    (["run", "--chance-loss", "abc", "x.py"],
+     "gradwatch run: error: argument --chance-loss: abc is not a positive finite number: give the loss of a model "
+     "that ignores its inputs"),
+    (["run", "--chance-loss", "-0.5", "x.py"], "gradwatch run: error: argument --chance-loss: -0.5 is not a positive"),
+    (["run", "--detector", "cooldown", "x.py"],
+     "gradwatch run: error: argument --detector: 'cooldown' is not KEY=VALUE, e.g. --detector cooldown=50"),
+    (["run", "--detector", "cooldown=x", "x.py"],
+     "gradwatch run: error: argument --detector: cooldown=x: cooldown takes a positive whole number, got 'x'"),
+    (["run", "--detector", "cooldown=0", "x.py"],
+     "gradwatch run: error: argument --detector: cooldown=0: cooldown must be a positive integer, got 0"),
+    (["run", "--detector", "spike_factor=inf", "x.py"],
+     "gradwatch run: error: argument --detector: spike_factor=inf: spike_factor must be a positive finite number"),
+    (["run", "--detector", "disable=oscilation", "x.py"],
+     "gradwatch run: error: argument --detector: disable=oscilation: disable got unknown sign(s) ['oscilation']; "
+     "supported: slow_progress"),
+], ids=["no-script", "missing", "folder", "every-0", "demo-steps-negative", "demo-every-0", "demo-delay-negative",
+        "chance-loss-text", "chance-loss-negative", "detector-no-equals", "detector-not-a-number", "detector-zero",
+        "detector-inf", "detector-unknown-sign"])
 def test_usage_errors_are_one_line_and_status_2(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

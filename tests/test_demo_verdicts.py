@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from gradwatch.cli.demo import SCENARIOS, run_demo
 
 
@@ -44,3 +46,37 @@ def test_nan_demo_is_reported_at_the_corrupted_step():
     monitor = run_demo("nan", steps=at + 2, console=False)
     (first,) = [a for a in _serious(monitor) if a.step <= at]
     assert (first.sign, first.step) == ("non_finite", at)
+
+
+@pytest.mark.parametrize("name", ["vanishing", "healthy", "exploding", "nan"])
+def test_demo_chance_loss_is_the_mse_of_predicting_the_targets_mean(name):
+    # reference: the per-timestep target mean over many batches, and the MSE it scores (what an input-blind model
+    # reaches), measured on the demo's own data
+    import torch
+
+    from gradwatch.cli.demo import adding_batch
+
+    scenario = SCENARIOS[name]
+    generator = torch.Generator().manual_seed(1)
+    x, y = adding_batch(scenario.timesteps, 20000, generator)
+    if scenario.short_memory:
+        y = x[..., 0] + torch.cat([torch.zeros_like(x[:1, :, 0]), x[:-1, :, 0]])
+    if not scenario.dense_target:
+        y = y[-1:]
+    blind_mse = (y - y.mean(dim=1, keepdim=True)).pow(2).mean().item()
+    assert scenario.chance_loss == pytest.approx(blind_mse, rel=0.02)
+
+
+def test_default_demo_says_its_loss_sits_at_the_chance_level():
+    # the demo passes its task's chance loss: the vanishing warning says the loss it is stuck at is the chance level
+    monitor = run_demo("vanishing", steps=30, console=False)
+    (stuck,) = [a for a in monitor.alerts if a.sign == "slow_progress"]
+    assert "stuck at its starting level, the chance level (chance loss 0.167)" in stuck.message
+    assert "Remedy:" in stuck.message and "LSTM" in stuck.message
+
+
+def test_exploding_demo_is_not_given_the_chance_loss():
+    # after its early spike the mean of its last 30 losses stays above chance: a slow_progress warning about the
+    # explosion's aftermath would crowd the demo of an explosion
+    monitor = run_demo("exploding", steps=52, console=False)
+    assert [a for a in monitor.alerts if a.sign == "slow_progress"] == []

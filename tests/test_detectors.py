@@ -655,6 +655,52 @@ def test_chance_loss_option_is_validated():
         DetectorConfig.from_options({"chance_loss": -1.0})
 
 
+def test_decay_on_a_plateau_without_chance_loss_says_how_to_tell_it_from_convergence():
+    # a drop to a plateau with decay is only info: a plateau at chance and a converged run look alike unless the
+    # chance level is given; the message said "may be what holds it back" and nothing about how to find out
+    from gradwatch.detectors.remedies import spelled_for_cli
+
+    records = [decay_probe(i, plateau(i)) if i % 10 == 0 else rec(i, loss=plateau(i)) for i in range(61)]
+    last = feed(TemporalDecayDetector(CFG), records)[-1]
+    assert last.severity == "info" and "stopped falling" in last.message
+    assert "gradwatch.watch(..., chance_loss=LOSS)" in last.message and "the target's variance for MSE" in last.message
+    with spelled_for_cli():
+        cli = feed(TemporalDecayDetector(CFG), records)[-1]
+    assert "gradwatch run --chance-loss LOSS" in cli.message and "chance_loss=" not in cli.message
+    given = feed(TemporalDecayDetector(DetectorConfig(chance_loss=1 / 6)), records)[-1]
+    assert "chance" not in given.message  # given: slow_progress judges the plateau against it
+
+
+def test_decay_with_a_loss_stuck_at_its_start_names_no_chance_option():
+    # stuck at its start, the verdict is a warning already: the chance level would not make it sharper
+    records = [decay_probe(i, 0.693) if i % 10 == 0 else rec(i, loss=0.693) for i in range(61)]
+    assert "chance" not in feed(TemporalDecayDetector(CFG), records)[-1].message
+
+
+def test_loss_stuck_at_a_start_that_is_the_given_chance_level_says_so():
+    # the default demo: a loss that starts at chance (0.17, chance 1/6) and stays there was called "stuck at its
+    # starting level" whether or not the chance level was given
+    flat = lambda i: 0.168 + 0.003 * (i % 3)  # noqa: E731
+    records = stalled_run(60, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None), loss=flat)
+    (given, *_) = feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), records)
+    assert given.step == CFG.progress_steps - 1
+    assert given.message.startswith("the loss is stuck at its starting level, the chance level (chance loss 0.167): ")
+    (plain, *_) = feed(SlowProgressDetector(CFG), records)
+    assert plain.message.startswith("the loss is stuck at its starting level: ")
+
+
+def test_loss_stuck_far_above_the_given_chance_level_is_not_called_at_chance():
+    # a loss flat at 0.9 with chance 1/6 was "stuck at the chance level ... 5.42 of the chance loss ... the model
+    # does no better than ignoring its inputs": it does worse
+    far_above = lambda i: 0.9 + 0.003 * (i % 3)  # noqa: E731
+    records = stalled_run(60, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None), loss=far_above)
+    (a, *_) = feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), records)
+    assert a.step == CFG.progress_steps - 1 and a.severity == "warning"
+    assert a.message.startswith("the loss is stuck above the chance level: ")
+    assert "5.42× the chance loss 0.167 you gave" in a.message and "does worse than ignoring its inputs" in a.message
+    assert "no better than" not in a.message
+
+
 @pytest.mark.parametrize("loss", [lambda i: 2.0 * 0.98**i, lambda i: 1.0 + 0.02 * i],
                          ids=["improving", "diverging"])
 def test_moving_loss_is_not_slow_progress(loss):

@@ -67,6 +67,21 @@ class Scenario:
     ×0.01), as careful practitioners do: the loss starts at chance level (0.167, the target's
     variance) instead of dropping to it, so a model that cannot learn shows it from the first steps."""
     blurb: str = ""
+    tell_chance: bool = True
+    """Pass the task's `chance_loss` to watch() (as a user who knows it would). Off for `exploding`: the mean
+    of its last 30 losses stays above chance after the step-3 spike, so slow_progress would add a warning
+    about the explosion's aftermath to a demo meant to show the explosion."""
+
+    @property
+    def chance_loss(self) -> float | None:
+        """The MSE of the best prediction that ignores the inputs (the target's mean): the target's variance.
+
+        A sum of two independent U(0, 1) values has variance 2/12; the short-memory target at timestep 0 is
+        one value (1/12). Averaged over the timesteps a dense target is scored on. None for the dense running
+        sum, whose variance changes along the sequence (no scenario uses it)."""
+        if self.short_memory:
+            return (1 / 12 + (self.timesteps - 1) / 6) / self.timesteps
+        return None if self.dense_target else 1 / 6
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -76,7 +91,8 @@ SCENARIOS: dict[str, Scenario] = {
                           blurb="a tanh RNN whose recurrent weights halve the signal each timestep, 80 timesteps: "
                                 "its loss stays at chance"),
     "exploding": Scenario("RNN_RELU", 40, 1.6, 5e-4, batch=32,
-                          blurb="a ReLU RNN whose recurrent weights amplify 1.6x per timestep, no clipping"),
+                          blurb="a ReLU RNN whose recurrent weights amplify 1.6x per timestep, no clipping",
+                          tell_chance=False),
     "nan": Scenario("LSTM", 40, 1.0, 1e-2, dense_target=True, nan_at_step=60, adam=True, short_memory=True,
                     blurb="an LSTM that meets one corrupted batch (NaN at timestep 17) at step 60"),
 }
@@ -148,7 +164,8 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
     model = AddingModel(scenario)
     optimizer = (torch.optim.Adam(model.parameters(), lr=scenario.lr) if scenario.adam
                  else torch.optim.SGD(model.parameters(), lr=scenario.lr, momentum=0.9))
-    monitor = gradwatch.watch(model, optimizer, every=every, console=console, jsonl=jsonl, tensorboard=tensorboard)
+    monitor = gradwatch.watch(model, optimizer, every=every, console=console, jsonl=jsonl, tensorboard=tensorboard,
+                              chance_loss=scenario.chance_loss if scenario.tell_chance else None)
     with monitor:
         for step in range(steps):
             x, y = adding_batch(scenario.timesteps, scenario.batch, generator)
@@ -172,7 +189,10 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # a tiny network: extra threads only add overhead
     delay = args.delay if args.delay is not None else (0.05 if sys.stderr.isatty() and not args.no_live else 0.0)
-    intro = f"gradwatch demo ({args.scenario}): {SCENARIOS[args.scenario].blurb}; {args.steps} steps."
+    scenario = SCENARIOS[args.scenario]
+    chance = (f"; chance_loss={scenario.chance_loss:.3g}, the target's variance"
+              if scenario.tell_chance and scenario.chance_loss is not None else "")
+    intro = f"gradwatch demo ({args.scenario}): {scenario.blurb}; {args.steps} steps{chance}."
     print(textwrap.fill(intro, width=plain_width(), subsequent_indent="    "), file=sys.stderr)
     # away from a terminal the alerts go through `logging`: show them (INFO included) as plain lines
     plain = plain_output(args.no_live)

@@ -48,7 +48,7 @@ from ..errors import GradwatchError
 from ..monitor import Monitor
 from ..sinks.logging_sink import plain_width
 from ..stream.step_boundaries import Mode
-from .arguments import positive_int
+from .arguments import chance_loss, detector_setting, positive_int
 
 __all__ = ["add_arguments", "main", "run_script", "ScriptWatcher"]
 
@@ -66,9 +66,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard events to DIR")
     parser.add_argument("--no-live", action="store_true",
                         help="no live console: report alerts as plain log lines on stderr")
+    parser.add_argument("--chance-loss", type=chance_loss, default=None, metavar="LOSS",
+                        help="the loss of a model that ignores its inputs (ln K for K balanced classes with "
+                             "cross-entropy, the target's variance for MSE): a run stuck there is called stuck "
+                             "promptly, also after its loss fell to it (watch(..., chance_loss=LOSS))")
+    parser.add_argument("--detector", type=detector_setting, action="append", default=None, metavar="KEY=VALUE",
+                        help="set a detector threshold, as watch(..., KEY=VALUE) would; repeatable, e.g. "
+                             "--detector cooldown=50 --detector disable=oscillation "
+                             "(the options: docs/detectors.md#thresholds)")
     parser.add_argument("script", nargs="?", default=None,
                         help="the training script, run as `python SCRIPT ARGS...` would run it")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script unchanged")
+
+
+def detector_options(settings: list[tuple[str, Any]] | None, chance: float | None) -> dict[str, Any]:
+    """watch()'s detector keywords from `--detector KEY=VALUE` (the last one of a key wins) and `--chance-loss`."""
+    options = dict(settings or [])
+    if chance is not None:
+        if options.get("chance_loss", chance) != chance:
+            raise GradwatchError(f"--chance-loss {chance:g} and --detector chance_loss={options['chance_loss']:g} "
+                                 "disagree: give the chance loss once (--chance-loss LOSS).")
+        options["chance_loss"] = chance
+    return options
 
 
 def clip_value(text: str | None) -> Any:
@@ -114,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
         "console": "logging" if plain else "auto",
         "jsonl": args.jsonl,
         "tensorboard": args.tensorboard,
+        **detector_options(args.detector, args.chance_loss),
     }
     with plain_log_lines() if plain else contextlib.nullcontext():
         return run_script(args.script, args.args, **options)

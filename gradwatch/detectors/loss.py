@@ -123,10 +123,14 @@ class SlowProgressDetector:
     def _chance_evidence(self, found: tuple[LayerKey, str, str] | None) -> tuple[LayerKey | None, str, str]:
         """(layer, cause, words) for a loss at the chance level: the gradient evidence if any, else the level alone."""
         p = self.progress
-        if p.fell_to_chance:
+        if p.fell_to_chance and self._far_above_chance():
             level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
-                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))} of the chance loss {fmt(p.chance)} you gave (threshold "
-                     f"{fmt(p.chance_share)}), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} you gave, and it is "
+                     f"not falling steadily (slope t = {p.slope_t():.1f}): the model does worse than ignoring its inputs")
+        elif p.fell_to_chance:
+            level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} you gave (threshold "
+                     f"{fmt(p.chance_share)}×), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
                      "does no better than ignoring its inputs")
         else:
             level = (f"after {p.count} steps its level over the last {len(p.last)} steps, {fmt(p.level)}, is still "
@@ -138,6 +142,14 @@ class SlowProgressDetector:
                 f"{fmt(self.config.temporal_decay_ratio)}, no dead or saturated units, updates of usual size)")
         key, cause, text = found
         return key, cause, f"{level}; and the gradients: {text}"
+
+    def _far_above_chance(self) -> bool:
+        """The recent level and median are above chance by more than `chance_share` allows below it (≥ chance / share):
+        stuck there, the model does worse than an input-blind one, not as well."""
+        p = self.progress
+        # the recent median too: the mean over 30 steps still holds the high losses of a fast drop to chance
+        return (p.level is not None and p.recent is not None and p.chance is not None
+                and min(p.level, p.recent) * p.chance_share >= p.chance)
 
     def _high_plateau(self, step: int) -> list[Alert]:
         c, p = self.config, self.progress
@@ -158,10 +170,14 @@ class SlowProgressDetector:
         """`text` is the gradient evidence ("and the gradients: …" is prefixed unless `gradients` is False)."""
         lead = {"stalled": "the loss is stuck at its starting level", "worse": "the loss is above its starting level"}.get(
             self.progress.state, "the loss has stopped improving")
-        if self.progress.fell_to_chance:
+        if self.progress.fell_to_chance and self._far_above_chance():
+            lead = "the loss is stuck above the chance level"  # it never came down to chance (a start far above it)
+        elif self.progress.fell_to_chance:
             lead = "the loss is stuck at the chance level"
         elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
             lead = "the loss is still above the chance level"
+        elif self.progress.state == "stalled" and self.progress.at_chance:
+            lead = f"the loss is stuck at its starting level, the chance level (chance loss {fmt(self.progress.chance)})"
         return make_alert(
             "slow_progress",
             "warning",

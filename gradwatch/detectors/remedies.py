@@ -32,6 +32,7 @@ __all__ = [
     "non_finite",
     "spelled_for_cli",
     "auto_clip_option",
+    "chance_loss_hint",
 ]
 
 _FOR_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("gradwatch_remedies_for_cli", default=False)
@@ -57,6 +58,14 @@ def _clip_example(max_norm: str) -> str:
 def auto_clip_option() -> str:
     """How to ask for clip="auto" where the remedy will be read: `clip='auto'`, or `--clip auto`."""
     return "--clip auto" if _FOR_CLI.get() else "clip='auto'"
+
+
+def chance_loss_hint() -> str:
+    """How to tell gradwatch the chance level: `chance_loss=<...>`, or `--chance-loss LOSS` under `gradwatch run`."""
+    option = "gradwatch run --chance-loss LOSS" if _FOR_CLI.get() else "gradwatch.watch(..., chance_loss=LOSS)"
+    return (f"if you know the loss of a model that ignores its inputs (ln K for K balanced classes with "
+            f"cross-entropy, the target's variance for MSE), {option} makes slow_progress warn when the loss "
+            "stops there")
 
 
 def _clip() -> str:

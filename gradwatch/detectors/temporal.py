@@ -167,12 +167,16 @@ class TemporalDecayDetector:
                 evidence += f"; and it hurts: {self.progress.describe()}"
             elif state == "plateau":
                 evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
+                if c.chance_loss is None:  # a plateau at chance looks like convergence: only the chance level tells
+                    evidence += f" ({remedies.chance_loss_hint()})"
             elif state == "worse":
                 evidence += f"; {self.progress.describe()} (it got worse and stays there; slow_progress says whether it is stuck)"
             elif state == "improving":
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
                 evidence += "; not yet known whether it hurts (the loss has not been seen to stall)"
+                if c.chance_loss is None:  # said once (cooldown): the first decay alert comes before any plateau
+                    evidence += f"; {remedies.chance_loss_hint()}"
             alerts.append(
                 make_alert(
                     "temporal_decay",
