@@ -68,3 +68,4 @@ def test_dropout_check_fails_when_the_replay_draws_other_masks_than_the_fused_ke
     assert details["dropout=0.0"]["status"] == "pass"  # no dropout, no masks to differ
     assert details["dropout=0.3"]["replay_matches_autograd"]  # the reference uses the same F.dropout
     assert not details["dropout=0.3"]["every=1"]["params_bitwise_equal"]
+    assert "dropout masks" in details["diagnosis"]
