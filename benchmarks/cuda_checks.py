@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import math
 import os
 import platform
@@ -275,15 +276,31 @@ def _watched_loop(kind: str, options: Any, device: str, guard_mode: str) -> dict
         if monitor is not None:
             monitor.step(loss)
 
-    step(*batches[0])
-    with _sync_guard(device, guard_mode) as syncs:
-        for x, y in batches[1:]:
-            step(x, y)
-    if monitor is not None:
-        monitor.close()
+    warned = _GradwatchWarnings()
+    logging.getLogger("gradwatch").addHandler(warned)
+    try:
+        step(*batches[0])
+        with _sync_guard(device, guard_mode) as syncs:
+            for x, y in batches[1:]:
+                step(x, y)
+        if monitor is not None:
+            monitor.close()
+    finally:
+        logging.getLogger("gradwatch").removeHandler(warned)
     probed = [s.step for s in monitor.history if s.probed] if monitor is not None else []
     return {"syncs": len(syncs), "sync_messages": sorted(set(syncs))[:5], "probed_steps": probed,
-            "records": len(monitor.history) if monitor is not None else None}
+            "records": len(monitor.history) if monitor is not None else None, "gradwatch_warnings": warned.messages}
+
+
+class _GradwatchWarnings(logging.Handler):
+    """Collects what gradwatch logs (a part it switched off says so here; strict=True raises most of those)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage()[:300])
 
 
 def check_sync(device: str, details: dict[str, Any], save: Callable[[], None], out: Path) -> str:
@@ -551,9 +568,13 @@ def _case_lines(details: dict[str, Any]) -> list[str]:
     lines = []
     for key, value in details.items():
         if isinstance(value, dict) and "status" in value:
-            lines.append(f"  - {key}: {value['status']}" + (f" ({value['error'][:160]})" if value.get("error") else ""))
+            lines.append(f"  - {key}: {value['status']}" + (f" ({value['error'][:160]})" if value.get("error") else "")
+                         + (f" [{len(value['gradwatch_warnings'])} gradwatch warning(s)]"
+                            if value.get("gradwatch_warnings") else ""))
         elif key == "cases":
             lines += _case_lines(value)
+        elif key in ("note", "diagnosis") and value:
+            lines.append(f"  {key}: {value}")
     return lines
 
 
