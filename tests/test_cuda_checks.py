@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -69,3 +70,31 @@ def test_dropout_check_fails_when_the_replay_draws_other_masks_than_the_fused_ke
     assert details["dropout=0.3"]["replay_matches_autograd"]  # the reference uses the same F.dropout
     assert not details["dropout=0.3"]["every=1"]["params_bitwise_equal"]
     assert "dropout masks" in details["diagnosis"]
+
+
+def test_sync_check_reports_each_case_that_converts_a_tensor_inside_the_guard(monkeypatch, tmp_path):
+    """On the GPU `set_sync_debug_mode("error")` raises at a sync; here a guard that forbids `.item()`
+    stands in for it. gradwatch's CPU path reads its norms on the host by design (host_group_sumsq),
+    so every watched "error" case must fail with the exception, the unwatched control must pass, and
+    one failing case must not stop the next."""
+    def forbid(*args, **kwargs):
+        raise RuntimeError("tensor.item() inside the guarded steps")
+
+    @contextlib.contextmanager
+    def item_guard(device, mode):
+        item = torch.Tensor.item
+        if mode == "error":
+            torch.Tensor.item = forbid
+        try:
+            yield []
+        finally:
+            torch.Tensor.item = item
+
+    monkeypatch.setattr(cuda_checks, "_sync_guard", item_guard)
+    details: dict = {}
+    cuda_checks.check_sync("cpu", details, lambda: None, tmp_path)
+    cases = details["cases"]
+    assert cases["control: unwatched LSTM"]["status"] == "pass"
+    watched = {name: case for name, case in cases.items() if name.startswith(("default", "clip"))}
+    assert len(watched) == 11
+    assert all(case["status"] == "fail" and "tensor.item()" in case["error"] for case in watched.values())
