@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -90,11 +91,16 @@ def _run_child(name: str, out: Path, dry_run: bool, limit_s: float) -> dict[str,
                PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     print(f"cuda_checks: {name} (limit {limit_s}s) ...", flush=True)
-    status = None
+    status: str | None = None
+    rc: int | None
     with open(log_file, "w") as log:
+        # its own process group, so that a timeout also ends what the check started (pytest)
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=limit_s).returncode
+            rc = child.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
             rc, status = None, "timeout"
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"name": name, "status": "error", "details": {}, "error": None}
