@@ -9,7 +9,8 @@ repetition (A B C, B C A, ...), on the same model and data; a block is `block` o
 (a multiple of the probe interval, so the probe's cost is amortised as in real training). The
 reported overhead is the median over repetitions of (monitored block time / plain block time
 of the same repetition), with the 25th-75th percentile spread. On a CPU the block time is the
-process's CPU time, so that other tenants of a shared machine do not count; on CUDA, wall time.
+process's CPU time, so that other tenants of a shared machine do not count; on CUDA, wall time
+until the GPU has finished the block's work.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, b
     tenants of a shared machine does not count; every thread of the process does) and wall
     time on CUDA, where the GPU's work would not show in CPU time.
     """
-    clock = time.process_time if device == "cpu" else time.perf_counter
+    clock = time.process_time if device == "cpu" else _cuda_wall_clock
     torch.manual_seed(0)
     model = _Model(case).to(device)
     opt_class = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam}[case.optimizer]
@@ -234,6 +235,13 @@ def measure(case: Case, configs: dict[str, Callable | None], *, reps: int = 7, b
             "step_ms": 1000 * statistics.median(times[name]) / block,
         }
     return result
+
+
+def _cuda_wall_clock() -> float:
+    """Wall time once the GPU has run what was queued: a block's end reading includes its kernels
+    (time.perf_counter alone read when the last kernel was queued, before the GPU had finished)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def machine() -> str:

@@ -19,7 +19,8 @@ def single_layer_copy(m: nn.Module, layer: int) -> nn.Module:
         ref = nn.GRU(in_size, m.hidden_size, **kwargs)
     else:
         ref = nn.RNN(in_size, m.hidden_size, nonlinearity=m.nonlinearity, **kwargs)
-    ref.to(getattr(m, "weight_ih_l0").dtype)
+    weight = getattr(m, "weight_ih_l0")
+    ref.to(device=weight.device, dtype=weight.dtype)  # a CUDA module gets a CUDA reference
     with torch.no_grad():
         for name, p in ref.named_parameters():
             p.copy_(getattr(m, name.replace("_l0", f"_l{layer}")))
