@@ -14,12 +14,14 @@ from __future__ import annotations
 import collections
 import math
 import statistics
-from typing import Iterable, Literal, Protocol
+import operator
+from functools import lru_cache
+from typing import Any, Iterable, Literal, Protocol
 
 from ..records import REMEDY, Alert, Location, StepStats
 from .config import PROBLEM_OF, DetectorConfig
 
-__all__ = ["Detector", "make_alert", "LossProgress", "median", "fmt", "where", "REMEDY"]
+__all__ = ["Detector", "make_alert", "LossProgress", "shared_progress", "slope_t", "median", "fmt", "where", "REMEDY"]
 
 SeverityName = Literal["info", "warning", "critical"]
 
@@ -124,6 +126,10 @@ class LossProgress:
         self.count = 0
         self.first: list[float] = []
         self.last: collections.deque[float] = collections.deque(maxlen=3 * self.window)
+        self._initial: float | None = None
+        self._memo: dict[str, Any] = {}
+        """What the properties below derived from the losses fed so far (cleared by `update`): several
+        detectors ask for the same state on every step, and it changes only when a loss comes."""
 
     def update(self, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
@@ -131,24 +137,33 @@ class LossProgress:
         self.count += 1
         if len(self.first) < self.window:
             self.first.append(loss)
+            if len(self.first) == self.window:
+                self._initial = statistics.median(self.first)  # fixed from here on
         self.last.append(loss)
+        self._memo.clear()
 
     @property
     def initial(self) -> float | None:
-        return statistics.median(self.first) if len(self.first) == self.window else None
+        return self._initial
 
     @property
     def recent(self) -> float | None:
         if self.count < 2 * self.window:
             return None
-        return statistics.median(list(self.last)[-self.window :])
+        memo = self._memo
+        if "recent" not in memo:
+            memo["recent"] = statistics.median(list(self.last)[-self.window :])
+        return memo["recent"]  # type: ignore[no-any-return]
 
     @property
     def previous(self) -> float | None:
         """Median of the window that ended 2 × `window` steps before the latest loss."""
         if len(self.last) < 3 * self.window:
             return None
-        return statistics.median(list(self.last)[: self.window])
+        memo = self._memo
+        if "previous" not in memo:
+            memo["previous"] = statistics.median(list(self.last)[: self.window])
+        return memo["previous"]  # type: ignore[no-any-return]
 
     @property
     def improvement(self) -> float | None:
@@ -160,6 +175,12 @@ class LossProgress:
 
     @property
     def state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
+        memo = self._memo
+        if "state" not in memo:
+            memo["state"] = self._state()
+        return memo["state"]  # type: ignore[no-any-return]
+
+    def _state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         gain = self.improvement
         if gain is None:
             return "unknown"
@@ -181,14 +202,21 @@ class LossProgress:
     @property
     def level(self) -> float | None:
         """Mean of the last 3 × `window` losses (None before that many): the level compared with the chance loss."""
-        return statistics.fmean(self.last) if len(self.last) == self.last.maxlen else None
+        if len(self.last) != self.last.maxlen:
+            return None
+        memo = self._memo
+        if "level" not in memo:
+            memo["level"] = statistics.fmean(self.last)
+        return memo["level"]  # type: ignore[no-any-return]
 
     @property
     def at_chance(self) -> bool:
         """A chance loss was given, `steps` losses seen, the recent level is ≥ `chance_share` × chance and
         the loss is not falling steadily: no better than an input-blind predictor, and not getting there."""
+        if self.chance is None or self.count < self.steps:
+            return False
         level = self.level
-        if self.chance is None or self.count < self.steps or level is None:
+        if level is None:
             return False
         return level >= self.chance_share * self.chance and self.slope_t() > -self.trend
 
@@ -197,6 +225,8 @@ class LossProgress:
         """`at_chance`, and the loss started above the chance level (the first `window` losses' median ≥ chance /
         `chance_share`): it fell to the input-blind answer and stopped there, which otherwise looks like
         convergence. A loss that starts at chance and stays there is "stalled" and judged as such."""
+        if self.chance is None:
+            return False
         initial = self.initial
         return (self.at_chance and initial is not None and self.chance is not None
                 and initial * self.chance_share >= self.chance)
@@ -205,23 +235,18 @@ class LossProgress:
     def above_chance(self) -> bool:
         """A chance loss was given, the loss started above it (as for `fell_to_chance`) and its recent level is still
         at or above it, falling or not: after enough steps, not even the input-blind answer has been reached."""
+        if self.chance is None:
+            return False
         level, initial = self.level, self.initial
         return (self.chance is not None and level is not None and initial is not None
                 and initial * self.chance_share >= self.chance and level >= self.chance)
 
     def slope_t(self) -> float:
         """t-statistic of the least-squares slope of the last 3 × `window` losses (0 when flat or too few)."""
-        values = list(self.last)
-        n = len(values)
-        if n < 3:
-            return 0.0
-        mean_x, mean_y = (n - 1) / 2, sum(values) / n
-        sxx = sum((x - mean_x) ** 2 for x in range(n))
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sxx
-        resid = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(values))
-        if resid <= 1e-24 * sum(v * v for v in values):
-            return 0.0 if slope == 0 else math.copysign(math.inf, slope)
-        return slope / math.sqrt(resid / (n - 2) / sxx)
+        memo = self._memo
+        if "slope_t" not in memo:
+            memo["slope_t"] = slope_t(list(self.last))
+        return memo["slope_t"]  # type: ignore[no-any-return]
 
     def describe(self) -> str:
         """'the loss went from 0.693 to 0.691 in 150 steps (0.3 % lower)' for messages."""
@@ -236,3 +261,39 @@ class LossProgress:
             text += (f", but it has stopped falling: {fmt(self.previous)} {2 * self.window} steps earlier "
                      f"(less than {self.min_improvement * 100:.0f} % since)")
         return text
+
+
+
+def shared_progress(config: DetectorConfig, progress: LossProgress | None) -> tuple[LossProgress, bool]:
+    """(the tracker a loss-aware detector reads, whether the detector feeds and resets it itself).
+
+    `progress` given: a tracker the caller feeds once per record and resets (`DetectorSuite` shares one
+    among its detectors, since they all follow the same losses); None: the detector keeps its own."""
+    if progress is not None:
+        return progress, False
+    return LossProgress.from_config(config), True
+
+@lru_cache(maxsize=16)
+def _centred_positions(n: int) -> tuple[tuple[float, ...], float]:
+    """(x − mean_x for x in 0..n−1, their sum of squares), as `slope_t` computes them (they depend on n only)."""
+    mean_x = (n - 1) / 2
+    return tuple(x - mean_x for x in range(n)), sum((x - mean_x) ** 2 for x in range(n))
+
+
+def slope_t(values: list[float]) -> float:
+    """t-statistic of the least-squares slope of `values` against their position (0 when flat or too few).
+
+    Every sum adds the same terms in the same order as the textbook loop over `enumerate(values)`,
+    so the result is bit for bit that loop's; only the positions' part, which depends on the length
+    alone, is computed once per length."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    xs, sxx = _centred_positions(n)
+    mean_y = sum(values) / n
+    dy = [y - mean_y for y in values]
+    slope: float = sum(map(operator.mul, xs, dy)) / sxx
+    resid = sum([(d - slope * x) ** 2 for x, d in zip(xs, dy)])
+    if resid <= 1e-24 * sum([v * v for v in values]):
+        return 0.0 if slope == 0 else math.copysign(math.inf, slope)
+    return slope / math.sqrt(resid / (n - 2) / sxx)

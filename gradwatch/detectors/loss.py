@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 from .temporal import analysable, temporal_profile
 
@@ -75,20 +75,22 @@ class SlowProgressDetector:
 
     signs: tuple[str, ...] = ("slow_progress",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
         self.reset()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
         self._decay: dict[LayerKey, float] = {}
         self._inactive: dict[LayerKey, tuple[float, str]] = {}
         self._ratios: dict[LayerKey, collections.deque[float]] = {}
         self._kinds: dict[LayerKey, str] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         self._collect(stats)
         state = self.progress.state
         if self.progress.fell_to_chance:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["TemporalProfile", "temporal_profile", "analysable", "TemporalDecayDetector", "TemporalGrowthDetector"]
@@ -137,16 +137,18 @@ class TemporalDecayDetector:
 
     signs: tuple[str, ...] = ("temporal_decay",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         if not stats.probed:
             return []
         decays = {k: p for k, p in _profiles(stats, c.temporal_min_steps).items() if p.ratio <= c.temporal_decay_ratio}
@@ -195,16 +197,18 @@ class TemporalGrowthDetector:
 
     signs: tuple[str, ...] = ("temporal_growth",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         if not stats.probed:
             return []
         grows = {

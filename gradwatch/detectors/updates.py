@@ -30,7 +30,7 @@ import math
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["TinyUpdatesDetector", "LargeUpdatesDetector"]
@@ -55,18 +55,20 @@ class TinyUpdatesDetector:
 
     signs: tuple[str, ...] = ("tiny_updates",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
         self.reset()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
         self._ratios: dict[LayerKey, collections.deque[float]] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         low: dict[LayerKey, float] = {}
         for key in stats.layers:
             r = _ratio(stats, key)
