@@ -11,17 +11,18 @@ a tensor or a hook, so it can be tested with hand-written records.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import statistics
 import operator
 from functools import lru_cache
-from typing import Any, Iterable, Literal, Protocol
+from typing import Any, Iterable, Iterator, Literal, Protocol
 
 from ..records import REMEDY, Alert, Location, StepStats
 from .config import PROBLEM_OF, DetectorConfig
 
-__all__ = ["Detector", "make_alert", "LossProgress", "shared_progress", "slope_t", "median", "fmt", "where", "REMEDY"]
+__all__ = ["Detector", "make_alert", "LossProgress", "shared_progress", "slope_t", "MedianWindow", "median", "fmt", "where", "REMEDY"]
 
 SeverityName = Literal["info", "warning", "critical"]
 
@@ -70,6 +71,76 @@ def median(values: Iterable[float]) -> float:
     """Median of the finite values (NaN when there is none)."""
     finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite) if finite else float("nan")
+
+
+class MedianWindow:
+    """The last `size` values, with `median` of their finite ones kept ready (no sort per step).
+
+        >>> w = MedianWindow(3)
+        >>> for v in (5.0, 1.0, float("nan"), 3.0): w.append(v)
+        >>> list(w), w.median(), w.finite
+        ([1.0, nan, 3.0], 2.0, 2)
+
+    `median()` is `median(list(w))`, bit for bit: the finite values are kept sorted, equal ones in
+    the order they came (as a stable sort leaves them), and the oldest leaves first.
+    """
+
+    __slots__ = ("_values", "_sorted")
+
+    def __init__(self, size: int) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+        self._sorted: list[float] = []
+
+    def append(self, value: float) -> None:
+        values, ordered = self._values, self._sorted
+        if len(values) == values.maxlen:
+            old = values[0]
+            if math.isfinite(old):
+                del ordered[bisect.bisect_left(ordered, old)]  # the leftmost of its equals is the oldest
+        values.append(value)
+        if math.isfinite(value):
+            bisect.insort_right(ordered, value)
+
+    def median(self) -> float:
+        """Median of the finite values (NaN when there is none), as `median` computes it."""
+        ordered = self._sorted
+        n = len(ordered)
+        if not n:
+            return float("nan")
+        i = n // 2
+        return ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
+
+    def largest(self) -> float:
+        """The largest finite value (NaN when there is none)."""
+        return self._sorted[-1] if self._sorted else float("nan")
+
+    @property
+    def finite(self) -> int:
+        """How many of the values are finite."""
+        return len(self._sorted)
+
+    @property
+    def maxlen(self) -> int | None:
+        return self._values.maxlen
+
+    def full(self) -> bool:
+        return len(self._values) == self._values.maxlen
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._sorted.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._values)
+
+    def __getitem__(self, index: int) -> float:
+        return self._values[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
 
 
 def fmt(x: float | None) -> str:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, shared_progress, where
+from .base import LossProgress, MedianWindow, fmt, make_alert, shared_progress, where
 from .config import DetectorConfig
 from .temporal import analysable, temporal_profile
 
@@ -85,7 +85,7 @@ class SlowProgressDetector:
             self.progress.reset()
         self._decay: dict[LayerKey, float] = {}
         self._inactive: dict[LayerKey, tuple[float, str]] = {}
-        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        self._ratios: dict[LayerKey, MedianWindow] = {}
         self._kinds: dict[LayerKey, str] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
@@ -147,7 +147,7 @@ class SlowProgressDetector:
             return []
         if p.count < c.progress_unexplained_steps:
             return []  # small steps are weak evidence: it waits as long as a flat loss alone
-        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
+        full = {k: v.median() for k, v in self._ratios.items() if len(v) == c.update_window}
         if not full or max(full.values()) >= c.plateau_update_ratio:
             return []
         key = max(full, key=full.__getitem__)
@@ -178,10 +178,14 @@ class SlowProgressDetector:
 
     def _collect(self, stats: StepStats) -> None:
         c = self.config
+        kinds, ratios = self._kinds, self._ratios
         for key, ls in stats.layers.items():
-            self._kinds[key] = ls.kind
+            kinds[key] = ls.kind
             if ls.has_grad and math.isfinite(ls.update_ratio):
-                self._ratios.setdefault(key, collections.deque(maxlen=c.update_window)).append(ls.update_ratio)
+                window = ratios.get(key)
+                if window is None:
+                    window = ratios[key] = MedianWindow(c.update_window)
+                window.append(ls.update_ratio)
         if not stats.probed:
             return
         self._decay.clear()
@@ -214,8 +218,10 @@ class SlowProgressDetector:
             return key, state, (
                 f"{idle * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
-        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
-        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
+        if inactive_only:
+            return None
+        full = {k: v.median() for k, v in self._ratios.items() if len(v) == c.update_window}
+        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
             return key, "tiny_updates", (
@@ -333,7 +339,7 @@ class OscillationDetector:
     def reset(self) -> None:
         window = self.config.oscillation_window
         self._losses: collections.deque[float] = collections.deque(maxlen=window)
-        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        self._ratios: dict[LayerKey, MedianWindow] = {}
         """Update ratio of each layer on the steps of `_losses` (NaN where it had none)."""
 
     def update(self, stats: StepStats) -> list[Alert]:
@@ -370,22 +376,25 @@ class OscillationDetector:
 
     def _collect_ratios(self, stats: StepStats) -> None:
         """Append this step's update ratio of every layer seen (NaN if absent); forget layers gone for a window."""
-        for key in list(self._ratios) + [k for k in stats.layers if k not in self._ratios]:
-            ls = stats.layers.get(key)
-            ratio = ls.update_ratio if ls is not None and ls.has_grad else math.nan
-            trail = self._ratios.setdefault(key, collections.deque(maxlen=self.config.oscillation_window))
-            trail.append(ratio)
-            if ls is None and len(trail) == trail.maxlen and not any(math.isfinite(r) for r in trail):
-                del self._ratios[key]
+        ratios, layers = self._ratios, stats.layers
+        for key, trail in list(ratios.items()):
+            ls = layers.get(key)
+            trail.append(ls.update_ratio if ls is not None and ls.has_grad else math.nan)
+            if ls is None and trail.full() and not trail.finite:
+                del ratios[key]
+        for key, ls in layers.items():
+            if key not in ratios:  # a layer seen for the first time
+                trail = ratios[key] = MedianWindow(self.config.oscillation_window)
+                trail.append(ls.update_ratio if ls.has_grad else math.nan)
 
     def _largest_steps(self) -> tuple[LayerKey, float] | None:
         """The layer with the largest median update ratio over the window, or None if none was measured."""
-        medians = {k: median(v) for k, v in self._ratios.items()}
-        medians = {k: v for k, v in medians.items() if math.isfinite(v)}
-        if not medians:
-            return None
-        key = max(medians, key=medians.__getitem__)
-        return key, medians[key]
+        best: tuple[LayerKey, float] | None = None  # the first layer with the largest finite median
+        for key, trail in self._ratios.items():
+            m = trail.median()
+            if math.isfinite(m) and (best is None or m > best[1]):
+                best = (key, m)
+        return best
 
     def _evidence(self, m: Swings, step: tuple[LayerKey, float] | None) -> str:
         c = self.config

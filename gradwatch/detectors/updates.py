@@ -30,7 +30,7 @@ import math
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, shared_progress, where
+from .base import LossProgress, MedianWindow, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["TinyUpdatesDetector", "LargeUpdatesDetector"]
@@ -63,25 +63,29 @@ class TinyUpdatesDetector:
     def reset(self) -> None:
         if self._feeds:
             self.progress.reset()
-        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        self._ratios: dict[LayerKey, MedianWindow] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
             self.progress.update(stats.loss)
         low: dict[LayerKey, float] = {}
-        for key in stats.layers:
-            r = _ratio(stats, key)
-            if r is None:
+        ratios = self._ratios
+        for key, ls in stats.layers.items():
+            if not ls.has_grad or not math.isfinite(ls.update_ratio):
                 continue
-            window = self._ratios.setdefault(key, collections.deque(maxlen=c.update_window))
-            window.append(r)
+            window = ratios.get(key)
+            if window is None:
+                window = ratios[key] = MedianWindow(c.update_window)
+            window.append(ls.update_ratio)
             if len(window) == c.update_window:
-                m = median(window)
+                m = window.median()
                 if m < c.tiny_update_ratio:
                     low[key] = m
+        if not low:
+            return []
         state = self.progress.state
-        if not low or state in ("improving", "plateau"):
+        if state in ("improving", "plateau"):
             return []
         alerts = []
         for module in dict.fromkeys(k[0] for k in low):
@@ -135,9 +139,12 @@ class LargeUpdatesDetector:
         c = self.config
         loss = stats.loss if stats.loss is not None and math.isfinite(stats.loss) else None
         flagged: dict[LayerKey, tuple[float, str]] = {}
+        trails = self._trail
         for key in stats.layers:
             r = _ratio(stats, key)
-            trail = self._trail.setdefault(key, collections.deque(maxlen=4))
+            trail = trails.get(key)
+            if trail is None:
+                trail = trails[key] = collections.deque(maxlen=4)
             if r is None:
                 self._streak[key] = 0
                 continue
@@ -178,10 +185,14 @@ class LargeUpdatesDetector:
     def _inflating(self, key: LayerKey, weight_norm: float) -> bool:
         """The layer's weight norm rose on each of the last `weight_growth_steps` steps, by `weight_growth_factor`× in all."""
         c = self.config
-        norms = self._weights.setdefault(key, collections.deque(maxlen=c.weight_growth_steps + 1))
+        norms = self._weights.get(key)
+        if norms is None:
+            norms = self._weights[key] = collections.deque(maxlen=c.weight_growth_steps + 1)
         norms.append(weight_norm)
+        if len(norms) <= c.weight_growth_steps:
+            return False
         values = list(norms)
-        if len(values) <= c.weight_growth_steps or not all(math.isfinite(v) and v > 0 for v in values):
+        if not all(math.isfinite(v) and v > 0 for v in values):
             return False
         rising = all(b > a for a, b in zip(values, values[1:]))
         return rising and values[-1] >= c.weight_growth_factor * values[0]
