@@ -93,7 +93,7 @@ class MedianWindow:
 
     def append(self, value: float) -> None:
         values, ordered = self._values, self._sorted
-        if len(values) == values.maxlen:
+        if len(values) == values.maxlen and values:
             old = values[0]
             if math.isfinite(old):
                 del ordered[bisect.bisect_left(ordered, old)]  # the leftmost of its equals is the oldest

@@ -341,12 +341,23 @@ class OscillationDetector:
         self._losses: collections.deque[float] = collections.deque(maxlen=window)
         self._ratios: dict[LayerKey, MedianWindow] = {}
         """Update ratio of each layer on the steps of `_losses` (NaN where it had none)."""
+        # What `measure_swings` would compute from the window, kept up to date loss by loss so that a
+        # window that passes the cheap conditions is judged without re-deriving it (same numbers, bit
+        # for bit: each is the same expression on the same losses, only computed when the loss came)
+        self._first_half, self._second_half = MedianWindow(window // 2), MedianWindow(window - window // 2)
+        self._logs: collections.deque[float] = collections.deque(maxlen=window)
+        """log(loss), NaN for a loss ≤ 0."""
+        self._log_moves = MedianWindow(max(window - 1, 1))
+        """|log(loss) − log(previous loss)|: the step-to-step changes within the window."""
+        self._log_smooth: collections.deque[float] = collections.deque(maxlen=max(window - 2, 1))
+        """The 3-step running median of log(loss) (`running_median`) over the window."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        if stats.loss is None or not math.isfinite(stats.loss):
+        loss = stats.loss
+        if loss is None or not math.isfinite(loss):
             return []
-        self._losses.append(stats.loss)
+        self._remember(loss)
         self._collect_ratios(stats)
         if len(self._losses) < c.oscillation_window:
             return []
@@ -355,11 +366,11 @@ class OscillationDetector:
         step = self._largest_steps()
         if step is not None and step[1] < c.oscillation_update_ratio:
             return []
-        losses = list(self._losses)
-        half = len(losses) // 2
-        if statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half]):
+        if self._settling():
             return []
-        m = measure_swings(losses, swing=c.oscillation_swing, noise=c.oscillation_noise)
+        if not self._may_swing():
+            return []
+        m = measure_swings(list(self._losses), swing=c.oscillation_swing, noise=c.oscillation_noise)
         if m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
             return []
         return [
@@ -373,6 +384,40 @@ class OscillationDetector:
                 threshold=float(c.oscillation_legs),
             )
         ]
+
+    def _remember(self, loss: float) -> None:
+        losses, logs, second = self._losses, self._logs, self._second_half
+        if second.full() and self._first_half.maxlen:
+            self._first_half.append(second[0])  # it moves from the window's second half to its first
+        second.append(loss)
+        losses.append(loss)
+        value = math.log(loss) if loss > 0 else math.nan
+        if logs:
+            self._log_moves.append(abs(value - logs[-1]))
+        logs.append(value)
+        if len(logs) >= 3:
+            self._log_smooth.append(sorted((logs[-3], logs[-2], logs[-1]))[1])
+
+    def _settling(self) -> bool:
+        """The median of the window's second half is 10 % below that of its first half."""
+        if not self._first_half.maxlen:
+            losses = list(self._losses)  # a window of one loss: as the rule reads, whatever it does
+            half = len(losses) // 2
+            return statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half])
+        return self._second_half.median() < _SETTLING * self._first_half.median()
+
+    def _may_swing(self) -> bool:
+        """False when the window certainly fails the swing or the persistence condition of `measure_swings`
+        (judged on log(loss), from the values kept loss by loss); True when it may pass (then measured in full)."""
+        c = self.config
+        losses = self._losses
+        if len(losses) < 4 or min(losses) <= 0:
+            return True  # short windows and losses ≤ 0 (judged on the loss itself): measured in full
+        least = max(math.log1p(c.oscillation_swing), c.oscillation_noise * self._log_moves.median())
+        legs = zigzag_legs(list(self._log_smooth), least) if least > 0 else 0
+        if legs < c.oscillation_legs:
+            return False
+        return lag1_autocorrelation(list(self._logs)) >= c.oscillation_persistence
 
     def _collect_ratios(self, stats: StepStats) -> None:
         """Append this step's update ratio of every layer seen (NaN if absent); forget layers gone for a window."""

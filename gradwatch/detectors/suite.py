@@ -194,6 +194,8 @@ class DetectorSuite:
                 old = found.get(key)
                 if old is None or alert.level > old.level:
                     found[key] = alert
+        if not found:
+            return []  # most steps
         if self._explosion is not None:
             found = {k: _after_explosion(a, self._explosion[0]) for k, a in found.items()}
         self._note_explosion(list(found.values()))
