@@ -17,6 +17,7 @@ import math
 import statistics
 import operator
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, Iterable, Iterator, Literal, Protocol
 
 from ..records import REMEDY, Alert, Location, StepStats
@@ -362,9 +363,10 @@ def slope_t(values: list[float]) -> float:
         return 0.0
     xs, sxx = _centred_positions(n)
     mean_y = sum(values) / n
-    dy = [y - mean_y for y in values]
+    dy = list(map(operator.sub, values, repeat(mean_y)))  # y − mean_y
     slope: float = sum(map(operator.mul, xs, dy)) / sxx
-    resid = sum([(d - slope * x) ** 2 for x, d in zip(xs, dy)])
-    if resid <= 1e-24 * sum([v * v for v in values]):
+    # (y − mean_y − slope·(x − mean_x))², term by term in C
+    resid = sum(map(operator.pow, map(operator.sub, dy, map(operator.mul, repeat(slope), xs)), repeat(2)))
+    if resid <= 1e-24 * sum(map(operator.mul, values, values)):
         return 0.0 if slope == 0 else math.copysign(math.inf, slope)
     return slope / math.sqrt(resid / (n - 2) / sxx)

@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import statistics
 from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, MedianWindow, fmt, make_alert, shared_progress, where
+from .base import LossProgress, MedianWindow, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 from .temporal import analysable, temporal_profile
 
@@ -85,7 +86,8 @@ class SlowProgressDetector:
             self.progress.reset()
         self._decay: dict[LayerKey, float] = {}
         self._inactive: dict[LayerKey, tuple[float, str]] = {}
-        self._ratios: dict[LayerKey, MedianWindow] = {}
+        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        """Recent update ratios of each layer (their medians are needed only once the loss has stalled)."""
         self._kinds: dict[LayerKey, str] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
@@ -147,7 +149,7 @@ class SlowProgressDetector:
             return []
         if p.count < c.progress_unexplained_steps:
             return []  # small steps are weak evidence: it waits as long as a flat loss alone
-        full = {k: v.median() for k, v in self._ratios.items() if len(v) == c.update_window}
+        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         if not full or max(full.values()) >= c.plateau_update_ratio:
             return []
         key = max(full, key=full.__getitem__)
@@ -184,7 +186,7 @@ class SlowProgressDetector:
             if ls.has_grad and math.isfinite(ls.update_ratio):
                 window = ratios.get(key)
                 if window is None:
-                    window = ratios[key] = MedianWindow(c.update_window)
+                    window = ratios[key] = collections.deque(maxlen=c.update_window)
                 window.append(ls.update_ratio)
         if not stats.probed:
             return
@@ -220,7 +222,7 @@ class SlowProgressDetector:
             )
         if inactive_only:
             return None
-        full = {k: v.median() for k, v in self._ratios.items() if len(v) == c.update_window}
+        full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
@@ -341,16 +343,10 @@ class OscillationDetector:
         self._losses: collections.deque[float] = collections.deque(maxlen=window)
         self._ratios: dict[LayerKey, MedianWindow] = {}
         """Update ratio of each layer on the steps of `_losses` (NaN where it had none)."""
-        # What `measure_swings` would compute from the window, kept up to date loss by loss so that a
-        # window that passes the cheap conditions is judged without re-deriving it (same numbers, bit
-        # for bit: each is the same expression on the same losses, only computed when the loss came)
-        self._first_half, self._second_half = MedianWindow(window // 2), MedianWindow(window - window // 2)
         self._logs: collections.deque[float] = collections.deque(maxlen=window)
-        """log(loss), NaN for a loss ≤ 0."""
-        self._log_moves = MedianWindow(max(window - 1, 1))
-        """|log(loss) − log(previous loss)|: the step-to-step changes within the window."""
+        """log(loss), NaN for a loss ≤ 0: what `measure_swings` takes the log of, taken as each loss comes."""
         self._log_smooth: collections.deque[float] = collections.deque(maxlen=max(window - 2, 1))
-        """The 3-step running median of log(loss) (`running_median`) over the window."""
+        """The 3-step running median of log(loss) (`running_median`) over the window, one entry per loss."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
@@ -386,38 +382,32 @@ class OscillationDetector:
         ]
 
     def _remember(self, loss: float) -> None:
-        losses, logs, second = self._losses, self._logs, self._second_half
-        if second.full() and self._first_half.maxlen:
-            self._first_half.append(second[0])  # it moves from the window's second half to its first
-        second.append(loss)
-        losses.append(loss)
-        value = math.log(loss) if loss > 0 else math.nan
-        if logs:
-            self._log_moves.append(abs(value - logs[-1]))
-        logs.append(value)
+        self._losses.append(loss)
+        logs = self._logs
+        logs.append(math.log(loss) if loss > 0 else math.nan)
         if len(logs) >= 3:
             self._log_smooth.append(sorted((logs[-3], logs[-2], logs[-1]))[1])
 
     def _settling(self) -> bool:
         """The median of the window's second half is 10 % below that of its first half."""
-        if not self._first_half.maxlen:
-            losses = list(self._losses)  # a window of one loss: as the rule reads, whatever it does
-            half = len(losses) // 2
-            return statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half])
-        return self._second_half.median() < _SETTLING * self._first_half.median()
+        losses = list(self._losses)
+        half = len(losses) // 2
+        return statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half])
 
     def _may_swing(self) -> bool:
         """False when the window certainly fails the swing or the persistence condition of `measure_swings`
-        (judged on log(loss), from the values kept loss by loss); True when it may pass (then measured in full)."""
+        (judged on log(loss), with the same expressions on the same values); True when it may pass (then
+        measured in full)."""
         c = self.config
-        losses = self._losses
-        if len(losses) < 4 or min(losses) <= 0:
+        if len(self._losses) < 4 or min(self._losses) <= 0:
             return True  # short windows and losses ≤ 0 (judged on the loss itself): measured in full
-        least = max(math.log1p(c.oscillation_swing), c.oscillation_noise * self._log_moves.median())
+        logs = list(self._logs)
+        moves = map(abs, map(operator.sub, logs[1:], logs[:-1]))  # |b − a| of each adjacent pair (a, b)
+        least = max(math.log1p(c.oscillation_swing), c.oscillation_noise * statistics.median(moves))
         legs = zigzag_legs(list(self._log_smooth), least) if least > 0 else 0
         if legs < c.oscillation_legs:
             return False
-        return lag1_autocorrelation(list(self._logs)) >= c.oscillation_persistence
+        return lag1_autocorrelation(logs) >= c.oscillation_persistence
 
     def _collect_ratios(self, stats: StepStats) -> None:
         """Append this step's update ratio of every layer seen (NaN if absent); forget layers gone for a window."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
-from .base import MedianWindow, fmt, make_alert, where
+from .base import MedianWindow, fmt, make_alert, median, where
 from .config import DetectorConfig
 
 __all__ = ["NormSpikeDetector"]
@@ -77,10 +77,11 @@ class NormSpikeDetector:
         self._top = 0.0
         """Largest finite norm seen so far (the early rule's reference)."""
         self._run: collections.deque[float] = collections.deque(maxlen=c.norm_growth_steps + 1)
-        self._layers: dict[LayerKey, MedianWindow] = {}
+        self._layers: dict[LayerKey, collections.deque[float]] = {}
+        """Recent gradient norms of each layer (their median is needed only when the total norm jumps)."""
         self._calm: float | None = None
         """Median norm of the first full window: the run's typical size before any jump."""
-        self._steps = MedianWindow(self.config.spike_window)
+        self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
         """Largest layer update ratio of recent steps: did a gradient spike become a large step?"""
         self._losses: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
         self._pending: _Pending | None = None
@@ -117,7 +118,7 @@ class NormSpikeDetector:
             if ls.has_grad and _usable(ls.grad_norm):
                 past = layers.get(key)
                 if past is None:
-                    past = layers[key] = MedianWindow(self.config.spike_window)
+                    past = layers[key] = collections.deque(maxlen=self.config.spike_window)
                 past.append(ls.grad_norm)
         step = _largest_update(stats)
         if step is not None:
@@ -174,7 +175,7 @@ class NormSpikeDetector:
         key, detail = self._located(stats)
         severity = "critical" if ratio >= c.spike_critical_factor else "warning"
         evidence = f"total gradient norm {fmt(stats.grad_norm)} at step {stats.step} is {rule}{detail}"
-        step, usual = _largest_update(stats), (self._steps.median() if self._steps else None)
+        step, usual = _largest_update(stats), (median(self._steps) if self._steps else None)
         if severity == "warning" and step is not None and usual and step < c.spike_step_factor * usual:
             # An adaptive optimiser (Adam) absorbs the jump: the step stayed its usual size.
             evidence += (f"; the update itself stayed small ({fmt(step)} of the weights, {fmt(step / usual)}× its "
@@ -252,8 +253,8 @@ class NormSpikeDetector:
         jumps = {}
         for key, ls in stats.layers.items():
             past = self._layers.get(key)
-            if past and _usable(ls.grad_norm) and past.median() > 0:
-                jumps[key] = ls.grad_norm / past.median()
+            if past and _usable(ls.grad_norm) and median(past) > 0:
+                jumps[key] = ls.grad_norm / median(past)
         if not jumps or max(jumps.values()) < 2:
             return None, (
                 "; no watched recurrent layer jumped against its own recent median, so the jump comes from other "

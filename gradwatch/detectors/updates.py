@@ -30,7 +30,7 @@ import math
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, MedianWindow, fmt, make_alert, median, shared_progress, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["TinyUpdatesDetector", "LargeUpdatesDetector"]
@@ -63,29 +63,30 @@ class TinyUpdatesDetector:
     def reset(self) -> None:
         if self._feeds:
             self.progress.reset()
-        self._ratios: dict[LayerKey, MedianWindow] = {}
+        self._ratios: dict[LayerKey, collections.deque[float]] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
             self.progress.update(stats.loss)
-        low: dict[LayerKey, float] = {}
         ratios = self._ratios
         for key, ls in stats.layers.items():
-            if not ls.has_grad or not math.isfinite(ls.update_ratio):
-                continue
+            if ls.has_grad and math.isfinite(ls.update_ratio):
+                window = ratios.get(key)
+                if window is None:
+                    window = ratios[key] = collections.deque(maxlen=c.update_window)
+                window.append(ls.update_ratio)
+        state = self.progress.state  # the loss-aware detectors share it: asked for once per step
+        if state in ("improving", "plateau"):
+            return []  # whatever the windows say
+        low: dict[LayerKey, float] = {}
+        for key in stats.layers:
             window = ratios.get(key)
-            if window is None:
-                window = ratios[key] = MedianWindow(c.update_window)
-            window.append(ls.update_ratio)
-            if len(window) == c.update_window:
-                m = window.median()
+            if window is not None and len(window) == c.update_window and _ratio(stats, key) is not None:
+                m = median(window)
                 if m < c.tiny_update_ratio:
                     low[key] = m
         if not low:
-            return []
-        state = self.progress.state
-        if state in ("improving", "plateau"):
             return []
         alerts = []
         for module in dict.fromkeys(k[0] for k in low):
