@@ -223,8 +223,11 @@ class NormSpikeDetector:
 
     def _growth(self, stats: StepStats) -> Alert | None:
         c = self.config
-        values = list(self._run)
-        if len(values) < c.norm_growth_steps + 1 or not all(b > a for a, b in zip(values, values[1:])):
+        run = self._run
+        if len(run) < c.norm_growth_steps + 1 or not run[-1] > run[-2]:
+            return None  # (the usual step: the last norm did not rise)
+        values = list(run)
+        if not all(b > a for a, b in zip(values, values[1:])):
             return None
         base = self._history.median()
         factor = values[-1] / values[0]
