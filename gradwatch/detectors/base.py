@@ -112,8 +112,10 @@ class MedianWindow:
         return ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
 
     def largest(self) -> float:
-        """The largest finite value (NaN when there is none)."""
-        return self._sorted[-1] if self._sorted else float("nan")
+        """The largest finite value (NaN when there is none); of equal ones (0.0 and -0.0), the first
+        that came, as `max` returns it."""
+        ordered = self._sorted
+        return ordered[bisect.bisect_left(ordered, ordered[-1])] if ordered else float("nan")
 
     @property
     def finite(self) -> int:
