@@ -2,8 +2,9 @@
 
 Each shortcut is checked against a from-scratch reference written here the way the rule reads: the
 sorted window against `median`, `slope_t` against the textbook loop, the loss tracker's answers after
-every loss against a fresh tracker's, the suite's shared tracker against one tracker per detector, and
-the oscillation detector's window kept loss by loss against `measure_swings` over the whole window.
+every loss against a fresh tracker's, the suite's shared tracker and temporal profiles against
+detectors built alone, and the oscillation detector's window kept loss by loss against
+`measure_swings` over the whole window.
 """
 
 from __future__ import annotations
@@ -16,7 +17,23 @@ import struct
 
 import pytest
 
-from gradwatch.detectors import DetectorConfig, DetectorSuite, LossProgress, OscillationDetector, default_detectors
+from gradwatch.detectors import (
+    ConstantClippingDetector,
+    DeadNeuronsDetector,
+    DetectorConfig,
+    DetectorSuite,
+    LargeUpdatesDetector,
+    LossProgress,
+    NonFiniteDetector,
+    NormSpikeDetector,
+    OscillationDetector,
+    SlowProgressDetector,
+    TemporalDecayDetector,
+    TemporalGrowthDetector,
+    TinyUpdatesDetector,
+    default_detectors,
+)
+from gradwatch.detectors import temporal as temporal_module
 from gradwatch.detectors.base import MedianWindow, median, slope_t
 from gradwatch.detectors.loss import measure_swings
 from gradwatch.records import DirectionStats, LayerStats, StepStats
@@ -142,12 +159,23 @@ def run_records(seed: int) -> list[StepStats]:
     return out
 
 
+def standalone_detectors(config: DetectorConfig) -> list:
+    """`default_detectors`, each built alone: its own loss tracker and temporal profiles."""
+    return [NonFiniteDetector(), NormSpikeDetector(config), LargeUpdatesDetector(config), TemporalGrowthDetector(config),
+            OscillationDetector(config), ConstantClippingDetector(config), TemporalDecayDetector(config),
+            DeadNeuronsDetector(config), TinyUpdatesDetector(config), SlowProgressDetector(config)]
+
+
+def test_standalone_detectors_are_the_default_ones():
+    assert [type(d) for d in standalone_detectors(DetectorConfig())] == [type(d) for d in default_detectors(DetectorConfig())]
+
+
 @pytest.mark.parametrize("options", [{}, {"chance_loss": 0.39}, {"disable": ("tiny_updates",)}],
                          ids=["default", "chance_loss", "tiny_updates_off"])
 def test_suite_with_one_shared_loss_tracker_raises_what_detectors_with_their_own_raise(options):
     config = DetectorConfig.from_options(dict(options))
     shared = DetectorSuite(config)
-    own = DetectorSuite(config, detectors=default_detectors(config))
+    own = DetectorSuite(config, detectors=standalone_detectors(config))
     for seed in range(3):
         records = run_records(seed)
         got = [a.to_dict() for r in records for a in shared.update(r)]
@@ -167,6 +195,18 @@ def test_the_shared_loss_tracker_takes_each_record_s_loss_once():
     assert len(trackers) == 1
     (progress,) = {d.progress for d in suite.detectors if hasattr(d, "progress")}
     assert progress.count == len(records)
+
+
+def test_the_suite_computes_each_probe_step_s_temporal_profiles_once(monkeypatch):
+    # decay, growth and slow_progress each computed them from the same per-timestep norms
+    computed: list[int] = []
+    profiles = temporal_module._profiles
+    monkeypatch.setattr(temporal_module, "_profiles", lambda stats, min_steps: computed.append(stats.step) or
+                        profiles(stats, min_steps))
+    suite = DetectorSuite(DetectorConfig())
+    records = run_records(0)[:60]
+    alerts = [a for r in records for a in suite.update(r)]
+    assert computed == [r.step for r in records if r.probed] and any(a.sign == "temporal_decay" for a in alerts)
 
 
 # ---------------------------------------------------------------------------------------- oscillation

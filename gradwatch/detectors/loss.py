@@ -55,7 +55,7 @@ from ..records import Alert, LayerKey, StepStats
 from . import remedies
 from .base import LossProgress, MedianWindow, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
-from .temporal import analysable, temporal_profile
+from .temporal import LatestProfiles
 
 __all__ = [
     "SlowProgressDetector",
@@ -76,9 +76,11 @@ class SlowProgressDetector:
 
     signs: tuple[str, ...] = ("slow_progress",)
 
-    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None,
+                 profiles: LatestProfiles | None = None) -> None:
         self.config = config
         self.progress, self._feeds = shared_progress(config, progress)
+        self.profiles = profiles or LatestProfiles()
         self.reset()
 
     def reset(self) -> None:
@@ -192,11 +194,9 @@ class SlowProgressDetector:
             return
         self._decay.clear()
         self._inactive.clear()
+        for key, p in self.profiles.of(stats, min_steps=c.temporal_min_steps).items():
+            self._decay[key] = p.ratio
         for key, ls in stats.layers.items():
-            if analysable(ls):
-                p = temporal_profile(ls.timestep_grad_norms, min_steps=c.temporal_min_steps)
-                if p is not None:
-                    self._decay[key] = p.ratio
             shares = [(ls.dead_fraction, "dead"), (ls.saturated_fraction, "saturated")]
             share, state = max(((s, n) for s, n in shares if s is not None), default=(None, ""))
             if share is not None:

@@ -29,7 +29,7 @@ from .config import SIGNS, DetectorConfig
 from .loss import OscillationDetector, SlowProgressDetector
 from .nonfinite import NonFiniteDetector
 from .norms import NormSpikeDetector
-from .temporal import TemporalDecayDetector, TemporalGrowthDetector
+from .temporal import LatestProfiles, TemporalDecayDetector, TemporalGrowthDetector
 from .updates import LargeUpdatesDetector, TinyUpdatesDetector
 
 __all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "default_detectors"]
@@ -41,18 +41,20 @@ def default_detectors(config: DetectorConfig, progress: LossProgress | None = No
     """One detector per family, most urgent first (that is the order alerts come out in).
 
     `progress`: one loss tracker for every loss-aware detector, which the caller feeds once per record
-    (`DetectorSuite` does); None: each of them keeps its own."""
+    (`DetectorSuite` does); None: each of them keeps its own. The detectors that read the layers'
+    temporal profiles share one `LatestProfiles` (computed once per probe step)."""
+    profiles = LatestProfiles()
     return [
         NonFiniteDetector(),
         NormSpikeDetector(config),
         LargeUpdatesDetector(config),
-        TemporalGrowthDetector(config, progress),
+        TemporalGrowthDetector(config, progress, profiles),
         OscillationDetector(config),
         ConstantClippingDetector(config),  # silent when clipping is off
-        TemporalDecayDetector(config, progress),
+        TemporalDecayDetector(config, progress, profiles),
         DeadNeuronsDetector(config),
         TinyUpdatesDetector(config, progress),
-        SlowProgressDetector(config, progress),
+        SlowProgressDetector(config, progress, profiles),
     ]
 
 
