@@ -11,15 +11,19 @@ a tensor or a hook, so it can be tested with hand-written records.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import statistics
-from typing import Iterable, Literal, Protocol
+import operator
+from functools import lru_cache
+from itertools import repeat
+from typing import Any, Iterable, Iterator, Literal, Protocol
 
 from ..records import REMEDY, Alert, Location, StepStats
 from .config import PROBLEM_OF, DetectorConfig
 
-__all__ = ["Detector", "make_alert", "LossProgress", "median", "fmt", "where", "REMEDY"]
+__all__ = ["Detector", "make_alert", "LossProgress", "shared_progress", "slope_t", "MedianWindow", "median", "fmt", "where", "REMEDY"]
 
 SeverityName = Literal["info", "warning", "critical"]
 
@@ -68,6 +72,78 @@ def median(values: Iterable[float]) -> float:
     """Median of the finite values (NaN when there is none)."""
     finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite) if finite else float("nan")
+
+
+class MedianWindow:
+    """The last `size` values, with `median` of their finite ones kept ready (no sort per step).
+
+        >>> w = MedianWindow(3)
+        >>> for v in (5.0, 1.0, float("nan"), 3.0): w.append(v)
+        >>> list(w), w.median(), w.finite
+        ([1.0, nan, 3.0], 2.0, 2)
+
+    `median()` is `median(list(w))`, bit for bit: the finite values are kept sorted, equal ones in
+    the order they came (as a stable sort leaves them), and the oldest leaves first.
+    """
+
+    __slots__ = ("_values", "_sorted")
+
+    def __init__(self, size: int) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+        self._sorted: list[float] = []
+
+    def append(self, value: float) -> None:
+        values, ordered = self._values, self._sorted
+        if len(values) == values.maxlen and values:
+            old = values[0]
+            if math.isfinite(old):
+                del ordered[bisect.bisect_left(ordered, old)]  # the leftmost of its equals is the oldest
+        values.append(value)
+        if math.isfinite(value):
+            bisect.insort_right(ordered, value)
+
+    def median(self) -> float:
+        """Median of the finite values (NaN when there is none), as `median` computes it."""
+        ordered = self._sorted
+        n = len(ordered)
+        if not n:
+            return float("nan")
+        i = n // 2
+        return ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
+
+    def largest(self) -> float:
+        """The largest finite value (NaN when there is none); of equal ones (0.0 and -0.0), the first
+        that came, as `max` returns it."""
+        ordered = self._sorted
+        return ordered[bisect.bisect_left(ordered, ordered[-1])] if ordered else float("nan")
+
+    @property
+    def finite(self) -> int:
+        """How many of the values are finite."""
+        return len(self._sorted)
+
+    @property
+    def maxlen(self) -> int | None:
+        return self._values.maxlen
+
+    def full(self) -> bool:
+        return len(self._values) == self._values.maxlen
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._sorted.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._values)
+
+    def __getitem__(self, index: int) -> float:
+        return self._values[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
 
 
 def fmt(x: float | None) -> str:
@@ -124,6 +200,10 @@ class LossProgress:
         self.count = 0
         self.first: list[float] = []
         self.last: collections.deque[float] = collections.deque(maxlen=3 * self.window)
+        self._initial: float | None = None
+        self._memo: dict[str, Any] = {}
+        """What the properties below derived from the losses fed so far (cleared by `update`): several
+        detectors ask for the same state on every step, and it changes only when a loss comes."""
 
     def update(self, loss: float | None) -> None:
         if loss is None or not math.isfinite(loss):
@@ -131,24 +211,33 @@ class LossProgress:
         self.count += 1
         if len(self.first) < self.window:
             self.first.append(loss)
+            if len(self.first) == self.window:
+                self._initial = statistics.median(self.first)  # fixed from here on
         self.last.append(loss)
+        self._memo.clear()
 
     @property
     def initial(self) -> float | None:
-        return statistics.median(self.first) if len(self.first) == self.window else None
+        return self._initial
 
     @property
     def recent(self) -> float | None:
         if self.count < 2 * self.window:
             return None
-        return statistics.median(list(self.last)[-self.window :])
+        memo = self._memo
+        if "recent" not in memo:
+            memo["recent"] = statistics.median(list(self.last)[-self.window :])
+        return memo["recent"]  # type: ignore[no-any-return]
 
     @property
     def previous(self) -> float | None:
         """Median of the window that ended 2 × `window` steps before the latest loss."""
         if len(self.last) < 3 * self.window:
             return None
-        return statistics.median(list(self.last)[: self.window])
+        memo = self._memo
+        if "previous" not in memo:
+            memo["previous"] = statistics.median(list(self.last)[: self.window])
+        return memo["previous"]  # type: ignore[no-any-return]
 
     @property
     def improvement(self) -> float | None:
@@ -160,6 +249,12 @@ class LossProgress:
 
     @property
     def state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
+        memo = self._memo
+        if "state" not in memo:
+            memo["state"] = self._state()
+        return memo["state"]  # type: ignore[no-any-return]
+
+    def _state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         gain = self.improvement
         if gain is None:
             return "unknown"
@@ -181,14 +276,21 @@ class LossProgress:
     @property
     def level(self) -> float | None:
         """Mean of the last 3 × `window` losses (None before that many): the level compared with the chance loss."""
-        return statistics.fmean(self.last) if len(self.last) == self.last.maxlen else None
+        if len(self.last) != self.last.maxlen:
+            return None
+        memo = self._memo
+        if "level" not in memo:
+            memo["level"] = statistics.fmean(self.last)
+        return memo["level"]  # type: ignore[no-any-return]
 
     @property
     def at_chance(self) -> bool:
         """A chance loss was given, `steps` losses seen, the recent level is ≥ `chance_share` × chance and
         the loss is not falling steadily: no better than an input-blind predictor, and not getting there."""
+        if self.chance is None or self.count < self.steps:
+            return False
         level = self.level
-        if self.chance is None or self.count < self.steps or level is None:
+        if level is None:
             return False
         return level >= self.chance_share * self.chance and self.slope_t() > -self.trend
 
@@ -197,6 +299,8 @@ class LossProgress:
         """`at_chance`, and the loss started above the chance level (the first `window` losses' median ≥ chance /
         `chance_share`): it fell to the input-blind answer and stopped there, which otherwise looks like
         convergence. A loss that starts at chance and stays there is "stalled" and judged as such."""
+        if self.chance is None:
+            return False
         initial = self.initial
         return (self.at_chance and initial is not None and self.chance is not None
                 and initial * self.chance_share >= self.chance)
@@ -205,23 +309,18 @@ class LossProgress:
     def above_chance(self) -> bool:
         """A chance loss was given, the loss started above it (as for `fell_to_chance`) and its recent level is still
         at or above it, falling or not: after enough steps, not even the input-blind answer has been reached."""
+        if self.chance is None:
+            return False
         level, initial = self.level, self.initial
         return (self.chance is not None and level is not None and initial is not None
                 and initial * self.chance_share >= self.chance and level >= self.chance)
 
     def slope_t(self) -> float:
         """t-statistic of the least-squares slope of the last 3 × `window` losses (0 when flat or too few)."""
-        values = list(self.last)
-        n = len(values)
-        if n < 3:
-            return 0.0
-        mean_x, mean_y = (n - 1) / 2, sum(values) / n
-        sxx = sum((x - mean_x) ** 2 for x in range(n))
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sxx
-        resid = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in enumerate(values))
-        if resid <= 1e-24 * sum(v * v for v in values):
-            return 0.0 if slope == 0 else math.copysign(math.inf, slope)
-        return slope / math.sqrt(resid / (n - 2) / sxx)
+        memo = self._memo
+        if "slope_t" not in memo:
+            memo["slope_t"] = slope_t(list(self.last))
+        return memo["slope_t"]  # type: ignore[no-any-return]
 
     def describe(self) -> str:
         """'the loss went from 0.693 to 0.691 in 150 steps (0.3 % lower)' for messages."""
@@ -236,3 +335,40 @@ class LossProgress:
             text += (f", but it has stopped falling: {fmt(self.previous)} {2 * self.window} steps earlier "
                      f"(less than {self.min_improvement * 100:.0f} % since)")
         return text
+
+
+
+def shared_progress(config: DetectorConfig, progress: LossProgress | None) -> tuple[LossProgress, bool]:
+    """(the tracker a loss-aware detector reads, whether the detector feeds and resets it itself).
+
+    `progress` given: a tracker the caller feeds once per record and resets (`DetectorSuite` shares one
+    among its detectors, since they all follow the same losses); None: the detector keeps its own."""
+    if progress is not None:
+        return progress, False
+    return LossProgress.from_config(config), True
+
+@lru_cache(maxsize=16)
+def _centred_positions(n: int) -> tuple[tuple[float, ...], float]:
+    """(x − mean_x for x in 0..n−1, their sum of squares), as `slope_t` computes them (they depend on n only)."""
+    mean_x = (n - 1) / 2
+    return tuple(x - mean_x for x in range(n)), sum((x - mean_x) ** 2 for x in range(n))
+
+
+def slope_t(values: list[float]) -> float:
+    """t-statistic of the least-squares slope of `values` against their position (0 when flat or too few).
+
+    Every sum adds the same terms in the same order as the textbook loop over `enumerate(values)`,
+    so the result is bit for bit that loop's; only the positions' part, which depends on the length
+    alone, is computed once per length."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    xs, sxx = _centred_positions(n)
+    mean_y = sum(values) / n
+    dy = list(map(operator.sub, values, repeat(mean_y)))  # y − mean_y
+    slope: float = sum(map(operator.mul, xs, dy)) / sxx
+    # (y − mean_y − slope·(x − mean_x))², term by term in C
+    resid = sum(map(operator.pow, map(operator.sub, dy, map(operator.mul, repeat(slope), xs)), repeat(2)))
+    if resid <= 1e-24 * sum(map(operator.mul, values, values)):
+        return 0.0 if slope == 0 else math.copysign(math.inf, slope)
+    return slope / math.sqrt(resid / (n - 2) / sxx)

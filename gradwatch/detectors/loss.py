@@ -47,14 +47,15 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import statistics
 from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, MedianWindow, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
-from .temporal import analysable, temporal_profile
+from .temporal import LatestProfiles
 
 __all__ = [
     "SlowProgressDetector",
@@ -75,20 +76,25 @@ class SlowProgressDetector:
 
     signs: tuple[str, ...] = ("slow_progress",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None,
+                 profiles: LatestProfiles | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
+        self.profiles = profiles or LatestProfiles()
         self.reset()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
         self._decay: dict[LayerKey, float] = {}
         self._inactive: dict[LayerKey, tuple[float, str]] = {}
         self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        """Recent update ratios of each layer (their medians are needed only once the loss has stalled)."""
         self._kinds: dict[LayerKey, str] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         self._collect(stats)
         state = self.progress.state
         if self.progress.fell_to_chance:
@@ -192,19 +198,21 @@ class SlowProgressDetector:
 
     def _collect(self, stats: StepStats) -> None:
         c = self.config
+        kinds, ratios = self._kinds, self._ratios
         for key, ls in stats.layers.items():
-            self._kinds[key] = ls.kind
+            kinds[key] = ls.kind
             if ls.has_grad and math.isfinite(ls.update_ratio):
-                self._ratios.setdefault(key, collections.deque(maxlen=c.update_window)).append(ls.update_ratio)
+                window = ratios.get(key)
+                if window is None:
+                    window = ratios[key] = collections.deque(maxlen=c.update_window)
+                window.append(ls.update_ratio)
         if not stats.probed:
             return
         self._decay.clear()
         self._inactive.clear()
+        for key, p in self.profiles.of(stats, min_steps=c.temporal_min_steps).items():
+            self._decay[key] = p.ratio
         for key, ls in stats.layers.items():
-            if analysable(ls):
-                p = temporal_profile(ls.timestep_grad_norms, min_steps=c.temporal_min_steps)
-                if p is not None:
-                    self._decay[key] = p.ratio
             shares = [(ls.dead_fraction, "dead"), (ls.saturated_fraction, "saturated")]
             share, state = max(((s, n) for s, n in shares if s is not None), default=(None, ""))
             if share is not None:
@@ -228,8 +236,10 @@ class SlowProgressDetector:
             return key, state, (
                 f"{idle * 100:.0f} % of the units of {where(*key)} are {state} (threshold {c.dead_share * 100:.0f} %)"
             )
+        if inactive_only:
+            return None
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
-        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio and not inactive_only}
+        tiny = {k: m for k, m in full.items() if m < c.tiny_update_ratio}
         if tiny:
             key = min(tiny, key=tiny.__getitem__)
             return key, "tiny_updates", (
@@ -347,14 +357,19 @@ class OscillationDetector:
     def reset(self) -> None:
         window = self.config.oscillation_window
         self._losses: collections.deque[float] = collections.deque(maxlen=window)
-        self._ratios: dict[LayerKey, collections.deque[float]] = {}
+        self._ratios: dict[LayerKey, MedianWindow] = {}
         """Update ratio of each layer on the steps of `_losses` (NaN where it had none)."""
+        self._logs: collections.deque[float] = collections.deque(maxlen=window)
+        """log(loss), NaN for a loss ≤ 0: what `measure_swings` takes the log of, taken as each loss comes."""
+        self._log_smooth: collections.deque[float] = collections.deque(maxlen=max(window - 2, 1))
+        """The 3-step running median of log(loss) (`running_median`) over the window, one entry per loss."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        if stats.loss is None or not math.isfinite(stats.loss):
+        loss = stats.loss
+        if loss is None or not math.isfinite(loss):
             return []
-        self._losses.append(stats.loss)
+        self._remember(loss)
         self._collect_ratios(stats)
         if len(self._losses) < c.oscillation_window:
             return []
@@ -363,11 +378,11 @@ class OscillationDetector:
         step = self._largest_steps()
         if step is not None and step[1] < c.oscillation_update_ratio:
             return []
-        losses = list(self._losses)
-        half = len(losses) // 2
-        if statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half]):
+        if self._settling():
             return []
-        m = measure_swings(losses, swing=c.oscillation_swing, noise=c.oscillation_noise)
+        if not self._may_swing():
+            return []
+        m = measure_swings(list(self._losses), swing=c.oscillation_swing, noise=c.oscillation_noise)
         if m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
             return []
         return [
@@ -382,24 +397,55 @@ class OscillationDetector:
             )
         ]
 
+    def _remember(self, loss: float) -> None:
+        self._losses.append(loss)
+        logs = self._logs
+        logs.append(math.log(loss) if loss > 0 else math.nan)
+        if len(logs) >= 3:
+            self._log_smooth.append(sorted((logs[-3], logs[-2], logs[-1]))[1])
+
+    def _settling(self) -> bool:
+        """The median of the window's second half is 10 % below that of its first half."""
+        losses = list(self._losses)
+        half = len(losses) // 2
+        return statistics.median(losses[half:]) < _SETTLING * statistics.median(losses[:half])
+
+    def _may_swing(self) -> bool:
+        """False when the window certainly fails the swing or the persistence condition of `measure_swings`
+        (judged on log(loss), with the same expressions on the same values); True when it may pass (then
+        measured in full)."""
+        c = self.config
+        if len(self._losses) < 4 or min(self._losses) <= 0:
+            return True  # short windows and losses ≤ 0 (judged on the loss itself): measured in full
+        logs = list(self._logs)
+        moves = map(abs, map(operator.sub, logs[1:], logs[:-1]))  # |b − a| of each adjacent pair (a, b)
+        least = max(math.log1p(c.oscillation_swing), c.oscillation_noise * statistics.median(moves))
+        legs = zigzag_legs(list(self._log_smooth), least) if least > 0 else 0
+        if legs < c.oscillation_legs:
+            return False
+        return lag1_autocorrelation(logs) >= c.oscillation_persistence
+
     def _collect_ratios(self, stats: StepStats) -> None:
         """Append this step's update ratio of every layer seen (NaN if absent); forget layers gone for a window."""
-        for key in list(self._ratios) + [k for k in stats.layers if k not in self._ratios]:
-            ls = stats.layers.get(key)
-            ratio = ls.update_ratio if ls is not None and ls.has_grad else math.nan
-            trail = self._ratios.setdefault(key, collections.deque(maxlen=self.config.oscillation_window))
-            trail.append(ratio)
-            if ls is None and len(trail) == trail.maxlen and not any(math.isfinite(r) for r in trail):
-                del self._ratios[key]
+        ratios, layers = self._ratios, stats.layers
+        for key, trail in list(ratios.items()):
+            ls = layers.get(key)
+            trail.append(ls.update_ratio if ls is not None and ls.has_grad else math.nan)
+            if ls is None and trail.full() and not trail.finite:
+                del ratios[key]
+        for key, ls in layers.items():
+            if key not in ratios:  # a layer seen for the first time
+                trail = ratios[key] = MedianWindow(self.config.oscillation_window)
+                trail.append(ls.update_ratio if ls.has_grad else math.nan)
 
     def _largest_steps(self) -> tuple[LayerKey, float] | None:
         """The layer with the largest median update ratio over the window, or None if none was measured."""
-        medians = {k: median(v) for k, v in self._ratios.items()}
-        medians = {k: v for k, v in medians.items() if math.isfinite(v)}
-        if not medians:
-            return None
-        key = max(medians, key=medians.__getitem__)
-        return key, medians[key]
+        best: tuple[LayerKey, float] | None = None  # the first layer with the largest finite median
+        for key, trail in self._ratios.items():
+            m = trail.median()
+            if math.isfinite(m) and (best is None or m > best[1]):
+                best = (key, m)
+        return best
 
     def _evidence(self, m: Swings, step: tuple[LayerKey, float] | None) -> str:
         c = self.config

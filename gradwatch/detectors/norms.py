@@ -34,9 +34,9 @@ import collections
 import math
 from dataclasses import dataclass
 
-from ..records import Alert, LayerKey, StepStats
+from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
-from .base import fmt, make_alert, median, where
+from .base import MedianWindow, fmt, make_alert, median, where
 from .config import DetectorConfig
 
 __all__ = ["NormSpikeDetector"]
@@ -72,12 +72,13 @@ class NormSpikeDetector:
 
     def reset(self) -> None:
         c = self.config
-        self._history: collections.deque[float] = collections.deque(maxlen=c.spike_window)
+        self._history = MedianWindow(c.spike_window)
         self._seen = 0
         self._top = 0.0
         """Largest finite norm seen so far (the early rule's reference)."""
         self._run: collections.deque[float] = collections.deque(maxlen=c.norm_growth_steps + 1)
         self._layers: dict[LayerKey, collections.deque[float]] = {}
+        """Recent gradient norms of each layer (their median is needed only when the total norm jumps)."""
         self._calm: float | None = None
         """Median norm of the first full window: the run's typical size before any jump."""
         self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
@@ -110,11 +111,15 @@ class NormSpikeDetector:
         self._seen += 1
         self._top = max(self._top, g)
         self._history.append(g)
-        if self._calm is None and len(self._history) == self._history.maxlen:
-            self._calm = median(self._history)
+        if self._calm is None and self._history.full():
+            self._calm = self._history.median()
+        layers = self._layers
         for key, ls in stats.layers.items():
             if ls.has_grad and _usable(ls.grad_norm):
-                self._layers.setdefault(key, collections.deque(maxlen=self.config.spike_window)).append(ls.grad_norm)
+                past = layers.get(key)
+                if past is None:
+                    past = layers[key] = collections.deque(maxlen=self.config.spike_window)
+                past.append(ls.grad_norm)
         step = _largest_update(stats)
         if step is not None:
             self._steps.append(step)
@@ -124,16 +129,15 @@ class NormSpikeDetector:
     # ------------------------------------------------------------------ rules
     def _absolute(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        ratios = {
-            key: ls.grad_norm / ls.weight_norm
-            for key, ls in stats.layers.items()
-            if ls.has_grad and math.isfinite(ls.grad_norm) and _usable(ls.weight_norm)
-        }
-        over = {k: r for k, r in ratios.items() if r >= c.abs_grad_ratio}
-        if not over:
+        found: tuple[LayerKey, float, LayerStats] | None = None  # the first layer with the largest ratio over the threshold
+        for key, ls in stats.layers.items():
+            if ls.has_grad and math.isfinite(ls.grad_norm) and _usable(ls.weight_norm):
+                r = ls.grad_norm / ls.weight_norm
+                if r >= c.abs_grad_ratio and (found is None or r > found[1]):
+                    found = (key, r, ls)
+        if found is None:
             return []
-        key = max(over, key=over.__getitem__)
-        ratio, ls = over[key], stats.layers[key]
+        key, ratio, ls = found
         note = " (an absolute scale: no history needed)" if not self._seen else ""
         return [
             make_alert(
@@ -156,7 +160,7 @@ class NormSpikeDetector:
     def _spike(self, stats: StepStats) -> Alert | None:
         """An `info` alert when the jump was absorbed; otherwise None, the jump waiting for its next step."""
         c = self.config
-        base, top = median(self._history), max(self._history)
+        base, top = self._history.median(), self._history.largest()  # the history holds finite norms only
         ratio = stats.grad_norm / base
         if self._seen < c.spike_min_history:
             if stats.grad_norm < c.spike_early_factor * self._top:
@@ -219,10 +223,13 @@ class NormSpikeDetector:
 
     def _growth(self, stats: StepStats) -> Alert | None:
         c = self.config
-        values = list(self._run)
-        if len(values) < c.norm_growth_steps + 1 or not all(b > a for a, b in zip(values, values[1:])):
+        run = self._run
+        if len(run) < c.norm_growth_steps + 1 or not run[-1] > run[-2]:
+            return None  # (the usual step: the last norm did not rise)
+        values = list(run)
+        if not all(b > a for a, b in zip(values, values[1:])):
             return None
-        base = median(self._history)
+        base = self._history.median()
         factor = values[-1] / values[0]
         if not (factor >= c.norm_growth_factor and values[-1] >= c.spike_factor * base):
             return None

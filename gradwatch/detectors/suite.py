@@ -23,13 +23,13 @@ from typing import Any, Mapping
 
 from ..records import Alert, Escalation, Severity, StepStats, message_text
 from .activity import DeadNeuronsDetector
-from .base import Detector
+from .base import Detector, LossProgress
 from .clipping import ConstantClippingDetector
 from .config import SIGNS, DetectorConfig
 from .loss import OscillationDetector, SlowProgressDetector
 from .nonfinite import NonFiniteDetector
 from .norms import NormSpikeDetector
-from .temporal import TemporalDecayDetector, TemporalGrowthDetector
+from .temporal import LatestProfiles, TemporalDecayDetector, TemporalGrowthDetector
 from .updates import LargeUpdatesDetector, TinyUpdatesDetector
 
 __all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "default_detectors"]
@@ -37,19 +37,24 @@ __all__ = ["DetectorSuite", "AlertSummary", "SummaryEntry", "build_detectors", "
 AlertKey = tuple[str, str, "str | None", "int | None"]
 
 
-def default_detectors(config: DetectorConfig) -> list[Detector]:
-    """One detector per family, most urgent first (that is the order alerts come out in)."""
+def default_detectors(config: DetectorConfig, progress: LossProgress | None = None) -> list[Detector]:
+    """One detector per family, most urgent first (that is the order alerts come out in).
+
+    `progress`: one loss tracker for every loss-aware detector, which the caller feeds once per record
+    (`DetectorSuite` does); None: each of them keeps its own. The detectors that read the layers'
+    temporal profiles share one `LatestProfiles` (computed once per probe step)."""
+    profiles = LatestProfiles()
     return [
         NonFiniteDetector(),
         NormSpikeDetector(config),
         LargeUpdatesDetector(config),
-        TemporalGrowthDetector(config),
+        TemporalGrowthDetector(config, progress, profiles),
         OscillationDetector(config),
         ConstantClippingDetector(config),  # silent when clipping is off
-        TemporalDecayDetector(config),
+        TemporalDecayDetector(config, progress, profiles),
         DeadNeuronsDetector(config),
-        TinyUpdatesDetector(config),
-        SlowProgressDetector(config),
+        TinyUpdatesDetector(config, progress),
+        SlowProgressDetector(config, progress, profiles),
     ]
 
 
@@ -159,7 +164,9 @@ class DetectorSuite:
 
     def __init__(self, config: DetectorConfig | None = None, detectors: list[Detector] | None = None) -> None:
         self.config = config or DetectorConfig()
-        chosen = detectors if detectors is not None else default_detectors(self.config)
+        self._progress = LossProgress.from_config(self.config) if detectors is None else None
+        """The loss tracker the default detectors share, fed here once per record."""
+        chosen = detectors if detectors is not None else default_detectors(self.config, self._progress)
         self.detectors = [d for d in chosen if not set(d.signs) <= set(self.config.disable)]
         self.reset()
 
@@ -167,6 +174,8 @@ class DetectorSuite:
         """Forget every detector's state, the cooldowns and the summary."""
         for d in self.detectors:
             d.reset()
+        if self._progress is not None:
+            self._progress.reset()
         self._last: dict[AlertKey, Escalation] = {}
         """The latest reported alert of each key: its severity and step."""
         self._entries: dict[tuple[str, str], SummaryEntry] = {}
@@ -176,6 +185,8 @@ class DetectorSuite:
 
     def update(self, stats: StepStats) -> list[Alert]:
         self._steps += 1
+        if self._progress is not None:
+            self._progress.update(stats.loss)
         found: dict[AlertKey, Alert] = {}
         for detector in self.detectors:
             for alert in detector.update(stats):
@@ -185,6 +196,8 @@ class DetectorSuite:
                 old = found.get(key)
                 if old is None or alert.level > old.level:
                     found[key] = alert
+        if not found:
+            return []  # most steps
         if self._explosion is not None:
             found = {k: _after_explosion(a, self._explosion[0]) for k, a in found.items()}
         self._note_explosion(list(found.values()))

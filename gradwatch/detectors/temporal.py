@@ -40,10 +40,10 @@ from dataclasses import dataclass
 
 from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
-__all__ = ["TemporalProfile", "temporal_profile", "analysable", "TemporalDecayDetector", "TemporalGrowthDetector"]
+__all__ = ["TemporalProfile", "temporal_profile", "LatestProfiles", "analysable", "TemporalDecayDetector", "TemporalGrowthDetector"]
 
 
 @dataclass(frozen=True)
@@ -132,24 +132,53 @@ def _profiles(stats: StepStats, min_steps: int) -> dict[LayerKey, TemporalProfil
     return out
 
 
+class LatestProfiles:
+    """The temporal profiles of the latest record's layers, computed once however many detectors ask.
+
+        >>> profiles = LatestProfiles()
+        >>> profiles.of(stats, min_steps=8)       # {(module, layer): TemporalProfile} of analysable layers
+
+    A pure function of the record's per-timestep norms: the answer for the record seen last is kept
+    (by identity) until another record comes. `default_detectors` shares one among the detectors
+    that read the profiles (decay, growth, slow progress) on probe steps.
+    """
+
+    def __init__(self) -> None:
+        self._record: StepStats | None = None
+        self._min_steps = 0
+        self._profiles: dict[LayerKey, TemporalProfile] = {}
+
+    def of(self, stats: StepStats, *, min_steps: int) -> dict[LayerKey, TemporalProfile]:
+        """Profiles of `stats`' analysable layers (in layer order), leaving out those that cannot be judged.
+        The dict is shared: read it, do not change it."""
+        if stats is not self._record or min_steps != self._min_steps:
+            self._profiles = _profiles(stats, min_steps)
+            self._record, self._min_steps = stats, min_steps
+        return self._profiles
+
+
 class TemporalDecayDetector:
     """Geometric decay of the gradient going back through time; a warning only when it hurts."""
 
     signs: tuple[str, ...] = ("temporal_decay",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None,
+                 profiles: LatestProfiles | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
+        self.profiles = profiles or LatestProfiles()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         if not stats.probed:
             return []
-        decays = {k: p for k, p in _profiles(stats, c.temporal_min_steps).items() if p.ratio <= c.temporal_decay_ratio}
+        decays = {k: p for k, p in self.profiles.of(stats, min_steps=c.temporal_min_steps).items() if p.ratio <= c.temporal_decay_ratio}
         state = self.progress.state
         alerts = []
         for module in dict.fromkeys(k[0] for k in decays):
@@ -199,20 +228,24 @@ class TemporalGrowthDetector:
 
     signs: tuple[str, ...] = ("temporal_growth",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None,
+                 profiles: LatestProfiles | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
+        self.profiles = profiles or LatestProfiles()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
         if not stats.probed:
             return []
         grows = {
-            k: p for k, p in _profiles(stats, c.temporal_min_steps).items()
+            k: p for k, p in self.profiles.of(stats, min_steps=c.temporal_min_steps).items()
             if p.ratio >= c.temporal_growth_ratio and p.growing >= c.temporal_growth_consistency
             and _material(stats.layers[k], c.temporal_growth_min_grad)
         }

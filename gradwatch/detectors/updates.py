@@ -30,7 +30,7 @@ import math
 
 from ..records import Alert, LayerKey, StepStats
 from . import remedies
-from .base import LossProgress, fmt, make_alert, median, where
+from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["TinyUpdatesDetector", "LargeUpdatesDetector"]
@@ -55,31 +55,38 @@ class TinyUpdatesDetector:
 
     signs: tuple[str, ...] = ("tiny_updates",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
-        self.progress = LossProgress.from_config(config)
+        self.progress, self._feeds = shared_progress(config, progress)
         self.reset()
 
     def reset(self) -> None:
-        self.progress.reset()
+        if self._feeds:
+            self.progress.reset()
         self._ratios: dict[LayerKey, collections.deque[float]] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
-        self.progress.update(stats.loss)
+        if self._feeds:
+            self.progress.update(stats.loss)
+        ratios = self._ratios
+        for key, ls in stats.layers.items():
+            if ls.has_grad and math.isfinite(ls.update_ratio):
+                window = ratios.get(key)
+                if window is None:
+                    window = ratios[key] = collections.deque(maxlen=c.update_window)
+                window.append(ls.update_ratio)
+        state = self.progress.state  # the loss-aware detectors share it: asked for once per step
+        if state in ("improving", "plateau"):
+            return []  # whatever the windows say
         low: dict[LayerKey, float] = {}
         for key in stats.layers:
-            r = _ratio(stats, key)
-            if r is None:
-                continue
-            window = self._ratios.setdefault(key, collections.deque(maxlen=c.update_window))
-            window.append(r)
-            if len(window) == c.update_window:
+            window = ratios.get(key)
+            if window is not None and len(window) == c.update_window and _ratio(stats, key) is not None:
                 m = median(window)
                 if m < c.tiny_update_ratio:
                     low[key] = m
-        state = self.progress.state
-        if not low or state in ("improving", "plateau"):
+        if not low:
             return []
         alerts = []
         for module in dict.fromkeys(k[0] for k in low):
@@ -133,9 +140,12 @@ class LargeUpdatesDetector:
         c = self.config
         loss = stats.loss if stats.loss is not None and math.isfinite(stats.loss) else None
         flagged: dict[LayerKey, tuple[float, str]] = {}
+        trails = self._trail
         for key in stats.layers:
             r = _ratio(stats, key)
-            trail = self._trail.setdefault(key, collections.deque(maxlen=4))
+            trail = trails.get(key)
+            if trail is None:
+                trail = trails[key] = collections.deque(maxlen=4)
             if r is None:
                 self._streak[key] = 0
                 continue
@@ -176,10 +186,14 @@ class LargeUpdatesDetector:
     def _inflating(self, key: LayerKey, weight_norm: float) -> bool:
         """The layer's weight norm rose on each of the last `weight_growth_steps` steps, by `weight_growth_factor`× in all."""
         c = self.config
-        norms = self._weights.setdefault(key, collections.deque(maxlen=c.weight_growth_steps + 1))
+        norms = self._weights.get(key)
+        if norms is None:
+            norms = self._weights[key] = collections.deque(maxlen=c.weight_growth_steps + 1)
         norms.append(weight_norm)
+        if len(norms) <= c.weight_growth_steps:
+            return False
         values = list(norms)
-        if len(values) <= c.weight_growth_steps or not all(math.isfinite(v) and v > 0 for v in values):
+        if not all(math.isfinite(v) and v > 0 for v in values):
             return False
         rising = all(b > a for a, b in zip(values, values[1:]))
         return rising and values[-1] >= c.weight_growth_factor * values[0]

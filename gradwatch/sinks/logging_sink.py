@@ -164,6 +164,8 @@ class LoggingSink:
         self.counts: collections.Counter[str] = collections.Counter()
 
     def on_step(self, stats: StepStats, alerts: list[Alert]) -> None:
+        if not alerts:
+            return  # most steps: nothing to write (and no look at the terminal's width)
         width = self.width or plain_width()
         for a in alerts:
             self.counts[a.severity] += 1

@@ -90,36 +90,55 @@ def _layers(p: PendingStep, v: Values) -> dict[tuple[str, int], LayerStats]:
     gsq, wsq, usq = v[lay.slot(GRAD_SQ)], v[lay.slot(WEIGHT_SQ)], v[lay.slot(UPDATE_SQ)]
     by_layer: dict[tuple[str, int], list[int]] = {}
     for g, key in enumerate(p.groups):
-        by_layer.setdefault((key.module, key.layer), []).append(g)
+        gs = by_layer.get((key.module, key.layer))
+        if gs is None:
+            by_layer[(key.module, key.layer)] = [g]
+        else:
+            gs.append(g)
+    modules, has_grad, probed = lay.modules, p.has_grad, p.probed
     kinds = {m.name: m for m in p.modules}
+    sqrt, nan = math.sqrt, math.nan
     layers = {}
     for (name, layer), gs in by_layer.items():
-        g2 = [gsq[g] if gsq else 0.0 for g in gs]
-        w2 = [wsq[g] if wsq else float("nan") for g in gs]
-        u2 = [usq[g] if usq else float("nan") for g in gs]
+        g2 = [gsq[g] for g in gs] if gsq else [0.0] * len(gs)
+        w2 = [wsq[g] for g in gs] if wsq else [nan] * len(gs)
+        u2 = [usq[g] for g in gs] if usq else [nan] * len(gs)
         dirs = [DirectionStats(_sqrt(a), _sqrt(b), _ratio(_sqrt(c), _sqrt(b))) for a, b, c in zip(g2, w2, u2)]
-        wn, un = _sqrt(sum(w2)), _sqrt(sum(u2))
-        slots = lay.modules.get(name)
+        w, u, gn = sum(w2), sum(u2), sum(g2)
+        wn = sqrt(w) if w >= 0 else nan  # _sqrt, inline: this runs for every layer of every step
+        un = sqrt(u) if u >= 0 else nan
+        slots = modules.get(name)
         info = kinds.get(name)
         activity = v[slots.activity[layer]] if slots else None
-        xgrad = v[slots.xgrad[layer]] if slots else None
-        act = v[slots.act[layer]] if slots else None
+        xgrad = v[slots.xgrad[layer]] if (slots and probed) else None
+        act = v[slots.act[layer]] if (slots and probed) else None
         layers[(name, layer)] = LayerStats(
             module=name,
             layer=layer,
             kind=info.kind if info else "",
-            grad_norm=_sqrt(sum(g2)),
+            grad_norm=sqrt(gn) if gn >= 0 else nan,
             weight_norm=wn,
             update_norm=un,
-            update_ratio=_ratio(un, wn),
-            has_grad=any(p.has_grad[g] for g in gs),
-            timestep_grad_norms=list(xgrad) if (p.probed and xgrad is not None) else None,
-            timestep_activation_norms=list(act) if (p.probed and act is not None) else None,
+            update_ratio=un / wn if wn > 0 else nan,
+            has_grad=any(has_grad[g] for g in gs),
+            timestep_grad_norms=xgrad,  # a slice of the read-back values (`split_values`): the record's own list
+            timestep_activation_norms=act,
             dead_fraction=activity[0] if activity else None,
             saturated_fraction=(None if (info and info.relu) else activity[1]) if activity else None,
             directions=dirs,
         )
     return layers
+
+
+def _all_finite(flat: list[float], layers: dict[tuple[str, int], LayerStats], loss: float | None) -> bool:
+    """Every read-back value, every layer's weight and gradient norm and the loss are finite: nothing for
+    `locate_nonfinite` to find (one C loop over the values, the usual case)."""
+    if loss is not None and not math.isfinite(loss):
+        return False
+    if not math.isfinite(sum(flat)):  # a NaN/Inf anywhere makes the sum non-finite (an overflow too: then searched)
+        return False
+    isfinite = math.isfinite
+    return all(isfinite(ls.weight_norm) and isfinite(ls.grad_norm) for ls in layers.values())
 
 
 def locate_nonfinite(
@@ -193,7 +212,7 @@ def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> S
         grad_norm=_sqrt(total[0]) if total else 0.0,
         layers=layers,
         probed=p.probed,
-        nonfinite=locate_nonfinite(p, v, layers, loss),
+        nonfinite=None if _all_finite(flat, layers, loss) else locate_nonfinite(p, v, layers, loss),
         clip=clip,
         skipped=p.skipped,
         timestep_output_grad_norms=_output_grad_norms(p, v),
@@ -202,9 +221,10 @@ def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> S
 
 def _output_grad_norms(p: PendingStep, v: Values) -> dict[str, list[float]]:
     out = {}
+    modules = p.layout.modules
     for m in p.modules:
-        slots = p.layout.modules.get(m.name)
+        slots = modules.get(m.name)
         values = v[slots.out_grad] if slots else None
         if values is not None:
-            out[m.name] = list(values)
+            out[m.name] = values  # a slice of the read-back values (`split_values`): the record's own list
     return out
