@@ -39,7 +39,6 @@ import math
 import statistics
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -378,7 +377,6 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
     is_auto = isinstance(clip, Auto) or (isinstance(clip, str) and clip == "auto")
     watched = gradwatch.watch(model, opt, clip=clip, console=False, history=steps + 1) if is_auto else None
     actions = None if watched is not None else build_actions(clip, False)
-    monitor = types.SimpleNamespace(optimizers=[opt])
     sample = task.held_out(torch.Generator().manual_seed(10_000 + seed)) if task.held_out else draw
     held_out = [sample() for _ in range(8)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
@@ -405,7 +403,7 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         opt.zero_grad()
         loss.backward()
         if actions is not None:
-            coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))
+            coefs.append(float(actions.before_step([opt]).clip[2]))
         opt.step()
         if watched is not None:
             watched.step(loss.detach())
