@@ -39,7 +39,6 @@ import math
 import statistics
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -378,7 +377,6 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
     is_auto = isinstance(clip, Auto) or (isinstance(clip, str) and clip == "auto")
     watched = gradwatch.watch(model, opt, clip=clip, console=False, history=steps + 1) if is_auto else None
     actions = None if watched is not None else build_actions(clip, False)
-    monitor = types.SimpleNamespace(optimizers=[opt])
     sample = task.held_out(torch.Generator().manual_seed(10_000 + seed)) if task.held_out else draw
     held_out = [sample() for _ in range(8)]
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
@@ -405,7 +403,7 @@ def train(task: Task, clip: Any, seed: int, steps: int | None = None) -> Run:
         opt.zero_grad()
         loss.backward()
         if actions is not None:
-            coefs.append(float(actions.before_step(monitor.optimizers).clip[2]))
+            coefs.append(float(actions.before_step([opt]).clip[2]))
         opt.step()
         if watched is not None:
             watched.step(loss.detach())
@@ -586,7 +584,6 @@ def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
 
         hooks = [rnn.register_forward_pre_hook(watch_input), rnn.register_forward_hook(watch_output)]
         actions = build_actions(clip, False)
-        monitor = types.SimpleNamespace(optimizers=[opt])
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, task.schedule) if task.schedule else None
         rows = []
         for step in range(max(steps) + 1):
@@ -606,7 +603,7 @@ def temporal_profiles(tasks: list[Task], clip: Any = "auto", *, seed: int = 0,
                              "reach": float(prof.sum() / prof.max() / len(prof)) if prof.max() > 0 else 0.0,
                              "P": float(prof.sum() * injected.max()) / overlap if overlap > 0 else math.nan})
             if actions is not None:
-                actions.before_step(monitor)
+                actions.before_step([opt])
             opt.step()
             if scheduler is not None:
                 scheduler.step()
@@ -655,21 +652,20 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
         params = [p for p in model.parameters()]
         contenders: dict[str, Callable[[], Any]] = {
             "clip_grad_norm_": lambda: nn.utils.clip_grad_norm_(params, 1e9)}
-        # a probe step's per-timestep gradient profiles, as the monitor's session holds them (auto reads P)
+        # a probe step's per-timestep gradient profiles (‖∂L/∂y_t‖, ‖∂L/∂x_t‖), as the monitor passes them (auto reads P)
         T = 40 if size == "small" else 20
-        session = types.SimpleNamespace(accumulator=types.SimpleNamespace(vectors={
-            ("out_grad", "rnn"): torch.rand(T), ("xgrad", "rnn", 0): torch.rand(T)}))
+        probe_profiles = [(torch.rand(T), torch.rand(T))]
         for label, clip, opt_cls in (("norm", 1e9, torch.optim.SGD), ("auto (SGD)", "auto", torch.optim.SGD),
                                      ("auto (Adam)", "auto", torch.optim.Adam),
                                      ("auto (SGD, probe step)", "auto", torch.optim.SGD)):
             # lr tiny and a constant norm: "auto" never actually clips, so the gradients stay as they are
             actions = build_actions(clip, False)
-            monitor = types.SimpleNamespace(optimizers=[opt_cls(params, lr=1e-9)])
-            if "probe" in label:
-                monitor.session = session
+            assert actions is not None
+            optimizers = [opt_cls(params, lr=1e-9)]
+            profiles = probe_profiles if "probe" in label else []
             for _ in range(64):  # past auto's early weight re-measurements (steps 0, 1, 3, …, 63): steady state
-                actions.before_step(monitor.optimizers)  # type: ignore[union-attr]
-            contenders[label] = lambda a=actions, m=monitor: a.before_step(m.optimizers)
+                actions.before_step(optimizers, profiles)
+            contenders[label] = lambda a=actions, o=optimizers, pr=profiles: a.before_step(o, pr)
         repeats = {"small": 100, "medium": 5, "large": 2}[size] // (2 if quick else 1) or 1
         out[size] = {"parameters": float(sum(p.numel() for p in params)), **_interleaved(contenders, repeats)}
     return out

@@ -205,25 +205,14 @@ def parameters_in_order(module: nn.Module) -> list[nn.Parameter]:
     return list(module.parameters())
 
 
-# -- torch.nn.utils.get_total_norm: public since torch 2.6; before, the same steps --
+# -- torch.nn.utils.get_total_norm: public since torch 2.6 --
 
-def total_norm(grads: Sequence[Tensor]) -> Tensor:
-    """The total L2 norm of dense `grads` as `torch.nn.utils.clip_grad_norm_` computes it: torch's own
-    `get_total_norm` where it exists, else its steps (per (device, dtype) group one foreach norm,
-    then the norm of those norms on the first tensor's device)."""
+def total_norm(grads: Sequence[Tensor]) -> Tensor | None:
+    """The total L2 norm of dense `grads` as `torch.nn.utils.clip_grad_norm_` computes it, by torch's own
+    `get_total_norm`; None on a torch without it (the caller takes the same steps from per-tensor
+    norms: `actions.batch.GradBatch.total_norm`)."""
     public = getattr(torch.nn.utils, "get_total_norm", None)
-    norm: Tensor
-    if public is not None:
-        norm = public(list(grads))
-        return norm
-    norms = [n for group in _by_device_dtype(grads) for n in foreach_norm(group)]
-    first = grads[0].device
-    norm = torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]))
+    if public is None:
+        return None
+    norm: Tensor = public(list(grads))
     return norm
-
-
-def _by_device_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    return list(groups.values())

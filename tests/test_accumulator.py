@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 
 from gradwatch.capture.probe import exact_timestep_norms, timestep_norms
+from gradwatch.stream import accumulator as accumulator_module
 from gradwatch.stream.accumulator import StepAccumulator
 from gradwatch.stream.build import ModuleInfo
-from gradwatch.stream.schema import IN_ACT, OUT_GRAD, TOTAL_SQ, WEIGHT_SQ, StepLayout
+from gradwatch.stream.schema import IN_ACT, OUT_GRAD, TOTAL_SQ, WEIGHT_SQ, XGRAD, StepLayout
 
 LAYOUT = StepLayout([ModuleInfo("m", "GRU", 1)])
 SLOT = LAYOUT.slot(IN_ACT, "m")
@@ -107,3 +108,40 @@ def test_a_source_modified_in_place_since_is_not_measured_again():
     x.zero_()  # the user reused the tensor: its old values are gone
     flat, _ = acc.pack([], remeasure=exact_timestep_norms)
     assert torch.equal(flat, norms.double())  # as measured at the time (no made-up value)
+
+
+def _decoding_loop_backward(acc: StepAccumulator) -> None:
+    """A probe step's backward through a 6-token loop: per call, a 1-timestep output and input gradient."""
+    g = torch.Generator().manual_seed(4)
+    for t in reversed(range(6)):
+        acc.add_timesteps(LAYOUT.slot(OUT_GRAD, "m"), torch.rand(1, generator=g), t)
+        acc.add_timesteps(LAYOUT.slot(XGRAD, "m", 0), torch.rand(1, generator=g), t)
+
+
+def test_pack_reuses_the_slots_the_gradient_profiles_combined(monkeypatch):
+    """clip="auto" asks for the profiles on probe steps before the update; `pack` at the step's end
+    combines those two slots no second time, and gives the bits of an accumulator never asked."""
+    plain = StepAccumulator(LAYOUT)
+    _decoding_loop_backward(plain)
+    expected, expected_segments = plain.pack([])
+    combined = []
+    real = accumulator_module.combine
+    monkeypatch.setattr(accumulator_module, "combine", lambda pieces: combined.append(len(pieces)) or real(pieces))
+    acc = StepAccumulator(LAYOUT)
+    _decoding_loop_backward(acc)
+    [(out_grad, in_grad)] = acc.gradient_profiles()
+    flat, segments = acc.pack([])
+    assert combined == [6, 6]  # once per slot, at the profiles
+    assert torch.equal(flat, expected) and segments == expected_segments
+    assert torch.equal(torch.cat([out_grad, in_grad]), expected)  # the profiles are what the buffer holds
+
+
+def test_a_piece_added_after_the_profiles_is_combined_at_pack():
+    acc = StepAccumulator(LAYOUT)
+    _decoding_loop_backward(acc)
+    acc.gradient_profiles()
+    acc.add_timesteps(LAYOUT.slot(OUT_GRAD, "m"), torch.tensor([2.0]), 6)
+    later = StepAccumulator(LAYOUT)
+    _decoding_loop_backward(later)
+    later.add_timesteps(LAYOUT.slot(OUT_GRAD, "m"), torch.tensor([2.0]), 6)
+    assert torch.equal(acc.pack([])[0], later.pack([])[0])

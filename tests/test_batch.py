@@ -38,7 +38,7 @@ DTYPES = {"float32": [torch.float32] * 4, "float64": [torch.float64] * 4,
 @pytest.fixture(params=["foreach", "public", "before-torch-2.6"])
 def torch_api(request, monkeypatch):
     """`foreach`: the CPU's own path (one foreach norm per group); `public`: torch's get_total_norm, as on
-    an accelerator; `before-torch-2.6`: torch_compat's fallback for a torch without it."""
+    an accelerator; `before-torch-2.6`: GradBatch's own steps on a torch without it."""
     if request.param != "foreach":
         monkeypatch.setattr(batch_module, "LOOPS_PER_TENSOR", ())
     if request.param == "before-torch-2.6":
@@ -83,8 +83,11 @@ def test_total_norm_of_sparse_gradients_matches_the_dense_norm(torch_api):
     assert torch.equal(GradBatch([emb.weight]).total_norm(), torch.linalg.vector_norm(dense))
 
 
-def test_torch_compat_total_norm_fallback_is_bitwise_torchs(monkeypatch):
-    grads = [p.grad for p in _params(DTYPES["mixed"], 3.0)]
-    public = torch_compat.total_norm(grads)
+def test_total_norm_without_torchs_public_helper_is_bitwise_torchs(monkeypatch):
+    """torch < 2.6: `torch_compat.total_norm` has no helper to call, and GradBatch takes its steps itself."""
+    params = _params(DTYPES["mixed"], 3.0)
+    monkeypatch.setattr(batch_module, "LOOPS_PER_TENSOR", ())
+    public = GradBatch(params).total_norm()
     monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
-    assert torch.equal(torch_compat.total_norm(grads), public)
+    assert torch_compat.total_norm([p.grad for p in params]) is None
+    assert torch.equal(GradBatch(params).total_norm(), public)

@@ -1014,6 +1014,42 @@ def test_clipping_benchmark_profile_P_is_what_auto_receives():
     assert row["P"] > 50 and fed == pytest.approx(row["P"], rel=1e-4)
 
 
+def test_clipping_benchmark_profile_under_auto_passes_the_optimizers_not_a_monitor_stand_in():
+    """Regression: `--profile` (default clip "auto") called `before_step` with a stand-in for the monitor,
+    which `before_step(optimizers)` cannot iterate. The step-0 row is measured before clipping."""
+    bench = load_benchmark("clipping")
+    task = next(t for t in bench.EXPLODING if t.name == "IRNN T=150")
+    clipped = bench.temporal_profiles([task], "auto", steps=(0, 1))[task.name]
+    plain = bench.temporal_profiles([task], None, steps=(0,))[task.name]
+    assert [r["step"] for r in clipped] == [0, 1] and clipped[0] == plain[0]
+
+
+def test_clipping_benchmark_timing_gives_profiles_to_the_probe_step_contender_only(monkeypatch):
+    """Regression: the "auto (SGD, probe step)" timing contender handed its profiles to a monitor stand-in
+    that `before_step(optimizers)` no longer reads, so it timed a plain step."""
+    import gradwatch.actions.auto as auto_module
+
+    bench = load_benchmark("clipping")
+    model = nn.Linear(3, 2)
+    monkeypatch.setattr(bench, "_timing_model", lambda size: (model, lambda: model(torch.ones(4, 3)).sum()))
+    fed = []
+
+    def calls_of_propagation(contenders, repeats):  # in place of the timing: P computations per contender call
+        counts = {}
+        for name, fn in contenders.items():
+            fed.clear()
+            fn()
+            counts[name] = float(len(fed))
+        return counts
+
+    monkeypatch.setattr(bench, "_interleaved", calls_of_propagation)
+    real = auto_module.propagation_on_host
+    monkeypatch.setattr(auto_module, "propagation_on_host", lambda pairs: fed.append(len(pairs)) or real(pairs))
+    for size, calls in bench.timing(quick=True).items():
+        assert calls["auto (SGD, probe step)"] == 1.0, size
+        assert calls["auto (SGD)"] == calls["auto (Adam)"] == calls["norm"] == 0.0, size
+
+
 def test_auto_takes_no_propagation_under_several_distributed_ranks(monkeypatch):
     """Each rank measures its own batch: a per-rank P would clip all-reduced gradients differently."""
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)

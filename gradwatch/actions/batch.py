@@ -122,9 +122,13 @@ class GradBatch:
         bits come cheaper from `norms`: when they were already taken this step (the guard reads
         them: one pass over the gradients), on the CPU (torch's helper loops tensor by tensor
         there, 15-50 µs more per step than one foreach call for 8-100 tensors), and for sparse
-        gradients (torch's helpers refuse them)."""
-        if "norms" in self.__dict__ or self.grads[0].device.type in LOOPS_PER_TENSOR \
-                or any(g.is_sparse for g in self.grads):
-            norm: Tensor = torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
-            return norm
-        return total_norm(self.grads)
+        gradients (torch's helpers refuse them); and from `norms` too on a torch without it
+        (before 2.6: torch's own steps, one foreach norm per (device, dtype) group, then the norm
+        of the norms on the first gradient's device)."""
+        if "norms" not in self.__dict__ and self.grads[0].device.type not in LOOPS_PER_TENSOR \
+                and not any(g.is_sparse for g in self.grads):
+            public = total_norm(self.grads)
+            if public is not None:
+                return public
+        norm: Tensor = torch.linalg.vector_norm(stack_scalars(self.norms))  # on the first gradient's device
+        return norm

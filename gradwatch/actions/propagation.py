@@ -25,7 +25,7 @@ so auto's update bound ‖lr_eff · g‖ ≤ max_update · ‖θ‖ gets the fac
 `benchmarks/clipping.py`).
 
 For CPU gradients P is a Python float computed with numpy views of the probe's per-timestep
-sums; on any other device a 0-d tensor computed with a few kernels and no host-device sync.
+norms; on any other device a 0-d tensor computed with a few kernels and no host-device sync.
 Steps without the probe have no profiles; the clipper keeps the last value.
 With several watched modules the largest P counts; a module whose output gradient is zero
 everywhere, or a non-finite P, counts as 1. Under torch.distributed with several ranks P is not

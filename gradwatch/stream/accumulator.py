@@ -61,6 +61,9 @@ class StepAccumulator:
         self.layout = layout
         self.pieces: dict[int, list[Piece]] = {}
         """Per-timestep slots: the pieces in the order the calls measured them."""
+        self._combined: dict[int, torch.Tensor] = {}
+        """Per-timestep slots already combined this step (`timestep_profile`: auto's profiles on probe
+        steps), reused by `pack`; a slot's entry goes when it gets a piece or a piece is measured again."""
         self.finals: dict[int, torch.Tensor] = {}
         """Per-layer Σ of squares of a module's final state, added over its calls."""
         self.activity: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -100,6 +103,7 @@ class StepAccumulator:
         return length
 
     def _add(self, slot: int, piece: Piece) -> None:
+        self._combined.pop(slot, None)
         pieces = self.pieces.get(slot)
         if pieces is None:
             self.pieces[slot] = [piece]
@@ -149,12 +153,15 @@ class StepAccumulator:
 
     def timestep_profile(self, slot: int) -> torch.Tensor | None:
         """One per-timestep slot's norms measured so far this step, as `pack` will put them in the
-        buffer (its deferred pieces are measured now, once); None when nothing was measured."""
+        buffer (measured and combined now, once: `pack` reuses it); None when nothing was measured."""
         pieces = self.pieces.get(slot)
         if not pieces:
             return None
-        self.pieces[slot] = pieces = _measured(pieces)
-        return combine(pieces)
+        combined = self._combined.get(slot)
+        if combined is None:
+            self.pieces[slot] = pieces = _measured(pieces)
+            combined = self._combined[slot] = combine(pieces)
+        return combined
 
     def gradient_profiles(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per watched module, (‖∂L/∂y_t‖ into its output, ‖∂L/∂x_t‖ out through its input) per
@@ -202,10 +209,10 @@ class StepAccumulator:
             segments.append((slot, part.shape[0]))
         first_timestep = len(parts)
         for slot in sorted(self.pieces):
-            self.pieces[slot] = pieces = _measured(self.pieces[slot])
-            part = combine(pieces)
-            parts.append(part)
-            segments.append((slot, part.shape[0]))
+            norms = self.timestep_profile(slot)  # combined once: reused when the profiles asked for it
+            assert norms is not None  # a slot's list holds its first piece from the start
+            parts.append(norms)
+            segments.append((slot, norms.shape[0]))
         timestep_parts = len(parts) - first_timestep
         for slot, sumsq in self.finals.items():
             parts.append(sumsq)
@@ -243,6 +250,8 @@ class StepAccumulator:
                 if values.dtype != torch.float64 and _host_overflowed(values.double()):
                     p.values, p.source = remeasure(p.source, p.time_dim), None
                     changed = True
+        if changed:
+            self._combined.clear()
         return changed
 
 

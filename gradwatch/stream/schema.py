@@ -130,7 +130,6 @@ class StepLayout:
     """Slot numbers of every channel instance for one list of watched modules (built once per list)."""
 
     def __init__(self, modules: Sequence[ModuleShape]) -> None:
-        self.module_names = tuple(m.name for m in modules)
         self.channels: list[Channel] = []
         """The channel of each slot."""
         self.owners: list[tuple[str | None, int | None]] = []
