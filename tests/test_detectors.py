@@ -290,6 +290,15 @@ def test_adam_inflating_small_weights_is_a_large_updates_warning():
     assert "inflating" in alerts[0].message and "0.351 → 10.8" in alerts[0].message
 
 
+def test_inflating_window_counts_every_step_not_only_steps_with_an_update():
+    # review of issue #13's rule: the weight norm was recorded only on steps with an update ratio, so a
+    # step without gradients (norm 0.2 here) dropped out of the window and "rose on each of the last 5
+    # steps, 1 -> 12" was reported over 6 steps, one of which fell
+    norms = [1.0, 2.0, 3.0, 0.2, 4.0, 6.0, 12.0]
+    records = [rec(i, layer(ratio=0.3, weight=w, has_grad=(i != 3)), loss=1.0) for i, w in enumerate(norms)]
+    assert [a for a in feed(LargeUpdatesDetector(CFG), records) if "inflating" in a.message] == []
+
+
 def test_weights_growing_5x_in_5_steps_are_not_inflating():
     # healthy corpus runs (Adam from weights scaled down 10x) grow their weight norm by up to 4.9x in 5 rising steps
     norms = [1.0 * 4.9 ** (i / 5) for i in range(30)]

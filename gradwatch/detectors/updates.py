@@ -146,6 +146,7 @@ class LargeUpdatesDetector:
             trail = trails.get(key)
             if trail is None:
                 trail = trails[key] = collections.deque(maxlen=4)
+            inflating = self._inflating(key, stats.layers[key].weight_norm)  # every step: its window is consecutive steps
             if r is None:
                 self._streak[key] = 0
                 continue
@@ -167,7 +168,7 @@ class LargeUpdatesDetector:
                 flagged[key] = (r, "growing")
             elif prev is not None and prev >= c.large_update_ratio and self._damaged(loss):
                 flagged[key] = (prev, "damage")
-            elif self._inflating(key, stats.layers[key].weight_norm):
+            elif inflating:
                 flagged[key] = (r, "inflating")
         alerts = [self._alert(stats, [k for k in flagged if k[0] == m], flagged, loss)
                   for m in dict.fromkeys(k[0] for k in flagged)]
