@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
@@ -179,6 +179,14 @@ class Monitor:
             return
         self._gradients = None
         self._read_before_update()
+
+    def record_action(self, action: ActionRecord) -> None:
+        """Give the step in progress the record of clipping its driver did itself after `before_update()`
+        (`gradwatch run` clipping a script that updates its parameters by hand): it becomes the
+        step's `StepStats.clip`, as the monitor's own actions' record would."""
+        if self._closed or not self._measuring or self._gradients is None:
+            return
+        self._gradients = replace(self._gradients, action=action)
 
     def end_step(self, loss: Any = None) -> None:
         """End the step now, with or without optimizers (for drivers: `watch(..., external_steps=True)`)."""

@@ -179,6 +179,8 @@ def test_run_clip_applies_to_a_script_that_updates_by_hand(tmp_path, capsys):
     assert max(before) > 0.25 * 2  # the test clips for real
     for r, total in zip(records, before):
         coefficient = min(1.0, 0.25 / (total + 1e-6))
+        # the JSONL says what was clipped (it was empty for hand-updated scripts)
+        assert r["clip"]["policy"] == "norm" and r["clip"]["coefficient"] == pytest.approx(coefficient, rel=1e-4)
         for layer in r["layers"].values():
             assert layer["update_norm"] == pytest.approx(20 * coefficient * layer["grad_norm"], rel=1e-4)
 

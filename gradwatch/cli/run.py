@@ -386,7 +386,7 @@ class ScriptWatcher:
             if m.monitor.step_mode is Mode.MANUAL:  # no optimizer: this run ends the steps
                 m.monitor.before_update()  # measures the gradients as backward left them, then:
                 if m.clip_by_hand is not None:
-                    m.clip_by_hand.clip_by_hand(list(m.module.parameters()))
+                    m.monitor.record_action(m.clip_by_hand.clip_by_hand(list(m.module.parameters())))
 
     def _end_manual_step(self, m: _Model) -> None:
         m.monitor.end_step(m.loss)
