@@ -946,3 +946,12 @@ def test_high_plateau_with_brisk_steps_is_not_called_stuck():
     high = lambda i: max(0.3, 1.28 * 0.85**i) + 0.003 * (i % 3)  # noqa: E731
     records = stalled_run(150, lambda i: layer(ratio=0.03), loss=high)  # Adam still working on it
     assert feed(SlowProgressDetector(CFG), records) == []
+
+
+def test_an_oscillation_window_below_3_is_refused_instead_of_switching_every_detector_off():
+    # found in session 4: oscillation_window=1 or 2 made measure_swings raise on the first full window,
+    # and the monitor switched the whole detector suite off for the rest of the run
+    for bad in (1, 2):
+        with pytest.raises(GradwatchError, match="oscillation_window=...\\) must be at least 3, got " + str(bad)):
+            DetectorConfig.from_options({"oscillation_window": bad})
+    assert DetectorConfig.from_options({"oscillation_window": 3}).oscillation_window == 3

@@ -282,7 +282,7 @@ class DetectorConfig:
     # suite's lr-10 LSTM (and the same run at batch 16) is caught within 39-67 steps.
     oscillation_window: int = 40
     """Recent finite losses judged for oscillation (long enough for two swings of a bouncing
-    run, short enough to react within a few dozen steps)."""
+    run, short enough to react within a few dozen steps; at least 3)."""
     oscillation_swing: float = 0.1
     """Smallest swing that counts, relative to the loss: a move by a factor 1 + this (10 %)…"""
     oscillation_noise: float = 3.0
@@ -358,6 +358,11 @@ class DetectorConfig:
         return cls(**values)
 
 
+_AT_LEAST = {"oscillation_window": 3}
+"""Integer options whose rule needs more than 1 (the oscillation rule compares step-to-step changes
+and a running median over the window: fewer than 3 losses have none)."""
+
+
 def _check(name: str, value: Any, default: Any) -> Any:
     if default is None and value is None:
         return None
@@ -372,6 +377,10 @@ def _check(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, int) and not isinstance(default, bool):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise GradwatchError(f"gradwatch.watch({name}=...) must be a positive integer, got {value!r}.")
+        least = _AT_LEAST.get(name, 1)
+        if value < least:
+            raise GradwatchError(f"gradwatch.watch({name}=...) must be at least {least}, got {value!r} "
+                                 f"(default {default}).")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise GradwatchError(f"gradwatch.watch({name}=...) must be a positive finite number, got {value!r}.")
