@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import math
 import statistics
@@ -30,7 +31,7 @@ from gradwatch.detectors import (
 )
 from gradwatch.detectors import config as config_module
 from gradwatch.detectors.loss import lag1_autocorrelation, measure_swings, running_median, zigzag_legs
-from gradwatch.records import DirectionStats, LayerStats, NonFinite, StepStats
+from gradwatch.records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
 
 CFG = DetectorConfig()
 
@@ -174,6 +175,18 @@ def test_spike_against_recent_history(factor, severity):
     assert "at step 25" in a.message and "persists" in a.message
     assert a.threshold == CFG.spike_factor and a.value == pytest.approx(factor / 1.1, rel=0.01)
     assert "its median" in a.message and "clip=" in a.message
+
+
+def test_spike_remedy_under_clipping_does_not_tell_the_run_to_clip():
+    # found under `gradwatch run --clip auto` (word_language_model): the spike's remedy said "clip the
+    # gradient norm (... or --clip auto)" to a run that was clipping with auto already
+    clip = ClipEvent(policy="auto", norm_before=30.0, norm_after=1.0, coefficient=0.03, threshold=1.0)
+    records = steady(25) + [rec(25 + i, layer(grad=30.0, ratio=3e-2), grad=30.0) for i in range(2)]
+    records = [dataclasses.replace(r, clip=clip) for r in records]
+    (a,) = feed(NormSpikeDetector(CFG), records)
+    assert a.remedy.startswith("gradient clipping (auto) is already on") and "clip=2.2" in a.remedy
+    (plain,) = feed(NormSpikeDetector(CFG), [dataclasses.replace(r, clip=None) for r in records])
+    assert plain.remedy.startswith("clip the gradient norm")
 
 
 @pytest.mark.parametrize("factor, severity", [(30.0, "info"), (300.0, "critical")], ids=["absorbed", "critical"])

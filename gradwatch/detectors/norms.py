@@ -80,6 +80,8 @@ class NormSpikeDetector:
         self._layers: dict[LayerKey, collections.deque[float]] = {}
         """Recent gradient norms of each layer (their median is needed only when the total norm jumps)."""
         self._calm: float | None = None
+        self._clipping: str | None = None
+        """The clipping policy of the latest step (its remedy must not tell a clipped run to clip)."""
         """Median norm of the first full window: the run's typical size before any jump."""
         self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
         """Largest layer update ratio of recent steps: did a gradient spike become a large step?"""
@@ -87,6 +89,7 @@ class NormSpikeDetector:
         self._pending: _Pending | None = None
 
     def update(self, stats: StepStats) -> list[Alert]:
+        self._clipping = stats.clip.policy if stats.clip is not None else None
         alerts = self._absolute(stats)
         judged = self._judge_pending(stats)
         if judged is not None:
@@ -214,7 +217,7 @@ class NormSpikeDetector:
             severity,  # type: ignore[arg-type]
             step,
             evidence=evidence,
-            remedy=remedies.norm_spike(min(base, self._calm or base)) + ".",
+            remedy=remedies.norm_spike(min(base, self._calm or base), self._clipping) + ".",
             value=ratio,
             threshold=self.config.spike_factor,
             module=key[0] if key else None,

@@ -185,7 +185,14 @@ def large_updates() -> str:
     )
 
 
-def norm_spike(typical: float) -> str:
+def norm_spike(typical: float, clipping: str | None = None) -> str:
+    """`clipping`: the policy already clipping this run ('auto', 'norm', ...), or None."""
+    if clipping is not None:
+        return (
+            f"gradient clipping ({clipping}) is already on and bounded this step's update; if spikes recur, lower the "
+            f"learning rate or add a warm-up, or clip at a fixed size near the usual norm, e.g. "
+            f"{_clip_example(fmt(2 * typical))} (twice its typical norm {fmt(typical)})"
+        )
     return (
         f"{_clip()} at about its usual size, e.g. {_clip_example(fmt(2 * typical))} (twice its typical norm {fmt(typical)}; "
         "Pascanu et al. 2013 clip near the average norm); if spikes recur, lower the learning rate or add a warm-up"
