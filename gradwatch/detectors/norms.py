@@ -80,9 +80,9 @@ class NormSpikeDetector:
         self._layers: dict[LayerKey, collections.deque[float]] = {}
         """Recent gradient norms of each layer (their median is needed only when the total norm jumps)."""
         self._calm: float | None = None
+        """Median norm of the first full window: the run's typical size before any jump."""
         self._clipping: str | None = None
         """The clipping policy of the latest step (its remedy must not tell a clipped run to clip)."""
-        """Median norm of the first full window: the run's typical size before any jump."""
         self._steps: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
         """Largest layer update ratio of recent steps: did a gradient spike become a large step?"""
         self._losses: collections.deque[float] = collections.deque(maxlen=self.config.spike_window)
