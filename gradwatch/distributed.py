@@ -115,18 +115,18 @@ class StepReducer:
         ranks) are squared, padded to the longest rank's length, summed and rooted."""
         dist = torch.distributed
         varying = layout.summed_slots
-        sizes = dict(segments)
-        fixed = [(slot, n) for slot, n in segments if layout.channels[slot].reduce is Reduce.MEAN]
-        signature = zlib.crc32(repr([(layout.describe(slot), n) for slot, n in fixed]).encode())
-        meta = torch.tensor([signature, -signature] + [sizes.get(s, 0) for s in varying], dtype=torch.int64)
-        dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=self.meta_group)
-        agreed = meta.tolist()
-        if agreed[0] != -agreed[1]:
-            return self._local(flat, segments, MISMATCH)
         offsets, pos = {}, 0
         for slot, n in segments:
             offsets[slot] = (pos, n)
             pos += n
+        fixed = [(slot, n) for slot, n in segments if layout.channels[slot].reduce is Reduce.MEAN]
+        signature = zlib.crc32(repr([(layout.describe(slot), n) for slot, n in fixed]).encode())
+        lengths = [offsets[s][1] if s in offsets else 0 for s in varying]
+        meta = torch.tensor([signature, -signature] + lengths, dtype=torch.int64)
+        dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=self.meta_group)
+        agreed = meta.tolist()
+        if agreed[0] != -agreed[1]:
+            return self._local(flat, segments, MISMATCH)
         parts, out_segments = [], []
         for slot, n in fixed:
             start = offsets[slot][0]

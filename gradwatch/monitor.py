@@ -125,7 +125,6 @@ class Monitor:
         self._pending: collections.deque[PendingStep] = collections.deque()
         self._gradients: GradientRead | None = None
         """The step in progress's gradients, once read before its update (None until then)."""
-        self._handles: list[Any] = []
         self._hooks = OptimizerHooks(before=self._on_update_start, after=self._on_update_end)
         for opt in optimizers:
             self._hooks.add(opt, replace=False)  # optimizers given together are all kept
@@ -267,10 +266,7 @@ class Monitor:
             for adapter in self._adapters:
                 adapter.remove()
             self._hooks.close()
-            for handle in self._handles:
-                handle.remove()
             self._adapters.clear()
-            self._handles.clear()
             self.params.snapshot = None
             summary = self._call("detectors summary", self._alert_summary) if self._sinks else None
             for sink in self._sinks:

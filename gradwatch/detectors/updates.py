@@ -133,8 +133,6 @@ class LargeUpdatesDetector:
         self._losses: collections.deque[float] = collections.deque(maxlen=self.config.update_window)
         self._weights: dict[LayerKey, collections.deque[float]] = {}
         """Weight norm of each layer over the last `weight_growth_steps` + 1 steps."""
-        self._loss_before: float | None = None
-        """Median loss up to the previous step, i.e. before the previous step's update."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
