@@ -67,7 +67,7 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10, per_token: bool = 
     seq = 20 if per_token else 50
     x, y = torch.randn(seq, 32, 64), torch.randn(seq, 32, 64)
 
-    def forward() -> torch.Tensor:
+    def forward() -> Any:
         if not per_token:
             return model["head"](model["rnn"](x)[0])
         outputs, hidden = [], None
