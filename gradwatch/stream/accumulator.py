@@ -93,11 +93,13 @@ class StepAccumulator:
                    batch_sizes: torch.Tensor | None = None) -> int:
         """Measure `x`'s per-timestep norms into `slot` from timestep `offset`; returns its number of timesteps.
 
-        A call of several timesteps is measured now (one reduction; `x` is not kept). A call of one
-        timestep (a decoding loop's token, a cell's call) is kept and measured at `pack`, together
-        with the slot's other such calls: one kernel for the whole loop instead of one per call.
-        Use it for tensors nobody modifies in place before the step ends (a module's input, which
-        autograd saves; an output gradient); a module's output is measured at once (`add_timesteps`).
+        A call of several timesteps is measured now (`add_measured`: one reduction, or, for a slot
+        that only locates NaN/Inf under `finite_checks`, one sum and nothing more when it is finite;
+        `x` is not kept). A call of one timestep (a decoding loop's token, a cell's call) is kept and
+        measured at `pack`, together with the slot's other such calls: one kernel for the whole loop
+        instead of one per call. Use it for tensors nobody modifies in place before the step ends (a
+        module's input, which autograd saves; an output gradient); a module's output is measured at
+        once (`add_measured`).
         """
         length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
         if batch_sizes is None and length == 1:  # (kept as is: one check at pack would cost as much as this)
