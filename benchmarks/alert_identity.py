@@ -75,6 +75,11 @@ def _live_cases() -> list[tuple[str, Any, dict[str, Any], float, int | None]]:
         ("grucell-clip", lambda: nn.GRUCell(8, 16), {"clip": 0.5}, 1e-1, None),
         ("lstm-nan", lambda: nn.LSTM(8, 16), {}, 1e-2, 25),
         ("rnn-tanh-vanishing", lambda: nn.RNN(8, 16), {"every": 1}, 1e-6, None),
+        # NaN/Inf located on ordinary and probe steps, in a fused stack, a cell and a relu overflow
+        # (issue #15: a module's input and output are summed first, measured only when not finite)
+        ("lstm2-nan-every3", lambda: nn.LSTM(8, 16, num_layers=2), {"every": 3}, 1e-2, 25),
+        ("grucell-nan", lambda: nn.GRUCell(8, 16), {}, 1e-2, 25),
+        ("rnn-relu2-lr-high", lambda: nn.RNN(8, 16, num_layers=2, nonlinearity="relu"), {}, 30.0, None),
     ]
 
 

@@ -1,6 +1,8 @@
 """Where gradwatch's per-step CPU time goes, part by part, inside a real training loop.
 
     python benchmarks/step_parts.py                # GRU H=64, T=50, B=32, Adam, every=10, 1 thread
+    python benchmarks/step_parts.py --per-token    # the same GRU called once per token, 20 calls per step
+    python benchmarks/step_parts.py --reference    # the reference 2-layer LSTM, H=256, T=100, B=32, SGD
 
 Each part is timed with the thread's CPU time where it runs in the loop (after backward, with
 caches as training leaves them: the same code costs several times more there than in a
@@ -25,6 +27,7 @@ import gradwatch  # noqa: E402
 import gradwatch.monitor as monitor_module  # noqa: E402
 from gradwatch.capture import probe, stack  # noqa: E402
 from gradwatch.capture.params import ParameterMap  # noqa: E402
+from gradwatch.stream import accumulator  # noqa: E402
 from gradwatch.stream.accumulator import StepAccumulator  # noqa: E402
 
 PARTS = [
@@ -38,6 +41,7 @@ PARTS = [
     (monitor_module, "start_readback", "  read-back start"),
     (monitor_module, "build_step_stats", "  record build"),
     (probe, "timestep_norms", "backward probes (probe steps: per-layer gradient norms)"),
+    (accumulator, "host_all_finite", "forward: input/output finite-sum checks"),
 ]
 BACKWARD = "backward hooks (output-gradient norms)"
 
@@ -56,16 +60,31 @@ def _timed(owner: Any, name: str, spent: list[int]) -> Any:
     return fn
 
 
-def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
+def main(steps: int = 300, warmup: int = 50, every: int = 10, per_token: bool = False,
+         reference: bool = False) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = nn.ModuleDict({"rnn": nn.GRU(64, 64), "head": nn.Linear(64, 64)})
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = torch.randn(50, 32, 64), torch.randn(50, 32, 64)
+    hidden_size = 256 if reference else 64
+    rnn = nn.LSTM(64, 256, num_layers=2) if reference else nn.GRU(64, 64)
+    model = nn.ModuleDict({"rnn": rnn, "head": nn.Linear(hidden_size, 64)})
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3) if reference else torch.optim.Adam(model.parameters(), lr=1e-3)
+    seq = 20 if per_token else 100 if reference else 50
+    x, y = torch.randn(seq, 32, 64), torch.randn(seq, 32, 64)
+
+    def forward() -> Any:
+        if not per_token:
+            return model["head"](model["rnn"](x)[0])
+        outputs, hidden = [], None
+        for t in range(seq):
+            out, hidden = model["rnn"](x[t : t + 1], hidden)
+            outputs.append(out)
+        return model["head"](torch.cat(outputs))
     spent: dict[str, list[int]] = {label: [] for _, _, label in PARTS}
     adapter_total: list[int] = []
     module_forward: list[int] = []
-    originals = [(owner, name, _timed(owner, name, spent[label])) for owner, name, label in PARTS]
+    parts = [(owner, name, label) for owner, name, label in PARTS if hasattr(owner, name)]  # older code: fewer parts
+    spent = {label: spent[label] for _, _, label in parts}
+    originals = [(owner, name, _timed(owner, name, spent[label])) for owner, name, label in parts]
     originals.append((stack.StackForward, "__call__", _timed(stack.StackForward, "__call__", adapter_total)))
     spent[BACKWARD] = []
     make_sink = stack._gradient_sink
@@ -81,7 +100,7 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
         for _ in range(steps):
             for counter in [*spent.values(), adapter_total, module_forward, detectors]:  # noqa: B007
                 counter.append(0)
-            loss = nn.functional.mse_loss(model["head"](model["rnn"](x)[0]), y)
+            loss = nn.functional.mse_loss(forward(), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -92,7 +111,9 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10) -> None:
             setattr(owner, name, fn)
     spent["  detectors"] = detectors
     spent["forward adapter (own)"] = [a - b for a, b in zip(adapter_total, module_forward)]
-    print(f"torch {torch.__version__}, 1 thread, GRU H=64 T=50 B=32 Adam, every={every}: CPU µs per step")
+    shape = ("2-layer LSTM H=256 T=100 B=32 SGD" if reference else
+             f"GRU H=64 {'T=20 per token (20 calls)' if per_token else 'T=50'} B=32 Adam")
+    print(f"torch {torch.__version__}, 1 thread, {shape}, every={every}: CPU µs per step")
     for label, values in spent.items():
         values = values[warmup:]
         plain_steps = [v for i, v in enumerate(values) if (i + warmup) % every != 0]
@@ -118,4 +139,5 @@ def _run_timed(fn: Any, args: tuple, counter: list[int]) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    reference = "--reference" in sys.argv[1:]
+    main(per_token="--per-token" in sys.argv[1:], reference=reference, **({"steps": 80, "warmup": 20} if reference else {}))

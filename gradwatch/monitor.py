@@ -128,7 +128,9 @@ class Monitor:
         self._hooks = OptimizerHooks(before=self._on_update_start, after=self._on_update_end)
         for opt in optimizers:
             self._hooks.add(opt, replace=False)  # optimizers given together are all kept
-        self.session = CaptureSession(self._report_error)
+        # one process: a module's input and output need measuring only when not all finite (see
+        # StepAccumulator.finite_checks); several: every rank packs the same slots for the reducer
+        self.session = CaptureSession(self._report_error, finite_checks=reducer is None)
         self.watched: list[WatchedModule] = []
         self._adapters: list[ForwardAdapter] = []
         self.params: ParameterMap

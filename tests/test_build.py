@@ -25,7 +25,11 @@ class Net(nn.Module):
 
 
 def captured_steps(monkeypatch: pytest.MonkeyPatch, every: int) -> list[tuple[PendingStep, list[float], float | None]]:
-    """(pending step, read-back values, loss) of a few real steps, as the monitor hands them to the builder."""
+    """(pending step, read-back values, loss) of a few real steps, as the monitor hands them to the builder.
+
+    Every slot is measured (no finite-sum shortcut for a module's input and output): the test puts a
+    NaN/Inf into each of them."""
+    monkeypatch.setattr("gradwatch.stream.accumulator._host_checkable", lambda x: False)
     seen: list[tuple[PendingStep, list[float], float | None]] = []
 
     def capture(p: PendingStep, flat: list[float], loss: float | None) -> object:

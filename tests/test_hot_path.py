@@ -19,6 +19,7 @@ HOST_SIDE = {
     ("gradwatch.stats.tensor_stats", "_host_overflowed"),  # CPU-only: no device to wait for
     ("gradwatch.stats.tensor_stats", "host_group_sumsq"),  # CPU-only: parameter norms read as Python floats
     ("gradwatch.stats.tensor_stats", "host_total"),  # CPU-only: their total, with torch's summation order
+    ("gradwatch.stats.tensor_stats", "host_all_finite"),  # CPU-only: a module's input/output proven finite
     ("gradwatch.distributed", "start"),  # the agreed lengths: a CPU tensor reduced over gloo
 }
 """The (module, function) pairs that may turn a tensor into Python numbers: each reads a host buffer."""
@@ -54,6 +55,7 @@ def test_per_step_path_has_no_tensor_to_python_conversion(forbid_conversions_in_
     host floats, so that the CPU stand-in checks the path CUDA runs."""
     if device_path:
         monkeypatch.setattr("gradwatch.capture.params._on_cpu", lambda tensors: False)
+        monkeypatch.setattr("gradwatch.stream.accumulator._host_checkable", lambda x: False)
     torch.manual_seed(0)
     m = nn.ModuleDict({"lm": SeqClassifier(nn.LSTM, bidirectional=True), "dec": CellDecoder()})
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)

@@ -27,6 +27,16 @@ def test_per_timestep_channels_and_only_they_reduce_by_root_sum_square():
         assert (c.reduce is Reduce.ROOT_SUM_SQUARE) == (c.shape is Shape.PER_TIMESTEP), c.name
 
 
+def test_channels_that_only_locate_nan_fill_only_the_nonfinite_field():
+    """`locates_only` lets the accumulator skip a measurement proven finite (issue #15): only a channel
+    whose declared field is `StepStats.nonfinite` alone may say so, and the layout marks its slots."""
+    for channel in CHANNELS:
+        assert channel.locates_only == channel.fills.startswith("StepStats.nonfinite"), channel.name
+    layout = StepLayout([ModuleInfo("rnn", "LSTM", num_layers=2)])
+    marked = {layout.describe(s) for s, locating in enumerate(layout.locating) if locating}
+    assert marked == {"outside_wsq", "in_act[rnn]", "out_act[rnn]", "final[rnn]"}
+
+
 def test_slots_number_every_channel_instance_once():
     layout = StepLayout(MODULES)
     step = sum(c.scope is Scope.STEP for c in CHANNELS)

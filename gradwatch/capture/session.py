@@ -20,10 +20,12 @@ log = logging.getLogger("gradwatch")
 class CaptureSession:
     """Owned by one `Monitor`; adapters read `accumulator` and `probing`, never decide anything."""
 
-    def __init__(self, report_error: Callable[[str, BaseException], None]) -> None:
+    def __init__(self, report_error: Callable[[str, BaseException], None], *, finite_checks: bool = False) -> None:
         self.layout = StepLayout([])
         """Slots of the watched modules' channels (`stream.schema`); set by the monitor with `set_layout`."""
-        self.accumulator = StepAccumulator(self.layout)
+        self.finite_checks = finite_checks
+        """Passed to every step's accumulator (`StepAccumulator.finite_checks`): True for one process."""
+        self.accumulator = self._new_accumulator()
         self.probing = False
         self.enabled = True
         self.report_error = report_error
@@ -35,7 +37,7 @@ class CaptureSession:
 
     def begin_step(self, *, probe: bool) -> StepAccumulator:
         """Start collecting a new step; returns the finished step's accumulator."""
-        done, self.accumulator = self.accumulator, StepAccumulator(self.layout)
+        done, self.accumulator = self.accumulator, self._new_accumulator()
         self.probing = probe
         self.forwards = 0
         self.eval_forwards = 0
@@ -46,7 +48,10 @@ class CaptureSession:
         """The watched modules changed (at a step's end): measure by `layout` from now on."""
         self.layout = layout
         if self.accumulator.layout is not layout and self.forwards == 0:
-            self.accumulator = StepAccumulator(layout)  # nothing measured into the old one yet
+            self.accumulator = self._new_accumulator()  # nothing measured into the old one yet
+
+    def _new_accumulator(self) -> StepAccumulator:
+        return StepAccumulator(self.layout, finite_checks=self.finite_checks)
 
     def new_evaluation(self) -> None:
         """An optimizer re-evaluates the model within one step (LBFGS's closure): the next measured
@@ -59,7 +64,7 @@ class CaptureSession:
         """A watched module's forward is about to be measured into `accumulator`."""
         if self._restart_at_next_forward:
             self._restart_at_next_forward = False
-            self.accumulator = StepAccumulator(self.layout)
+            self.accumulator = self._new_accumulator()
         self.forwards += 1
 
     def tell_once(self, topic: str, message: str) -> None:

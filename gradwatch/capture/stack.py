@@ -275,9 +275,10 @@ class StackForward(ForwardAdapter):
         start = span[0]
         y, hidden = output
         data = y.data if isinstance(y, PackedSequence) else y
-        norms, squared = timestep_norms(data, tdim, batch_sizes)
-        acc.add_timesteps(slots.out_act, norms, start, squared=squared, source=data, time_dim=tdim)
-        if self.watched.num_layers > 1:  # one layer: a non-finite output can only have appeared there
+        measured = acc.add_measured(slots.out_act, data, start, time_dim=tdim, batch_sizes=batch_sizes)
+        # the final state names the layer only when the output is not finite (one layer: it can only
+        # have appeared there); an output proven finite needs none
+        if measured and self.watched.num_layers > 1:
             final = final_state_sumsq(hidden, self.watched.num_layers, self.watched.num_directions)
             if final is not None:
                 acc.add_final(slots.final, final)
@@ -404,11 +405,13 @@ class CellForward(ForwardAdapter):
         output = self.original(x, hx)
         try:
             h = output[0] if isinstance(output, tuple) else output
-            h_norm = timestep_norms(h, None)[0]
-            acc.add_timesteps(slots.out_act, h_norm, t, source=h)
-            if session.probing:
+            if session.probing:  # the layer's activation norms are recorded: measured, once for both slots
+                h_norm = timestep_norms(h, None)[0]
+                acc.add_timesteps(slots.out_act, h_norm, t, source=h)
                 acc.add_timesteps(slots.act[0], h_norm, t, source=h)
                 acc.add_activity(slots.activity[0], unit_activity(h))
+            else:
+                acc.add_measured(slots.out_act, h, t, time_dim=None)
             if h.requires_grad:
                 observe_gradient(h, sink=_gradient_sink(acc, slots.out_grad, t, None, None), on_error=self.fail)
             return output

@@ -12,7 +12,7 @@ import torch
 
 from ..torch_compat import foreach_norm
 
-__all__ = ["group_sumsq", "host_group_sumsq", "host_total", "norm_over", "host_overflowed", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
+__all__ = ["group_sumsq", "host_all_finite", "host_group_sumsq", "host_total", "norm_over", "host_overflowed", "stored_values", "sumsq_over", "tensor_sumsqs", "stack_scalars", "unit_activity", "DEAD_EPS", "SATURATION_LEVEL", "SATURATION_SHARE"]
 
 DEAD_EPS = 1e-6
 """A unit is dead when |h| stays below this for every sample and timestep."""
@@ -112,6 +112,15 @@ def tensor_sumsqs(tensors: list[torch.Tensor]) -> torch.Tensor:
     if tensors[0].device.type == "cpu" and _host_overflowed(norms):
         norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64).to(norms.device) for t in tensors])
     return norms.square()
+
+
+def host_all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of the CPU tensor `x` is proven finite by one sum (a sum with a NaN/Inf
+    among its terms is not finite). False means "not proven": a NaN/Inf, or finite values whose sum
+    overflowed; the caller then measures in full. One pass over `x`, no temporary the size of `x`,
+    no graph (`x` is detached). The CPU has no device to wait for, so reading the sum costs no
+    synchronisation (tests/test_hot_path.py allows this function's conversion)."""
+    return math.isfinite(x.detach().sum().item())
 
 
 def _host_overflowed(values: torch.Tensor) -> bool:

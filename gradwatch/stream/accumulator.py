@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 
-from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE, host_overflowed as _host_overflowed
+from ..stats.tensor_stats import DEAD_EPS, SATURATION_SHARE, host_all_finite, host_overflowed as _host_overflowed
 from ..stats.timestep import timestep_norms
 from .schema import Segments, StepLayout
 
@@ -57,8 +57,15 @@ class Piece:
 class StepAccumulator:
     """Per-step store of device tensors, by slot of a `schema.StepLayout`."""
 
-    def __init__(self, layout: StepLayout) -> None:
+    def __init__(self, layout: StepLayout, *, finite_checks: bool = False) -> None:
         self.layout = layout
+        self.finite_checks = finite_checks
+        """Skip measuring a CPU tensor for a slot whose channel only locates NaN/Inf
+        (`schema.Channel.locates_only`: a module's input and output) when one sum proves it all
+        finite; measure it in full otherwise. The record is the same: a finite tensor's norms are
+        finite and name no timestep. One sum instead of a per-timestep reduction, and nothing to
+        pack, read back or search. Off under several processes (every rank must pack the same
+        slots) and on devices, where reading the sum would wait for the device."""
         self.pieces: dict[int, list[Piece]] = {}
         """Per-timestep slots: the pieces in the order the calls measured them."""
         self._combined: dict[int, torch.Tensor] = {}
@@ -86,21 +93,33 @@ class StepAccumulator:
                    batch_sizes: torch.Tensor | None = None) -> int:
         """Measure `x`'s per-timestep norms into `slot` from timestep `offset`; returns its number of timesteps.
 
-        A call of several timesteps is measured now (one reduction; `x` is not kept). A call of one
-        timestep (a decoding loop's token, a cell's call) is kept and measured at `pack`, together
-        with the slot's other such calls: one kernel for the whole loop instead of one per call.
-        Use it for tensors nobody modifies in place before the step ends (a module's input, which
-        autograd saves; an output gradient); a module's output is measured at once (`add_timesteps`).
+        A call of several timesteps is measured now (`add_measured`: one reduction, or, for a slot
+        that only locates NaN/Inf under `finite_checks`, one sum and nothing more when it is finite;
+        `x` is not kept). A call of one timestep (a decoding loop's token, a cell's call) is kept and
+        measured at `pack`, together with the slot's other such calls: one kernel for the whole loop
+        instead of one per call. Use it for tensors nobody modifies in place before the step ends (a
+        module's input, which autograd saves; an output gradient); a module's output is measured at
+        once (`add_measured`).
         """
         length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
-        if batch_sizes is None and length == 1:
+        if batch_sizes is None and length == 1:  # (kept as is: one check at pack would cost as much as this)
             piece = Piece(offset, None, False, None, time_dim)
             piece.source = x.detach()
             self._add(slot, piece)
             return 1
+        self.add_measured(slot, x, offset, time_dim=time_dim, batch_sizes=batch_sizes)
+        return length
+
+    def add_measured(self, slot: int, x: torch.Tensor, offset: int = 0, *, time_dim: int | None,
+                     batch_sizes: torch.Tensor | None = None) -> bool:
+        """Measure `x`'s per-timestep norms into `slot` from timestep `offset` now (a module's output,
+        which the user may change in place once it is returned). Returns False when nothing was
+        recorded because `x` was proven all finite (`finite_checks`), True otherwise."""
+        if self.finite_checks and self.layout.locating[slot] and _host_checkable(x) and host_all_finite(x):
+            return False
         norms, squared = timestep_norms(x, time_dim, batch_sizes)
         self.add_timesteps(slot, norms, offset, squared=squared, source=x, time_dim=time_dim)
-        return length
+        return True
 
     def _add(self, slot: int, piece: Piece) -> None:
         self._combined.pop(slot, None)
@@ -253,6 +272,13 @@ class StepAccumulator:
         if changed:
             self._combined.clear()
         return changed
+
+
+def _host_checkable(x: torch.Tensor) -> bool:
+    """Whether a finite sum of `x` proves its recorded norms finite, read at no cost: a CPU tensor
+    below float64. (A float64 norm of finite values can overflow and is never measured again, so
+    float64 data is always measured; float32 norms that overflow are measured again in float64.)"""
+    return x.device.type == "cpu" and x.dtype != torch.float64
 
 
 def _measured(pieces: list[Piece]) -> list[Piece]:

@@ -70,6 +70,10 @@ class Channel:
     reduce: Reduce
     fills: str
     """The record field(s) built from it."""
+    locates_only: bool = False
+    """Its values feed nothing but `StepStats.nonfinite` (where a NaN/Inf appeared): a step whose
+    measured tensor is all finite gives the same record without them (`StepAccumulator` may then
+    skip the measurement; see `StepAccumulator.finite_checks`)."""
 
 
 GRAD_SQ = Channel("gsq", Scope.STEP, Shape.PER_GROUP, Reduce.MEAN,
@@ -81,16 +85,16 @@ UPDATE_SQ = Channel("usq", Scope.STEP, Shape.PER_GROUP, Reduce.MEAN,
 TOTAL_SQ = Channel("total", Scope.STEP, Shape.SCALAR, Reduce.MEAN,
                    "StepStats.grad_norm (Σ grad² over the whole model)")
 OUTSIDE_WEIGHT_SQ = Channel("outside_wsq", Scope.STEP, Shape.PER_OUTSIDE, Reduce.MEAN,
-                            "StepStats.nonfinite (where='weights' outside the watched modules)")
+                            "StepStats.nonfinite (where='weights' outside the watched modules)", locates_only=True)
 CLIP = Channel("clip", Scope.STEP, Shape.CLIP, Reduce.MEAN, "StepStats.clip")
 IN_ACT = Channel("in_act", Scope.MODULE, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
-                 "StepStats.nonfinite (where='input')")
+                 "StepStats.nonfinite (where='input')", locates_only=True)
 OUT_ACT = Channel("out_act", Scope.MODULE, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
-                  "StepStats.nonfinite (where='forward', the timestep)")
+                  "StepStats.nonfinite (where='forward', the timestep)", locates_only=True)
 OUT_GRAD = Channel("out_grad", Scope.MODULE, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
                    "StepStats.timestep_output_grad_norms, StepStats.nonfinite (where='backward')")
 FINAL_STATE = Channel("final", Scope.MODULE, Shape.PER_LAYER, Reduce.MEAN,
-                      "StepStats.nonfinite (the layer, on steps without the probe)")
+                      "StepStats.nonfinite (the layer, on steps without the probe)", locates_only=True)
 XGRAD = Channel("xgrad", Scope.LAYER, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
                 "LayerStats.timestep_grad_norms (probe steps), StepStats.nonfinite")
 ACT = Channel("act", Scope.LAYER, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
@@ -155,6 +159,8 @@ class StepLayout:
                 act=tuple(self.slot(ACT, m.name, k) for k in per_layer),
                 activity=tuple(self.slot(ACTIVITY, m.name, k) for k in per_layer))
         self.size = len(self.channels)
+        self.locating = tuple(c.locates_only for c in self.channels)
+        """Per slot: its channel only locates NaN/Inf (`Channel.locates_only`)."""
         self.summed_slots = tuple(s for s, c in enumerate(self.channels) if c.reduce is Reduce.ROOT_SUM_SQUARE)
         """Slots combined by root-sum-square over ranks; their lengths may differ between ranks (per-timestep
         norms of sequences of different lengths), so `distributed` agrees on them first."""
