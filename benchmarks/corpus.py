@@ -85,10 +85,12 @@ CELLS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "LSTMCell", "GRUCell")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
 FRESH_SEED = 2026
-FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J")}
+FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J"),
+               "fresh5": (2030, "K")}
 """Fresh splits: seed and run-name prefix. `fresh` was frozen before round 3's tuning and judged once at its end;
 `fresh2` was frozen (generated) before anyone looked at round 3's misses, for round 4; `fresh3` before anyone looked
-at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5."""
+at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5; `fresh5` (session 5) before any
+detector or label change of session 5, to be read once when that code is final."""
 FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")
