@@ -5,7 +5,8 @@
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
     $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
-    $ python benchmarks/corpus.py generate --split fresh3     # a fresh split (160 runs; also fresh, fresh2)
+    $ python benchmarks/corpus.py report --session4-labels --out /tmp/x # session 4's (no one-step 'recovered')
+    $ python benchmarks/corpus.py generate --split fresh5     # a fresh split (160 runs; also fresh..fresh4)
     $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
@@ -31,6 +32,12 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   median ignores one hard sample in a batch-1 run). Warnings there are neither required nor false
   alarms; the report counts them apart. (Added in round 2 of issue #13: "healthy" = converged at
   the end had hidden such runs — a packed GRU whose loss sat at 25× its start for several steps.)
+  Session 5 adds a one-step form: with a batch of 4 or more samples, a single step's loss ≥ 3× the
+  step-0 loss is recovered too. A batch loss is the mean over its samples, so one hard sample cannot
+  triple it (it would need ≥ 12× the untrained loss on its own); a batch mean at 3× the untrained
+  model's loss is the model made worse by a step — what a practitioner calls an instability the run
+  survived (a loss 1.42 → 24 → 1.2 at batch 4, 2.58 → 115 → 3.2 at batch 64), not convergence.
+  Batch 1 keeps the 5-step median only. `report --session4-labels` gives the labels without it.
 * raw sign (for lead times): the first step whose loss or total gradient norm is ≥ 10× its
   step-0 value; a diverging run "gives a sign k steps early" when that step is ≤ divergence − k;
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
@@ -77,7 +84,7 @@ import gradwatch  # noqa: E402
 from gradwatch.detectors import DetectorConfig, DetectorSuite  # noqa: E402
 from gradwatch.records import Alert  # noqa: E402
 
-__all__ = ["Spec", "make_specs", "record_run", "label_run", "replay", "evaluate", "markdown", "main"]
+__all__ = ["Spec", "make_specs", "record_run", "label_run", "run_label", "replay", "evaluate", "markdown", "main"]
 
 CACHE = ROOT / ".cache" / "corpus"
 TASKS = ("adding", "first_token", "char_lm", "packed_last", "packed_first", "regression")
@@ -106,6 +113,11 @@ FINAL_WINDOW = 20
 LEAD_WANTED, LEAD_LEAST = 5, 3
 SIGN_FACTOR = 10.0
 RECOVERED_FACTOR, RECOVERED_WIDTH = 3.0, 5
+RECOVERED_ONE_STEP_BATCH = 4
+"""Session 5: from this batch size on, one step's loss ≥ `RECOVERED_FACTOR` × the step-0 loss is 'recovered' too."""
+LABEL_SETS = ("session5", "session4", "round1")
+"""Label rules by version: session 5 (one-step 'recovered' at batch ≥ 4), session 4 (= round 2: 5-step median only),
+round 1 (no 'recovered')."""
 LABELS = ("diverged", "stuck", "oscillating", "recovered", "healthy", "slow")
 
 
@@ -386,10 +398,13 @@ def _swings(values: list[float], factor: float) -> int:
     return legs
 
 
-def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> tuple[str, int | None]:
+def label_run(losses: list[float], chance: float, *, recovered: bool = True, batch: int = 1,
+              one_step: bool = True) -> tuple[str, int | None]:
     """(label, divergence step or None) from the raw losses (rules in the module docstring).
 
-    `recovered=False` gives round 1's labels (no 'recovered': those runs are healthy or slow)."""
+    `batch`: samples per step (the one-step 'recovered' rule needs ≥ `RECOVERED_ONE_STEP_BATCH`; 1 = off).
+    `one_step=False` gives session 4's labels; `recovered=False` round 1's (no 'recovered': those runs are healthy
+    or slow)."""
     for step, v in enumerate(losses):
         if not math.isfinite(v) or v > DIVERGED_FACTOR * losses[0]:
             return "diverged", step
@@ -402,6 +417,8 @@ def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> 
         return "oscillating", None
     if recovered and max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
         return "recovered", None
+    if recovered and one_step and batch >= RECOVERED_ONE_STEP_BATCH and max(losses) >= RECOVERED_FACTOR * losses[0]:
+        return "recovered", None  # a batch mean tripled by one step: an instability it survived, not one hard sample
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
     return "slow", None
@@ -418,9 +435,9 @@ def _serious(alerts: Iterable[Alert]) -> list[Alert]:
     return [a for a in alerts if a.severity in ("warning", "critical")]
 
 
-def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -> dict[str, Any]:
-    """One run's label and what the detectors said about it."""
-    label, bad = label_run(run["losses"], run["chance"], recovered=recovered)
+def judge(run: dict[str, Any], alerts: list[Alert], *, labels: str = "session5") -> dict[str, Any]:
+    """One run's label (`labels`: one of `LABEL_SETS`) and what the detectors said about it."""
+    label, bad = run_label(run, labels)
     serious = _serious(alerts)
     exploding = [a for a in serious if a.problem == "exploding"]
     vanishing = [a for a in serious if a.problem == "vanishing"]
@@ -440,6 +457,14 @@ def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -
         "signs": sorted({a.sign for a in serious}),
         "problems": sorted({a.problem for a in serious}),
     }
+
+
+def run_label(run: dict[str, Any], labels: str = "session5") -> tuple[str, int | None]:
+    """`label_run` on a saved run, under the label rules `labels` (one of `LABEL_SETS`)."""
+    if labels not in LABEL_SETS:
+        raise ValueError(f"labels={labels!r}: expected one of {LABEL_SETS}")
+    return label_run(run["losses"], run["chance"], recovered=labels != "round1", batch=int(run["spec"]["batch"]),
+                     one_step=labels == "session5")
 
 
 def first_sign(run: dict[str, Any]) -> int | None:
@@ -565,7 +590,7 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"| healthy | runs with any warning/critical | {_frac(r['healthy_runs_warned'])} |",
         f"| healthy | false warnings per 1,000 healthy steps | {r['false_per_1000']:.2f} (over {r['healthy_steps']} steps) |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
-        f"| exploding | recovered runs (a sustained loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
+        f"| exploding | recovered runs (a loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
         f"{_frac(r['recovered_warned'])} |",
         "",
         "Runs in which each sign was raised at warning or critical, by label (recall on the label it "
@@ -633,16 +658,16 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
         with open(tmp, "wb") as fh:
             pickle.dump(run, fh)
         os.replace(tmp, path)
-        log(f"{spec.name}: {label_run(run['losses'], run['chance'])[0]} {run['seconds']:.1f} s")
+        log(f"{spec.name}: {run_label(run)[0]} {run['seconds']:.1f} s")
 
 
-def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
+def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, labels: str = "session5",
            chance: bool = False, out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Judge the runs of `half`; `chance=True` gives each run's chance loss to the detectors (`chance_loss=`),
-    as a user who knows their task's input-blind loss would."""
+    """Judge the runs of `half` under the label rules `labels` (`LABEL_SETS`); `chance=True` gives each run's chance
+    loss to the detectors (`chance_loss=`), as a user who knows their task's input-blind loss would."""
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
     verdicts = [judge(r, replay(r["records"], dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
-                      recovered=recovered) for r in chosen]
+                      labels=labels) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -666,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
+    parser.add_argument("--session4-labels", action="store_true",
+                        help="report: label as in session 4 (no one-step 'recovered' rule), for before/after comparisons")
     parser.add_argument("--chance", action="store_true",
                         help="report: give each run's chance-level loss to the detectors (watch(chance_loss=...))")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
@@ -686,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels, chance=args.chance,
+    labels = "round1" if args.round1_labels else "session4" if args.session4_labels else "session5"
+    _, _, text = report(runs, half=args.half, labels=labels, chance=args.chance,
                         out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0

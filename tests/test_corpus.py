@@ -29,6 +29,23 @@ def test_labels_come_from_raw_losses(losses, chance, label, step):
     assert corpus.label_run(losses, chance) == (label, step)
 
 
+@pytest.mark.parametrize("batch, one_step, label", [
+    (32, True, "recovered"), (4, True, "recovered"), (1, True, "healthy"), (32, False, "healthy"),
+], ids=["batch-32", "batch-4", "batch-1-one-hard-sample", "session-4-labels"])
+def test_one_step_loss_jump_at_batch_4_or_more_is_recovered_not_healthy(batch, one_step, label):
+    # issue #13 session 5: held-out 245 (batch 32, loss 1.41 -> 2.46 -> 6.5 -> 4.2, then converged) was "healthy" because
+    # 'recovered' needed a 5-step median >= 3x the start; a batch mean tripled by one step is an instability it survived
+    losses = [1.41, 2.46, 6.5, 4.2, 2.72, 2.64, 1.54] + [1.0 * 0.95**i for i in range(93)]
+    assert corpus.label_run(losses, math.log(4), batch=batch, one_step=one_step) == (label, None)
+
+
+def test_run_label_applies_the_named_label_rules():
+    run = {"losses": [1.0, 3.5] + [0.9**i for i in range(98)], "chance": 1.0, "spec": {"batch": 8}}
+    assert [corpus.run_label(run, labels)[0] for labels in corpus.LABEL_SETS] == ["recovered", "healthy", "healthy"]
+    with pytest.raises(ValueError, match="session5"):
+        corpus.run_label(run, "session6")
+
+
 def test_families_split_into_two_stable_halves():
     specs = corpus.make_specs(330)
     assert len(specs) == 330 and len({s.name for s in specs}) == 330
