@@ -52,7 +52,7 @@ def default_detectors(config: DetectorConfig, progress: LossProgress | None = No
         OscillationDetector(config),
         ConstantClippingDetector(config),  # silent when clipping is off
         TemporalDecayDetector(config, progress, profiles),
-        DeadNeuronsDetector(config),
+        DeadNeuronsDetector(config, progress),
         TinyUpdatesDetector(config, progress),
         SlowProgressDetector(config, progress, profiles),
     ]
