@@ -808,6 +808,21 @@ def test_bouncing_loss_with_large_steps_is_oscillation():
     assert "autocorrelation" in text and "median update ratio" in text and "'rnn' layer 0 is 0.1 " in text
 
 
+def test_swings_of_a_converged_loss_with_rmsprop_steps_are_info_not_a_warning():
+    # issue #13 session 5: fresh3 H038 (RMSprop regression, 3.2 -> 0.03-0.07, healthy by its raw losses) got an
+    # oscillation warning at step 83: its 3-step median swung x3 around a loss that had fallen 50-fold
+    records = [rec(i, layer(ratio=0.1), loss=3.0) for i in range(10)]
+    records += [rec(i, layer(ratio=0.1), loss=bouncing(i) / 40) for i in range(10, 70)]
+    alerts = feed(DetectorSuite(DetectorConfig()), records)
+    (a,) = [a for a in alerts if a.sign == "oscillation"]
+    assert a.severity == "info" and "has converged" in a.message
+    # the same swings 5-fold below the start are still a warning
+    records = [rec(i, layer(ratio=0.1), loss=3.0) for i in range(10)]
+    records += [rec(i, layer(ratio=0.1), loss=bouncing(i) / 5) for i in range(10, 70)]
+    (a,) = [a for a in feed(DetectorSuite(DetectorConfig()), records) if a.sign == "oscillation"]
+    assert a.severity == "warning"
+
+
 def test_bouncing_loss_with_small_steps_is_not_oscillation():
     """Loss wander while every step moves the weights by 1e-3 of their norm is not a too-high learning rate."""
     assert feed(OscillationDetector(CFG), [rec(i, layer(ratio=1e-3), loss=bouncing(i)) for i in range(60)]) == []
