@@ -43,6 +43,20 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
 * slow: the rest (learned something, not enough to call it converged); left out of the targets.
 
+Ambiguous at step 40 (`stuck_at`, also from the raw losses only): the stuck rule above, same windows and
+margin, applied to the losses of steps 0-40 as if the run had ended there (its last-20 median is steps
+21-40, its reference the median of steps 0-2; 41 losses, because a vanishing warning at step 40 still counts
+as "within 40 steps" and has seen the loss of step 40; 20 steps is the rule's own window and fits after the
+3 of the reference without overlap). A healthy run stuck at step 40 cannot be told from a stuck run *by that
+rule*; a stuck run not stuck at step 40 (its loss was ≥ 10 % below the reference then) cannot be expected
+to be known yet. `healthy_warned_bound` turns the counts into the fewest healthy runs a detector must warn
+to reach the stuck target if it cannot tell the ambiguous runs apart. The rule is coarse at step 40 (its
+20-step median lags a loss that began to fall at step 31; its 10 % margin calls a character model just
+below the unigram entropy and still falling "stuck"), so the report also gives the form without the margin
+(`margin=False`: the median of steps 21-40 at or above the reference). Neither is a proof: a detector sees
+more than the label rule does (issue #13 session 5: gradwatch beats the bound with the margin on three
+splits; see docs/detectors.md).
+
 "Chance" is the loss of the best input-blind predictor: the target variance for regression (1/6
 for the adding problem, 3 for the sum of three Gaussians), log K for K balanced classes, and the
 unigram entropy of the text for the language model.
@@ -115,6 +129,10 @@ SIGN_FACTOR = 10.0
 RECOVERED_FACTOR, RECOVERED_WIDTH = 3.0, 5
 RECOVERED_ONE_STEP_BATCH = 4
 """Session 5: from this batch size on, one step's loss ≥ `RECOVERED_FACTOR` × the step-0 loss is 'recovered' too."""
+VANISHING_WITHIN = 40
+"""Issue #13's stuck target: a vanishing warning at step ≤ 40; also the step at which `stuck_at` judges ambiguity."""
+STUCK_RECALL_WANTED = 0.95
+"""Issue #13's stuck target: this share of stuck runs warned within `VANISHING_WITHIN` steps."""
 LABEL_SETS = ("session5", "session4", "round1")
 """Label rules by version: session 5 (one-step 'recovered' at batch ≥ 4), session 4 (= round 2: 5-step median only),
 round 1 (no 'recovered')."""
@@ -424,6 +442,33 @@ def label_run(losses: list[float], chance: float, *, recovered: bool = True, bat
     return "slow", None
 
 
+def stuck_at(losses: list[float], chance: float, step: int = VANISHING_WITHIN, *, margin: bool = True) -> bool:
+    """Whether the run would be labelled stuck had it ended at `step`: the stuck rule of `label_run` (same windows,
+    same margin) on the losses of steps 0..`step`. A run that diverged by then is not stuck. `margin=False`: the
+    stricter form without the 10 % margin — the median of the last 20 losses still at or above the reference."""
+    prefix = losses[: step + 1]
+    if label_run(prefix, chance)[0] == "diverged":
+        return False
+    reference = min(statistics.median(prefix[:3]), chance)
+    return statistics.median(prefix[-FINAL_WINDOW:]) >= (STUCK_SHARE if margin else 1.0) * reference
+
+
+def healthy_warned_bound(stuck: int, stuck_not_yet: int, healthy_ambiguous: int, *,
+                         recall: float = STUCK_RECALL_WANTED) -> float:
+    """Fewest healthy runs (expected) that a detector meeting `recall` on `stuck` runs must warn, when it cannot tell
+    the `healthy_ambiguous` runs (stuck at step 40) from the stuck runs that are stuck at step 40.
+
+    Generous to the detector: it warns every one of the `stuck_not_yet` stuck runs (not stuck at step 40) and no
+    healthy run that is not ambiguous. Among the ambiguous runs it cannot tell apart, whatever share it warns holds
+    stuck and healthy runs alike, so a share p of them costs p × `healthy_ambiguous` healthy runs, where p is the
+    share of ambiguous stuck runs still needed: (⌈recall × stuck⌉ − stuck_not_yet) / (stuck − stuck_not_yet)."""
+    needed = math.ceil(recall * stuck - 1e-9) - stuck_not_yet
+    ambiguous_stuck = stuck - stuck_not_yet
+    if needed <= 0 or ambiguous_stuck <= 0:
+        return 0.0
+    return healthy_ambiguous * needed / ambiguous_stuck
+
+
 # ---------------------------------------------------------------------------------------- replay and judging
 def replay(records: list[Any], options: dict[str, Any] | None = None) -> list[Alert]:
     """Every alert the default detector suite (with `options`) raises over the saved records."""
@@ -453,6 +498,8 @@ def judge(run: dict[str, Any], alerts: list[Alert], *, labels: str = "session5")
         "divergence": bad,
         "lead": None if bad is None or first_warn is None or first_warn > bad else bad - first_warn,
         "first_vanishing": min((a.step for a in vanishing), default=None),
+        "stuck_at_step_40": stuck_at(run["losses"], run["chance"]),
+        "flat_at_step_40": stuck_at(run["losses"], run["chance"], margin=False),
         "serious": [(a.step, a.severity, a.sign) for a in serious],
         "signs": sorted({a.sign for a in serious}),
         "problems": sorted({a.problem for a in serious}),
@@ -497,9 +544,13 @@ def _percentile(values: list[int], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> dict[str, Any]:
+def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = VANISHING_WITHIN) -> dict[str, Any]:
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
     by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
+    healthy_ambiguous = [v for v in by["healthy"] if v["stuck_at_step_40"]]
+    stuck_not_yet = [v for v in by["stuck"] if not v["stuck_at_step_40"]]
+    healthy_flat = [v for v in by["healthy"] if v["flat_at_step_40"]]
+    stuck_not_flat = [v for v in by["stuck"] if not v["flat_at_step_40"]]
     div = by["diverged"]
 
     def early(v: dict[str, Any], k: int) -> bool:
@@ -534,6 +585,16 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
         "vanishing_median": statistics.median(vanish_times) if vanish_times else None,
         "vanishing_p95": _percentile(vanish_times, 0.95),
         "healthy_runs_warned": (len(false_warn), len(by["healthy"])),
+        "healthy_ambiguous": (len(healthy_ambiguous), len(by["healthy"])),
+        "healthy_ambiguous_warned": (sum(bool(v["serious"]) for v in healthy_ambiguous), len(healthy_ambiguous)),
+        "stuck_not_yet": (len(stuck_not_yet), len(stuck)),
+        "stuck_not_yet_warned": (sum(v["first_vanishing"] is not None and v["first_vanishing"] <= vanishing_within
+                                     for v in stuck_not_yet), len(stuck_not_yet)),
+        "healthy_warned_bound": healthy_warned_bound(len(stuck), len(stuck_not_yet), len(healthy_ambiguous)),
+        "healthy_warned_clear": [v["name"] for v in false_warn if not v["stuck_at_step_40"]],
+        "healthy_flat": (len(healthy_flat), len(by["healthy"])),
+        "stuck_not_flat": (len(stuck_not_flat), len(stuck)),
+        "healthy_warned_bound_flat": healthy_warned_bound(len(stuck), len(stuck_not_flat), len(healthy_flat)),
         "false_per_1000": 1000 * sum(len(v["serious"]) for v in by["healthy"]) / healthy_steps if healthy_steps else 0.0,
         "healthy_steps": healthy_steps,
         "oscillating_warned": (sum(bool(v["serious"]) for v in by["oscillating"]), len(by["oscillating"])),
@@ -553,10 +614,13 @@ def _misses(by: dict[str, list[dict[str, Any]]], within: int) -> list[str]:
             out.append(f"diverged at {d} (first raw sign at {sign}), lead {v['lead']}: {v['name']} {v['serious'][:3]}")
     for v in by["stuck"]:
         if v["first_vanishing"] is None or v["first_vanishing"] > within:
-            out.append(f"stuck, first vanishing warning {v['first_vanishing']}: {v['name']} {v['serious'][:3]}")
+            known = "stuck" if v["stuck_at_step_40"] else "not yet stuck"
+            out.append(f"stuck, first vanishing warning {v['first_vanishing']} ({known} at step 40): {v['name']} "
+                       f"{v['serious'][:3]}")
     for v in by["healthy"]:
         if v["serious"]:
-            out.append(f"healthy, warned: {v['name']} {v['serious'][:3]}")
+            known = "ambiguous: stuck" if v["stuck_at_step_40"] else "not ambiguous: not stuck"
+            out.append(f"healthy, warned ({known} at step 40): {v['name']} {v['serious'][:3]}")
     return out
 
 
@@ -589,6 +653,16 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"{fmt(r['vanishing_median'])} / {fmt(r['vanishing_p95'])} |",
         f"| healthy | runs with any warning/critical | {_frac(r['healthy_runs_warned'])} |",
         f"| healthy | false warnings per 1,000 healthy steps | {r['false_per_1000']:.2f} (over {r['healthy_steps']} steps) |",
+        f"| ambiguous at step 40 | healthy runs the stuck label rule calls stuck on their losses of steps 0-40 "
+        f"(raw losses, no detector; with its 10 % margin / without) | {_frac(r['healthy_ambiguous'])} / "
+        f"{r['healthy_flat'][0]} |",
+        f"| ambiguous at step 40 | stuck runs not yet stuck by that rule at step 40 (with / without the margin; "
+        f"warned by gradwatch within 40 steps) | {_frac(r['stuck_not_yet'])} / {r['stuck_not_flat'][0]} "
+        f"({r['stuck_not_yet_warned'][0]}) |",
+        f"| ambiguous at step 40 | fewest healthy runs warned by any detector with ≥ {STUCK_RECALL_WANTED:.0%} of stuck "
+        f"runs warned within 40 steps, if it cannot tell the ambiguous runs apart (with / without the margin) vs "
+        f"gradwatch | {r['healthy_warned_bound']:.1f} / {r['healthy_warned_bound_flat']:.1f} vs "
+        f"{r['healthy_runs_warned'][0]} of {r['healthy_runs_warned'][1]} |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
         f"| exploding | recovered runs (a loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
         f"{_frac(r['recovered_warned'])} |",
@@ -603,6 +677,9 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
     for sign, counts in sorted(r["signs"].items()):
         lines.append(f"| {sign} | " + " | ".join(f"{counts[lab]}/{r['labels'][lab]}" for lab in r["labels"])
                      + f" | {1000 * counts['false'] / steps:.2f} |")
+    clear = r["healthy_warned_clear"]
+    lines += ["", f"Healthy runs warned that are not ambiguous at step 40 (not stuck by the label rule on steps 0-40): "
+              + (", ".join(clear) if clear else "none") + "."]
     if r["misses"]:
         lines += ["", "Misses:", ""] + [f"- {m}" for m in r["misses"]]
     return "\n".join(lines)
