@@ -461,7 +461,8 @@ def healthy_warned_bound(stuck: int, stuck_not_yet: int, healthy_ambiguous: int,
     Generous to the detector: it warns every one of the `stuck_not_yet` stuck runs (not stuck at step 40) and no
     healthy run that is not ambiguous. Among the ambiguous runs it cannot tell apart, whatever share it warns holds
     stuck and healthy runs alike, so a share p of them costs p × `healthy_ambiguous` healthy runs, where p is the
-    share of ambiguous stuck runs still needed: (⌈recall × stuck⌉ − stuck_not_yet) / (stuck − stuck_not_yet)."""
+    share of ambiguous stuck runs still needed:
+    (⌈recall × stuck⌉ − stuck_not_yet) / (stuck − stuck_not_yet)."""
     needed = math.ceil(recall * stuck - 1e-9) - stuck_not_yet
     ambiguous_stuck = stuck - stuck_not_yet
     if needed <= 0 or ambiguous_stuck <= 0:
@@ -659,9 +660,9 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"| ambiguous at step 40 | stuck runs not yet stuck by that rule at step 40 (with / without the margin; "
         f"warned by gradwatch within 40 steps) | {_frac(r['stuck_not_yet'])} / {r['stuck_not_flat'][0]} "
         f"({r['stuck_not_yet_warned'][0]}) |",
-        f"| ambiguous at step 40 | fewest healthy runs warned by any detector with ≥ {STUCK_RECALL_WANTED:.0%} of stuck "
-        f"runs warned within 40 steps, if it cannot tell the ambiguous runs apart (with / without the margin) vs "
-        f"gradwatch | {r['healthy_warned_bound']:.1f} / {r['healthy_warned_bound_flat']:.1f} vs "
+        f"| ambiguous at step 40 | fewest healthy runs warned by any detector with "
+        f"≥ {100 * STUCK_RECALL_WANTED:.0f} % of stuck runs warned within 40 steps, if it cannot tell the "
+        f"ambiguous runs apart (with / without the margin) vs gradwatch | {r['healthy_warned_bound']:.1f} / {r['healthy_warned_bound_flat']:.1f} vs "
         f"{r['healthy_runs_warned'][0]} of {r['healthy_runs_warned'][1]} |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
         f"| exploding | recovered runs (a loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "

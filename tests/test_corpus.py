@@ -146,7 +146,8 @@ def test_stuck_at_step_40_without_the_margin_needs_the_median_of_steps_21_to_40_
     (20, 19, 4, 0.0),                # the runs not stuck at 40 are enough on their own
     (0, 0, 3, 0.0),
 ], ids=["fresh5", "none-not-yet", "one-not-yet", "two-not-yet", "no-ambiguous-healthy", "enough-not-yet", "no-stuck"])
-def test_healthy_warned_bound_is_the_share_of_ambiguous_stuck_runs_still_needed(stuck, not_yet, healthy_ambiguous, bound):
+def test_healthy_warned_bound_is_the_share_of_ambiguous_stuck_runs_still_needed(stuck, not_yet, healthy_ambiguous,
+                                                                                bound):
     assert corpus.healthy_warned_bound(stuck, not_yet, healthy_ambiguous) == pytest.approx(bound)
 
 
