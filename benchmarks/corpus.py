@@ -5,7 +5,8 @@
     $ python benchmarks/corpus.py report --half calibration   # the half thresholds may be chosen on
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
     $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
-    $ python benchmarks/corpus.py generate --split fresh3     # a fresh split (160 runs; also fresh, fresh2)
+    $ python benchmarks/corpus.py report --session4-labels --out /tmp/x # session 4's (no one-step 'recovered')
+    $ python benchmarks/corpus.py generate --split fresh5     # a fresh split (160 runs; also fresh..fresh4)
     $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
@@ -31,10 +32,30 @@ Labels come from the raw losses only, never from gradwatch (`label_run`):
   median ignores one hard sample in a batch-1 run). Warnings there are neither required nor false
   alarms; the report counts them apart. (Added in round 2 of issue #13: "healthy" = converged at
   the end had hidden such runs — a packed GRU whose loss sat at 25× its start for several steps.)
+  Session 5 adds a one-step form: with a batch of 4 or more samples, a single step's loss ≥ 3× the
+  step-0 loss is recovered too. A batch loss is the mean over its samples, so one hard sample cannot
+  triple it (it would need ≥ 12× the untrained loss on its own); a batch mean at 3× the untrained
+  model's loss is the model made worse by a step — what a practitioner calls an instability the run
+  survived (a loss 1.42 → 24 → 1.2 at batch 4, 2.58 → 115 → 3.2 at batch 64), not convergence.
+  Batch 1 keeps the 5-step median only. `report --session4-labels` gives the labels without it.
 * raw sign (for lead times): the first step whose loss or total gradient norm is ≥ 10× its
   step-0 value; a diverging run "gives a sign k steps early" when that step is ≤ divergence − k;
 * healthy: none of those, and the last-20 median is ≤ 0.8 × min(initial, chance) — it learned;
 * slow: the rest (learned something, not enough to call it converged); left out of the targets.
+
+Ambiguous at step 40 (`stuck_at`, also from the raw losses only): the stuck rule above, same windows and
+margin, applied to the losses of steps 0-40 as if the run had ended there (its last-20 median is steps
+21-40, its reference the median of steps 0-2; 41 losses, because a vanishing warning at step 40 still counts
+as "within 40 steps" and has seen the loss of step 40; 20 steps is the rule's own window and fits after the
+3 of the reference without overlap). A healthy run stuck at step 40 cannot be told from a stuck run *by that
+rule*; a stuck run not stuck at step 40 (its loss was ≥ 10 % below the reference then) cannot be expected
+to be known yet. `healthy_warned_bound` turns the counts into the fewest healthy runs a detector must warn
+to reach the stuck target if it cannot tell the ambiguous runs apart. The rule is coarse at step 40 (its
+20-step median lags a loss that began to fall at step 31; its 10 % margin calls a character model just
+below the unigram entropy and still falling "stuck"), so the report also gives the form without the margin
+(`margin=False`: the median of steps 21-40 at or above the reference). Neither is a proof: a detector sees
+more than the label rule does (issue #13 session 5: gradwatch beats the bound with the margin on three
+splits; see docs/detectors.md).
 
 "Chance" is the loss of the best input-blind predictor: the target variance for regression (1/6
 for the adding problem, 3 for the sum of three Gaussians), log K for K balanced classes, and the
@@ -77,7 +98,7 @@ import gradwatch  # noqa: E402
 from gradwatch.detectors import DetectorConfig, DetectorSuite  # noqa: E402
 from gradwatch.records import Alert  # noqa: E402
 
-__all__ = ["Spec", "make_specs", "record_run", "label_run", "replay", "evaluate", "markdown", "main"]
+__all__ = ["Spec", "make_specs", "record_run", "label_run", "run_label", "replay", "evaluate", "markdown", "main"]
 
 CACHE = ROOT / ".cache" / "corpus"
 TASKS = ("adding", "first_token", "char_lm", "packed_last", "packed_first", "regression")
@@ -85,10 +106,12 @@ CELLS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU", "LSTMCell", "GRUCell")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
 FRESH_SEED = 2026
-FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J")}
+FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J"),
+               "fresh5": (2030, "K")}
 """Fresh splits: seed and run-name prefix. `fresh` was frozen before round 3's tuning and judged once at its end;
 `fresh2` was frozen (generated) before anyone looked at round 3's misses, for round 4; `fresh3` before anyone looked
-at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5."""
+at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5; `fresh5` (session 5) before any
+detector or label change of session 5, to be read once when that code is final."""
 FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")
@@ -104,6 +127,15 @@ FINAL_WINDOW = 20
 LEAD_WANTED, LEAD_LEAST = 5, 3
 SIGN_FACTOR = 10.0
 RECOVERED_FACTOR, RECOVERED_WIDTH = 3.0, 5
+RECOVERED_ONE_STEP_BATCH = 4
+"""Session 5: from this batch size on, one step's loss ≥ `RECOVERED_FACTOR` × the step-0 loss is 'recovered' too."""
+VANISHING_WITHIN = 40
+"""Issue #13's stuck target: a vanishing warning at step ≤ 40; also the step at which `stuck_at` judges ambiguity."""
+STUCK_RECALL_WANTED = 0.95
+"""Issue #13's stuck target: this share of stuck runs warned within `VANISHING_WITHIN` steps."""
+LABEL_SETS = ("session5", "session4", "round1")
+"""Label rules by version: session 5 (one-step 'recovered' at batch ≥ 4), session 4 (= round 2: 5-step median only),
+round 1 (no 'recovered')."""
 LABELS = ("diverged", "stuck", "oscillating", "recovered", "healthy", "slow")
 
 
@@ -384,10 +416,13 @@ def _swings(values: list[float], factor: float) -> int:
     return legs
 
 
-def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> tuple[str, int | None]:
+def label_run(losses: list[float], chance: float, *, recovered: bool = True, batch: int = 1,
+              one_step: bool = True) -> tuple[str, int | None]:
     """(label, divergence step or None) from the raw losses (rules in the module docstring).
 
-    `recovered=False` gives round 1's labels (no 'recovered': those runs are healthy or slow)."""
+    `batch`: samples per step (the one-step 'recovered' rule needs ≥ `RECOVERED_ONE_STEP_BATCH`; 1 = off).
+    `one_step=False` gives session 4's labels; `recovered=False` round 1's (no 'recovered': those runs are healthy
+    or slow)."""
     for step, v in enumerate(losses):
         if not math.isfinite(v) or v > DIVERGED_FACTOR * losses[0]:
             return "diverged", step
@@ -400,9 +435,39 @@ def label_run(losses: list[float], chance: float, *, recovered: bool = True) -> 
         return "oscillating", None
     if recovered and max(_running_median(losses, RECOVERED_WIDTH)) >= RECOVERED_FACTOR * losses[0]:
         return "recovered", None
+    if recovered and one_step and batch >= RECOVERED_ONE_STEP_BATCH and max(losses) >= RECOVERED_FACTOR * losses[0]:
+        return "recovered", None  # a batch mean tripled by one step: an instability it survived, not one hard sample
     if final <= HEALTHY_SHARE * reference:
         return "healthy", None
     return "slow", None
+
+
+def stuck_at(losses: list[float], chance: float, step: int = VANISHING_WITHIN, *, margin: bool = True) -> bool:
+    """Whether the run would be labelled stuck had it ended at `step`: the stuck rule of `label_run` (same windows,
+    same margin) on the losses of steps 0..`step`. A run that diverged by then is not stuck. `margin=False`: the
+    stricter form without the 10 % margin — the median of the last 20 losses still at or above the reference."""
+    prefix = losses[: step + 1]
+    if label_run(prefix, chance)[0] == "diverged":
+        return False
+    reference = min(statistics.median(prefix[:3]), chance)
+    return statistics.median(prefix[-FINAL_WINDOW:]) >= (STUCK_SHARE if margin else 1.0) * reference
+
+
+def healthy_warned_bound(stuck: int, stuck_not_yet: int, healthy_ambiguous: int, *,
+                         recall: float = STUCK_RECALL_WANTED) -> float:
+    """Fewest healthy runs (expected) that a detector meeting `recall` on `stuck` runs must warn, when it cannot tell
+    the `healthy_ambiguous` runs (stuck at step 40) from the stuck runs that are stuck at step 40.
+
+    Generous to the detector: it warns every one of the `stuck_not_yet` stuck runs (not stuck at step 40) and no
+    healthy run that is not ambiguous. Among the ambiguous runs it cannot tell apart, whatever share it warns holds
+    stuck and healthy runs alike, so a share p of them costs p × `healthy_ambiguous` healthy runs, where p is the
+    share of ambiguous stuck runs still needed:
+    (⌈recall × stuck⌉ − stuck_not_yet) / (stuck − stuck_not_yet)."""
+    needed = math.ceil(recall * stuck - 1e-9) - stuck_not_yet
+    ambiguous_stuck = stuck - stuck_not_yet
+    if needed <= 0 or ambiguous_stuck <= 0:
+        return 0.0
+    return healthy_ambiguous * needed / ambiguous_stuck
 
 
 # ---------------------------------------------------------------------------------------- replay and judging
@@ -416,9 +481,9 @@ def _serious(alerts: Iterable[Alert]) -> list[Alert]:
     return [a for a in alerts if a.severity in ("warning", "critical")]
 
 
-def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -> dict[str, Any]:
-    """One run's label and what the detectors said about it."""
-    label, bad = label_run(run["losses"], run["chance"], recovered=recovered)
+def judge(run: dict[str, Any], alerts: list[Alert], *, labels: str = "session5") -> dict[str, Any]:
+    """One run's label (`labels`: one of `LABEL_SETS`) and what the detectors said about it."""
+    label, bad = run_label(run, labels)
     serious = _serious(alerts)
     exploding = [a for a in serious if a.problem == "exploding"]
     vanishing = [a for a in serious if a.problem == "vanishing"]
@@ -434,10 +499,20 @@ def judge(run: dict[str, Any], alerts: list[Alert], *, recovered: bool = True) -
         "divergence": bad,
         "lead": None if bad is None or first_warn is None or first_warn > bad else bad - first_warn,
         "first_vanishing": min((a.step for a in vanishing), default=None),
+        "stuck_at_step_40": stuck_at(run["losses"], run["chance"]),
+        "flat_at_step_40": stuck_at(run["losses"], run["chance"], margin=False),
         "serious": [(a.step, a.severity, a.sign) for a in serious],
         "signs": sorted({a.sign for a in serious}),
         "problems": sorted({a.problem for a in serious}),
     }
+
+
+def run_label(run: dict[str, Any], labels: str = "session5") -> tuple[str, int | None]:
+    """`label_run` on a saved run, under the label rules `labels` (one of `LABEL_SETS`)."""
+    if labels not in LABEL_SETS:
+        raise ValueError(f"labels={labels!r}: expected one of {LABEL_SETS}")
+    return label_run(run["losses"], run["chance"], recovered=labels != "round1", batch=int(run["spec"]["batch"]),
+                     one_step=labels == "session5")
 
 
 def first_sign(run: dict[str, Any]) -> int | None:
@@ -470,9 +545,13 @@ def _percentile(values: list[int], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> dict[str, Any]:
+def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = VANISHING_WITHIN) -> dict[str, Any]:
     """The targets of issue #13 and the per-sign / per-problem figures over `verdicts`."""
     by = {lab: [v for v in verdicts if v["label"] == lab] for lab in LABELS}
+    healthy_ambiguous = [v for v in by["healthy"] if v["stuck_at_step_40"]]
+    stuck_not_yet = [v for v in by["stuck"] if not v["stuck_at_step_40"]]
+    healthy_flat = [v for v in by["healthy"] if v["flat_at_step_40"]]
+    stuck_not_flat = [v for v in by["stuck"] if not v["flat_at_step_40"]]
     div = by["diverged"]
 
     def early(v: dict[str, Any], k: int) -> bool:
@@ -507,6 +586,16 @@ def evaluate(verdicts: list[dict[str, Any]], *, vanishing_within: int = 40) -> d
         "vanishing_median": statistics.median(vanish_times) if vanish_times else None,
         "vanishing_p95": _percentile(vanish_times, 0.95),
         "healthy_runs_warned": (len(false_warn), len(by["healthy"])),
+        "healthy_ambiguous": (len(healthy_ambiguous), len(by["healthy"])),
+        "healthy_ambiguous_warned": (sum(bool(v["serious"]) for v in healthy_ambiguous), len(healthy_ambiguous)),
+        "stuck_not_yet": (len(stuck_not_yet), len(stuck)),
+        "stuck_not_yet_warned": (sum(v["first_vanishing"] is not None and v["first_vanishing"] <= vanishing_within
+                                     for v in stuck_not_yet), len(stuck_not_yet)),
+        "healthy_warned_bound": healthy_warned_bound(len(stuck), len(stuck_not_yet), len(healthy_ambiguous)),
+        "healthy_warned_clear": [v["name"] for v in false_warn if not v["stuck_at_step_40"]],
+        "healthy_flat": (len(healthy_flat), len(by["healthy"])),
+        "stuck_not_flat": (len(stuck_not_flat), len(stuck)),
+        "healthy_warned_bound_flat": healthy_warned_bound(len(stuck), len(stuck_not_flat), len(healthy_flat)),
         "false_per_1000": 1000 * sum(len(v["serious"]) for v in by["healthy"]) / healthy_steps if healthy_steps else 0.0,
         "healthy_steps": healthy_steps,
         "oscillating_warned": (sum(bool(v["serious"]) for v in by["oscillating"]), len(by["oscillating"])),
@@ -526,10 +615,13 @@ def _misses(by: dict[str, list[dict[str, Any]]], within: int) -> list[str]:
             out.append(f"diverged at {d} (first raw sign at {sign}), lead {v['lead']}: {v['name']} {v['serious'][:3]}")
     for v in by["stuck"]:
         if v["first_vanishing"] is None or v["first_vanishing"] > within:
-            out.append(f"stuck, first vanishing warning {v['first_vanishing']}: {v['name']} {v['serious'][:3]}")
+            known = "stuck" if v["stuck_at_step_40"] else "not yet stuck"
+            out.append(f"stuck, first vanishing warning {v['first_vanishing']} ({known} at step 40): {v['name']} "
+                       f"{v['serious'][:3]}")
     for v in by["healthy"]:
         if v["serious"]:
-            out.append(f"healthy, warned: {v['name']} {v['serious'][:3]}")
+            known = "ambiguous: stuck" if v["stuck_at_step_40"] else "not ambiguous: not stuck"
+            out.append(f"healthy, warned ({known} at step 40): {v['name']} {v['serious'][:3]}")
     return out
 
 
@@ -562,8 +654,18 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"{fmt(r['vanishing_median'])} / {fmt(r['vanishing_p95'])} |",
         f"| healthy | runs with any warning/critical | {_frac(r['healthy_runs_warned'])} |",
         f"| healthy | false warnings per 1,000 healthy steps | {r['false_per_1000']:.2f} (over {r['healthy_steps']} steps) |",
+        f"| ambiguous at step 40 | healthy runs the stuck label rule calls stuck on their losses of steps 0-40 "
+        f"(raw losses, no detector; with its 10 % margin / without) | {_frac(r['healthy_ambiguous'])} / "
+        f"{r['healthy_flat'][0]} |",
+        f"| ambiguous at step 40 | stuck runs not yet stuck by that rule at step 40 (with / without the margin; "
+        f"warned by gradwatch within 40 steps) | {_frac(r['stuck_not_yet'])} / {r['stuck_not_flat'][0]} "
+        f"({r['stuck_not_yet_warned'][0]}) |",
+        f"| ambiguous at step 40 | fewest healthy runs warned by any detector with "
+        f"≥ {100 * STUCK_RECALL_WANTED:.0f} % of stuck runs warned within 40 steps, if it cannot tell the "
+        f"ambiguous runs apart (with / without the margin) vs gradwatch | {r['healthy_warned_bound']:.1f} / {r['healthy_warned_bound_flat']:.1f} vs "
+        f"{r['healthy_runs_warned'][0]} of {r['healthy_runs_warned'][1]} |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
-        f"| exploding | recovered runs (a sustained loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
+        f"| exploding | recovered runs (a loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
         f"{_frac(r['recovered_warned'])} |",
         "",
         "Runs in which each sign was raised at warning or critical, by label (recall on the label it "
@@ -576,6 +678,9 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
     for sign, counts in sorted(r["signs"].items()):
         lines.append(f"| {sign} | " + " | ".join(f"{counts[lab]}/{r['labels'][lab]}" for lab in r["labels"])
                      + f" | {1000 * counts['false'] / steps:.2f} |")
+    clear = r["healthy_warned_clear"]
+    lines += ["", f"Healthy runs warned that are not ambiguous at step 40 (not stuck by the label rule on steps 0-40): "
+              + (", ".join(clear) if clear else "none") + "."]
     if r["misses"]:
         lines += ["", "Misses:", ""] + [f"- {m}" for m in r["misses"]]
     return "\n".join(lines)
@@ -631,16 +736,16 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
         with open(tmp, "wb") as fh:
             pickle.dump(run, fh)
         os.replace(tmp, path)
-        log(f"{spec.name}: {label_run(run['losses'], run['chance'])[0]} {run['seconds']:.1f} s")
+        log(f"{spec.name}: {run_label(run)[0]} {run['seconds']:.1f} s")
 
 
-def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, recovered: bool = True,
+def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, labels: str = "session5",
            chance: bool = False, out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Judge the runs of `half`; `chance=True` gives each run's chance loss to the detectors (`chance_loss=`),
-    as a user who knows their task's input-blind loss would."""
+    """Judge the runs of `half` under the label rules `labels` (`LABEL_SETS`); `chance=True` gives each run's chance
+    loss to the detectors (`chance_loss=`), as a user who knows their task's input-blind loss would."""
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
     verdicts = [judge(r, replay(r["records"], dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
-                      recovered=recovered) for r in chosen]
+                      labels=labels) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
     if out_dir is not None:
@@ -664,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="report: write corpus.md and corpus.png here")
     parser.add_argument("--round1-labels", action="store_true",
                         help="report: label as in round 1 (no 'recovered' label), for before/after comparisons")
+    parser.add_argument("--session4-labels", action="store_true",
+                        help="report: label as in session 4 (no one-step 'recovered' rule), for before/after comparisons")
     parser.add_argument("--chance", action="store_true",
                         help="report: give each run's chance-level loss to the detectors (watch(chance_loss=...))")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
@@ -684,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
-    _, _, text = report(runs, half=args.half, recovered=not args.round1_labels, chance=args.chance,
+    labels = "round1" if args.round1_labels else "session4" if args.session4_labels else "session5"
+    _, _, text = report(runs, half=args.half, labels=labels, chance=args.chance,
                         out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0

@@ -504,6 +504,29 @@ def test_an_idle_probe_resets_the_streak():
     assert feed(det, [rec(10 * i, layer(dead=s, ts=[1.0] * 8)) for i, s in enumerate(shares)]) == []
 
 
+def test_dead_relu_units_in_a_run_whose_loss_improves_are_info_until_it_stops():
+    # issue #13 session 5: held-out 196 (packed ReLU RNN, Adam) had 50 % of its units dead on two probes while its loss
+    # fell 1.39 -> 0.43 and converged; dead_neurons was a warning on a healthy run. Info while it learns, warning
+    # (an escalation) once the loss stops improving.
+    suite = DetectorSuite(DetectorConfig(), detectors=[DeadNeuronsDetector(CFG)])
+    losses = [1.4 * 0.97**i for i in range(40)] + [1.4 * 0.97**39] * 60
+    records = [rec(i, layer(dead=0.6 if i >= 10 else 0.0, ts=[1.0] * 8 if i % 10 == 0 else None), loss=v)
+               for i, v in enumerate(losses)]
+    shown = [a for r in records for a in suite.update(r)]
+    assert [(a.step, a.severity) for a in shown] == [(20, "info"), (70, "warning")]  # flat from 40: a plateau at 70
+    assert "the loss is improving" in shown[0].message and shown[1].escalated_from is not None
+
+
+def test_dead_units_after_an_early_jump_stay_a_warning_while_the_loss_comes_back_down():
+    # the first window holds the jump: a loss returning to its start reads as "improving" but is not learning
+    # (stuck too-fast runs of the corpus: 219, 113, H094 lost their only vanishing evidence in time)
+    det = DeadNeuronsDetector(CFG)
+    losses = [1.4] + [4.0] * 9 + [4.0 - 0.13 * i for i in range(20)]
+    records = [rec(i, layer(dead=0.6, ts=[1.0] * 8 if i % 10 == 0 else None), loss=v) for i, v in enumerate(losses)]
+    alerts = feed(det, records)
+    assert [(a.step, a.severity) for a in alerts] == [(10, "warning"), (20, "warning")]
+
+
 # ---------------------------------------------------------------------------------------- slow_progress
 def stalled_run(n: int, make_layer, loss=lambda i: 0.69 + 0.01 * (i % 3)) -> list[StepStats]:
     return [rec(i, make_layer(i), loss=loss(i), probed=(i % 10 == 0)) for i in range(n)]
@@ -783,6 +806,21 @@ def test_bouncing_loss_with_large_steps_is_oscillation():
     text = alerts[0].message
     assert "went up and down" in text and "learning rate" in text
     assert "autocorrelation" in text and "median update ratio" in text and "'rnn' layer 0 is 0.1 " in text
+
+
+def test_swings_of_a_converged_loss_with_rmsprop_steps_are_info_not_a_warning():
+    # issue #13 session 5: fresh3 H038 (RMSprop regression, 3.2 -> 0.03-0.07, healthy by its raw losses) got an
+    # oscillation warning at step 83: its 3-step median swung x3 around a loss that had fallen 50-fold
+    records = [rec(i, layer(ratio=0.1), loss=3.0) for i in range(10)]
+    records += [rec(i, layer(ratio=0.1), loss=bouncing(i) / 40) for i in range(10, 70)]
+    alerts = feed(DetectorSuite(DetectorConfig()), records)
+    (a,) = [a for a in alerts if a.sign == "oscillation"]
+    assert a.severity == "info" and "has converged" in a.message
+    # the same swings 5-fold below the start are still a warning
+    records = [rec(i, layer(ratio=0.1), loss=3.0) for i in range(10)]
+    records += [rec(i, layer(ratio=0.1), loss=bouncing(i) / 5) for i in range(10, 70)]
+    (a,) = [a for a in feed(DetectorSuite(DetectorConfig()), records) if a.sign == "oscillation"]
+    assert a.severity == "warning"
 
 
 def test_bouncing_loss_with_small_steps_is_not_oscillation():

@@ -9,14 +9,17 @@ sample and timestep of the batch) or `saturated_fraction` (share with |h| ≥ 0.
 of positions; tanh only) is ≥ `dead_share` on `dead_probes` consecutive probe steps
 (warning), critical when ≥ `dead_critical_share`. A dead ReLU passes no gradient and a
 saturated tanh passes at most tanh'(h) = 1 − h² ≤ 0.02 of it, so both starve the layers
-and timesteps behind them.
+and timesteps behind them. A warning is `info` while the loss is improving (`LossProgress`
+"improving"): ReLU RNNs that converge anyway can have half their units dead, and units that
+do not stop the loss falling are not (yet) the problem; once the loss stalls or plateaus the
+next probe step reports it as a warning (an escalation).
 """
 
 from __future__ import annotations
 
 from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
-from .base import make_alert, where
+from .base import LossProgress, make_alert, shared_progress, where
 from .config import DetectorConfig
 
 __all__ = ["DeadNeuronsDetector"]
@@ -41,15 +44,20 @@ class DeadNeuronsDetector:
 
     signs: tuple[str, ...] = ("dead_neurons",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
+        self.progress, self._feeds = shared_progress(config, progress)
         self.reset()
 
     def reset(self) -> None:
+        if self._feeds:
+            self.progress.reset()
         self._streak: dict[tuple[LayerKey, str], int] = {}
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
+        if self._feeds:
+            self.progress.update(stats.loss)
         if not stats.probed:
             return []
         alerts = []
@@ -64,16 +72,20 @@ class DeadNeuronsDetector:
                 continue
             share, state, streak = max(hits)
             critical = share >= c.dead_critical_share
+            improving = not critical and self._learning()
             evidence = (
                 f"{share * 100:.0f} % of the units of {where(*key)} are {_STATES[state]} on {streak} consecutive probe "
                 f"steps (threshold {c.dead_share * 100:.0f} %"
                 + (f", critical from {c.dead_critical_share * 100:.0f} %" if critical else "")
                 + "); they pass no gradient back to earlier timesteps and layers"
             )
+            if improving:
+                evidence += (f"; but the loss is improving ({self.progress.describe()}), so they do not stop it learning "
+                             "(info; a warning when the loss stops improving)")
             alerts.append(
                 make_alert(
                     "dead_neurons",
-                    "critical" if critical else "warning",
+                    "critical" if critical else "info" if improving else "warning",
                     stats.step,
                     evidence=evidence + ".",
                     remedy=(remedies.dead_units() if state == "dead" else remedies.saturated_units()) + ".",
@@ -84,3 +96,10 @@ class DeadNeuronsDetector:
                 )
             )
         return alerts
+
+    def _learning(self) -> bool:
+        """The loss is improving and is below the very first loss by `progress_min`: not merely coming back down
+        after an early jump (a first window inflated by an explosion makes a return to the start look like learning)."""
+        p = self.progress
+        return (p.state == "improving" and p.recent is not None and bool(p.first)
+                and p.recent <= (1 - self.config.progress_min) * p.first[0])

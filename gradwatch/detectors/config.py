@@ -310,6 +310,12 @@ class DetectorConfig:
     ≥ 0.4 have ratios ≤ 0.0063; the lr-10 LSTM 0.04–0.16. Adam keeps its ratio near lr/rms(θ)
     (healthy runs up to 0.055 at lr 1e-2), so a brisk Adam run passes this test and the loss
     tests decide. Without any measured update ratio (no watched layer trains) it is skipped."""
+    oscillation_converged: float = 0.1
+    """An oscillation is only `info` when the window's median loss is at most this fraction of
+    the median of the first `progress_window` losses: a loss that fell tenfold or more and swings
+    around that low level has converged, and an optimizer with large steps (RMSprop) keeps it
+    moving (a corpus regression at 0.03 of its start, swinging ×3, healthy by its raw losses).
+    The oscillating runs of the corpus splits read in sessions 4-5 swing at ≥ 0.19 of their start."""
 
     # ---------------------------------------------------------------- constant_clipping (only when clipping is on)
     constant_clip_window: int = 100

@@ -38,7 +38,9 @@
      is at least `oscillation_update_ratio` (skipped when no layer's ratio was measured).
   Noise around a downward trend or a plateau, from small batches or a correlated drift of
   Adam's small steps, fails 3 or 4; a converged run's tiny loss fails 1 (its relative noise
-  is large).
+  is large). When all four hold but the window's median loss is ≤ `oscillation_converged`
+  × the median of the first `progress_window` losses, it is `info`: swings around a loss that
+  already fell tenfold are a converged run kept moving by large steps.
 
 Without a loss (`monitor.step()` with no argument) both stay silent.
 """
@@ -350,11 +352,14 @@ class OscillationDetector:
 
     signs: tuple[str, ...] = ("oscillation",)
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, progress: LossProgress | None = None) -> None:
         self.config = config
+        self.progress, self._feeds = shared_progress(config, progress)
         self.reset()
 
     def reset(self) -> None:
+        if self._feeds:
+            self.progress.reset()
         window = self.config.oscillation_window
         self._losses: collections.deque[float] = collections.deque(maxlen=window)
         self._ratios: dict[LayerKey, MedianWindow] = {}
@@ -366,6 +371,8 @@ class OscillationDetector:
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
+        if self._feeds:
+            self.progress.update(stats.loss)
         loss = stats.loss
         if loss is None or not math.isfinite(loss):
             return []
@@ -385,17 +392,31 @@ class OscillationDetector:
         m = measure_swings(list(self._losses), swing=c.oscillation_swing, noise=c.oscillation_noise)
         if m.legs < c.oscillation_legs or m.persistence < c.oscillation_persistence:
             return []
+        evidence, converged = self._evidence(m, step), self._converged()
+        if converged is not None:
+            evidence += (f"; but the loss has converged: its median over the window is {fmt(converged)} of the first "
+                         f"{c.progress_window} losses' (at most {fmt(c.oscillation_converged)}), so the large steps only "
+                         "keep a low loss moving (info; lower the learning rate only if the final loss matters)")
         return [
             make_alert(
                 "oscillation",
-                "warning",
+                "info" if converged is not None else "warning",
                 stats.step,
-                evidence=self._evidence(m, step) + ".",
+                evidence=evidence + ".",
                 remedy=remedies.oscillation() + ".",
                 value=float(m.legs),
                 threshold=float(c.oscillation_legs),
             )
         ]
+
+    def _converged(self) -> float | None:
+        """The window's median loss as a fraction of the first losses' median when it is ≤ `oscillation_converged`
+        (the loss fell tenfold and swings down there), else None."""
+        initial = self.progress.initial
+        if initial is None or initial <= 0:
+            return None
+        share = statistics.median(self._losses) / initial
+        return share if share <= self.config.oscillation_converged else None
 
     def _remember(self, loss: float) -> None:
         self._losses.append(loss)

@@ -49,10 +49,10 @@ def default_detectors(config: DetectorConfig, progress: LossProgress | None = No
         NormSpikeDetector(config),
         LargeUpdatesDetector(config),
         TemporalGrowthDetector(config, progress, profiles),
-        OscillationDetector(config),
+        OscillationDetector(config, progress),
         ConstantClippingDetector(config),  # silent when clipping is off
         TemporalDecayDetector(config, progress, profiles),
-        DeadNeuronsDetector(config),
+        DeadNeuronsDetector(config, progress),
         TinyUpdatesDetector(config, progress),
         SlowProgressDetector(config, progress, profiles),
     ]
