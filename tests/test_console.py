@@ -303,3 +303,15 @@ def test_panel_and_summary_count_the_same_alerts():
     expected = severity_counts(by_severity)
     assert f"alerts: {expected}" in text  # the panel
     assert f"{len(monitor.alerts)} alerts ({expected}) on" in text  # the summary
+
+
+def test_summary_sign_line_with_many_held_back_alerts_keeps_its_count_at_80_columns():
+    # seen in `gradwatch demo` at 80 columns: "...; steps 19-149; 4 alerts, 126 h…" (the count cut)
+    from gradwatch.detectors.suite import AlertSummary, SummaryEntry
+
+    entry = SummaryEntry("vanishing", "tiny_updates", "warning", reported=4, repeats=126, first_step=19,
+                         last_step=149, locations=["rnn:0", "rnn:1"], remedy="raise the learning rate")
+    lines = summary_lines(AlertSummary(150, [entry]), {"warning": 4}, width=80, headline=False)
+    assert lines[0] == "  WARNING vanishing/tiny_updates at rnn:0, rnn:1; steps 19-149; 4+126 alerts"
+    wide = summary_lines(AlertSummary(150, [entry]), {"warning": 4}, width=100, headline=False)
+    assert wide[0].endswith("; 4 alerts, 126 held back")

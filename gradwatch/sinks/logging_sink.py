@@ -109,9 +109,10 @@ def _sign_lines(entry: SummaryEntry, width: int, action_lines: int) -> list[Summ
     steps = f"step {entry.first_step}" if entry.first_step == entry.last_step else \
         f"steps {entry.first_step}-{entry.last_step}"
     where = ", ".join(entry.locations[:3]) + (" …" if len(entry.locations) > 3 else "")
-    held = f", {entry.repeats} held back" if entry.repeats else ""
-    head = f"  {entry.severity.upper()} {entry.problem}/{entry.sign} at {where}; {steps}; " \
-           f"{_plural(entry.reported, 'alert')}{held}"
+    start = f"  {entry.severity.upper()} {entry.problem}/{entry.sign} at {where}; {steps}; "
+    head = start + _plural(entry.reported, "alert") + (f", {entry.repeats} held back" if entry.repeats else "")
+    if len(head) > width and entry.repeats:  # "4+126 alerts": reported + held back, before cutting words
+        head = start + f"{entry.reported}+{entry.repeats} alerts"
     kind: Literal["remedy", "evidence"] = "remedy" if entry.remedy else "evidence"
     action = f"remedy: {entry.remedy}" if entry.remedy else entry.evidence
     wrapped = textwrap.wrap(action.strip(), width=max(width, 40), initial_indent=INDENT,
