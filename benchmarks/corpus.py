@@ -662,8 +662,8 @@ def markdown(result: dict[str, Any], *, half: str) -> str:
         f"({r['stuck_not_yet_warned'][0]}) |",
         f"| ambiguous at step 40 | fewest healthy runs warned by any detector with "
         f"≥ {100 * STUCK_RECALL_WANTED:.0f} % of stuck runs warned within 40 steps, if it cannot tell the "
-        f"ambiguous runs apart (with / without the margin) vs gradwatch | {r['healthy_warned_bound']:.1f} / {r['healthy_warned_bound_flat']:.1f} vs "
-        f"{r['healthy_runs_warned'][0]} of {r['healthy_runs_warned'][1]} |",
+        f"ambiguous runs apart (with / without the margin) vs gradwatch | {r['healthy_warned_bound']:.1f} / "
+        f"{r['healthy_warned_bound_flat']:.1f} vs {r['healthy_runs_warned'][0]} of {r['healthy_runs_warned'][1]} |",
         f"| exploding | oscillating runs warned | {_frac(r['oscillating_warned'])} |",
         f"| exploding | recovered runs (a loss ×{RECOVERED_FACTOR:g} they survived) warned as exploding | "
         f"{_frac(r['recovered_warned'])} |",
