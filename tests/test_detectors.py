@@ -571,6 +571,17 @@ def test_dead_units_after_an_early_jump_stay_a_warning_while_the_loss_comes_back
     assert [(a.step, a.severity) for a in alerts] == [(10, "warning"), (20, "warning")]
 
 
+def test_dead_units_while_the_loss_falls_steadily_before_step_30_are_info_fresh3_H102():
+    # issue #13 session 5 round 3, fresh3 H102 (packed ReLU RNN, Adam, batch 8): 50-69 % of its units dead on the
+    # probes of steps 10 and 20 while its loss fell steadily from the start (8 % lower at step 20, t < -3), then
+    # converged; "improving" needs 10 % before step 30, so dead_neurons warned at step 20
+    losses = [1.40 * (1 - 0.004 * i) * (1 + 0.02 * math.sin(2.7 * i * i)) for i in range(25)]
+    records = [rec(i, layer(dead=0.6, ts=[1.0] * 8 if i % 10 == 0 else None), loss=v) for i, v in enumerate(losses)]
+    alerts = feed(DeadNeuronsDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(10, "warning"), (20, "info")]
+    assert "the loss is improving" in alerts[1].message
+
+
 # ---------------------------------------------------------------------------------------- slow_progress
 def stalled_run(n: int, make_layer, loss=lambda i: 0.69 + 0.01 * (i % 3)) -> list[StepStats]:
     return [rec(i, make_layer(i), loss=loss(i), probed=(i % 10 == 0)) for i in range(n)]
