@@ -9,8 +9,10 @@ sample and timestep of the batch) or `saturated_fraction` (share with |h| ≥ 0.
 of positions; tanh only) is ≥ `dead_share` on `dead_probes` consecutive probe steps
 (warning), critical when ≥ `dead_critical_share`. A dead ReLU passes no gradient and a
 saturated tanh passes at most tanh'(h) = 1 − h² ≤ 0.02 of it, so both starve the layers
-and timesteps behind them. A warning is `info` while the loss is improving (`LossProgress`
-"improving"): ReLU RNNs that converge anyway can have half their units dead, and units that
+and timesteps behind them. A warning is `info` while the loss is learning (`LossProgress`
+"improving" and below the very first loss by `progress_min`; or, before `progress_steps`,
+falling steadily — slope t ≤ −`progress_trend` — below a first window that did not jump above
+the very first loss): ReLU RNNs that converge anyway can have half their units dead, and units that
 do not stop the loss falling are not (yet) the problem; once the loss stalls or plateaus the
 next probe step reports it as a warning (an escalation).
 """
@@ -101,5 +103,13 @@ class DeadNeuronsDetector:
         """The loss is improving and is below the very first loss by `progress_min`: not merely coming back down
         after an early jump (a first window inflated by an explosion makes a return to the start look like learning)."""
         p = self.progress
-        return (p.state == "improving" and p.recent is not None and bool(p.first)
-                and p.recent <= (1 - self.config.progress_min) * p.first[0])
+        if p.recent is None or not p.first:
+            return False
+        if p.state == "improving":
+            return p.recent <= (1 - self.config.progress_min) * p.first[0]
+        # before `progress_steps` a slow fall is not yet "improving": a steady one (slope t ≤ −`progress_trend`) below a
+        # first window that did not jump above the very first loss is learning too (fresh3 H102, a packed ReLU RNN 8 %
+        # below its start at step 20, half its units dead, converging); after an early jump it is the return, not learning
+        initial = p.initial
+        return (p.count < self.config.progress_steps and initial is not None and p.recent < initial <= p.first[0]
+                and p.slope_t() <= -self.config.progress_trend)

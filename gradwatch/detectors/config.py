@@ -104,7 +104,10 @@ class DetectorConfig:
     plateau_update_ratio: float = 1e-2
     """…and every layer's median update ratio is below this (10× the ~1e-3 rule of thumb): steps
     too small to leave it. Adam runs still learning on a high plateau keep ratios of 0.02–0.03
-    (corpus calibration half)."""
+    (corpus calibration half). With `chance_loss` given, the plateau must also be at the chance
+    level (mean of the last 3 × `progress_window` losses ≥ `chance_share` × `chance_loss`): one
+    below it learned more than the input-blind answer (4 healthy character models and a packed
+    classifier at 0.67–0.83 of the chance loss were warned on the read corpus splits)."""
 
     chance_loss: float | None = None
     """The loss of the best input-blind predictor of your task, if you know it: log K for K
@@ -145,7 +148,10 @@ class DetectorConfig:
     suite peak at 0.12 (0.09 on two consecutive steps, Adam at 1e-2)."""
     large_update_steps: int = 2
     """Consecutive steps above `large_update_ratio` needed for a warning (one large first
-    step of Adam is not a trend)."""
+    step of Adam is not a trend). Within the first `progress_window` steps the loss must also
+    respond: the latest loss at or above the first one (corpus fresh5 K077, momentum 30× too
+    fast, took two steps of 0.6 of its small weights while its loss fell below its start, and
+    converged; on the read splits no diverged run lost a warning or lead ≥ 5)."""
     large_update_critical: float = 1.0
     """Critical at once when one step moves a layer by more than its whole weight norm and the
     ratio is not falling (step 0 has no previous step, so it is judged from step 1: Adam on weights
@@ -172,7 +178,11 @@ class DetectorConfig:
     (the corpus run that diverged with no warning: weight norm 0.35 → 10.8 in 5 steps, NaN at
     step 20). Corpus calibration half: healthy runs grow their weights by at most 4.9× in 5
     rising steps (Adam from weights scaled down 10×); the runs that grow 10× or more diverged,
-    got stuck or survived a sustained loss explosion."""
+    got stuck or survived a sustained loss explosion. It warns only while the growth runs away:
+    this step's ‖Δθ‖ is at least that of `weight_growth_steps` steps earlier (a warm-up that
+    overshoots), or the loss is ≥ `large_update_loss_factor` × the first loss. Adam too fast at a
+    constant rate takes steps of about the same size, so the weights grow linearly (held-out 150:
+    ×47 in 5 steps with ‖Δθ‖ 10.5 → 5.4, loss below 3× its start, converged)."""
 
     # ---------------------------------------------------------------- norm_spike
     spike_window: int = 20

@@ -19,7 +19,10 @@
     `progress_min`. A converged run plateaus too, so this warns only with dead or saturated units,
     or when the plateau is high (≥ `plateau_level` × the first losses) and every layer's median
     update ratio is below `plateau_update_ratio` (steps too small to leave it) — weak evidence, so
-    that one also waits for `progress_unexplained_steps`.
+    that one also waits for `progress_unexplained_steps`. With `chance_loss` given, "high" also
+    means at the chance level: a plateau whose level (mean of the last 3 × `progress_window`
+    losses) is below `chance_share` × the chance loss is a model that learned more than the
+    input-blind answer, and the small steps alone do not make it stuck.
   A loss that is still falling never raises it.
 * oscillation (exploding): a learning rate that is too high makes the loss climb for several
   steps and fall back, again and again. Over the last `oscillation_window` finite losses, on
@@ -165,6 +168,8 @@ class SlowProgressDetector:
             return []
         if p.count < c.progress_unexplained_steps:
             return []  # small steps are weak evidence: it waits as long as a flat loss alone
+        if p.chance is not None and (p.level is None or p.level < p.chance_share * p.chance):
+            return []  # better than the input-blind answer: not the average answer that the rule is about
         full = {k: median(v) for k, v in self._ratios.items() if len(v) == c.update_window}
         if not full or max(full.values()) >= c.plateau_update_ratio:
             return []

