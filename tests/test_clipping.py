@@ -240,10 +240,11 @@ def test_agc_matches_unitwise_reference(factor, eps):
 class RefAuto:
     """The documented "auto" algorithm with Python floats (see gradwatch/actions/auto.py)."""
 
-    def __init__(self, max_update=0.04, spike=3.0, alpha=0.97, min_std=0.1, max_std=0.5, warmup=20):
+    def __init__(self, max_update=0.04, spike=3.0, alpha=0.97, min_std=0.2, max_std=0.5, warmup=20):
         self.max_update, self.spike, self.alpha = max_update, spike, alpha
         self.min_std, self.max_std, self.warmup = min_std, max_std, warmup
         self.t, self.mean, self.var, self.spike_limit, self.theta = 0, 0.0, 0.0, math.inf, None
+        self.peak_lr = 0.0
 
     @staticmethod
     def measures_weights(t: int) -> bool:
@@ -253,7 +254,9 @@ class RefAuto:
         if lr_eff is not None and self.measures_weights(self.t):
             self.theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0.0) ** 2
                                        for p in params))
-        bound = self.max_update * self.theta / lr_eff if lr_eff is not None else math.inf
+        if lr_eff is not None:
+            self.peak_lr = max(self.peak_lr, lr_eff)  # the bound keeps the threshold of the largest lr_eff so far
+        bound = self.max_update * self.theta / self.peak_lr if lr_eff is not None else math.inf
         limit = min(self.spike_limit, bound)
         coef = min(1.0, limit / (n + 1e-6))
         keep = 0.0 if self.t == 0 else min(self.alpha, self.t / (self.t + 1))
@@ -299,18 +302,43 @@ def test_auto_matches_reference(opt_name, host):
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
 
 
+WARMUP_THEN_DECAY = [0.01 * (step + 1) for step in range(6)] + [0.06 / (step + 1) for step in range(1, 8)]
+"""A learning rate warmed up over 6 steps, then decayed."""
+
+
 @HOST_OR_DEVICE
 def test_auto_follows_a_learning_rate_schedule_without_waiting(host):
     params = list(Net().parameters())
     opt = torch.optim.SGD(params, lr=0.1)
     actions, ref = auto_actions(host), RefAuto()
-    for step in range(12):
-        opt.param_groups[0]["lr"] = 0.1 / (step + 1)
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
         before = set_grads(params, 30.0, step)
         record = actions.before_step(optimizers_of(opt)).clip
-        coef, limit = ref.coefficient(total(before), params, 0.1 / (step + 1))
+        coef, limit = ref.coefficient(total(before), params, lr)
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
         assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
+
+
+@HOST_OR_DEVICE
+def test_auto_does_not_undo_a_decaying_learning_rate_by_loosening_its_update_bound(host):
+    """Bug (the warm-up overshoot task of benchmarks/clipping.py): the bound ‖lr_eff · g‖ ≤ 4% ‖θ‖ used the
+    current lr_eff, so as a schedule decayed the learning rate the gradient threshold rose in proportion
+    and every bounded step kept the same size: the decay was undone (auto 1.83× the best fixed threshold).
+    The threshold now stays where the peak learning rate put it: a bounded step shrinks with the rate."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    actions = auto_actions(host)
+    thresholds, steps = [], []
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
+        set_grads(params, 1e3, step)  # far above the bound: every step is bounded
+        thresholds.append(actions.before_step(optimizers_of(opt)).clip[3].item())
+        steps.append(lr * total([p.grad for p in params]))
+    peak = WARMUP_THEN_DECAY.index(max(WARMUP_THEN_DECAY))
+    assert all(t == pytest.approx(thresholds[peak], rel=1e-6) for t in thresholds[peak:])
+    assert steps[-1] == pytest.approx(steps[peak] * WARMUP_THEN_DECAY[-1] / WARMUP_THEN_DECAY[peak], rel=1e-5)
+    assert all(later < earlier for earlier, later in zip(thresholds[:peak], thresholds[1:peak + 1]))  # warm-up: tightens at once
 
 
 def test_auto_bounds_a_first_step_explosion_by_the_weights():
@@ -358,12 +386,22 @@ def test_auto_does_not_clip_a_healthy_adam_lstm_as_its_warmup_ends():
         assert bench.train(task, "auto", seed, steps=30).clipped_share == 0.0, seed
 
 
+def test_auto_leaves_the_sample_to_sample_variation_of_batch_size_one_alone():
+    """Bug: the healthy batch-1 LSTM of benchmarks/clipping.py was clipped on 1.4% of its steps by the
+    spike bound (s at its floor of 0.1: a threshold 1.35× the typical norm; seed 3 step 58 ×0.82,
+    seed 5 step 25 ×0.82). With the floor at 0.2 (1.82×) single-sample variation passes."""
+    bench = load_benchmark("clipping")
+    task = next(t for t in bench.HEALTHY if t.name == "LSTM LM batch 1")
+    for seed, steps in ((3, 60), (5, 30)):
+        assert bench.train(task, "auto", seed, steps=steps).clipped_share == 0.0, seed
+
+
 def test_auto_clips_spikes_for_adam_after_one_step():
     params = list(Net().parameters())
     records = [rec for _, _, rec in run_policy("auto", params, [1.0] * 30 + [100.0], opt=torch.optim.Adam(params))]
     first, spike = records[0], records[-1]
     assert first[2].item() == 1.0  # nothing to compare the first step with (Adam: no update bound)
-    assert spike[1].item() < 1.5 * records[-2][0].item()  # back to about the usual norm (limit 1.35×)
+    assert spike[1].item() < 2.0 * records[-2][0].item()  # back to about the usual norm (limit 1.82×)
 
 
 @HOST_OR_DEVICE
