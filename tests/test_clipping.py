@@ -341,6 +341,28 @@ def test_auto_does_not_undo_a_decaying_learning_rate_by_loosening_its_update_bou
     assert all(later < earlier for earlier, later in zip(thresholds[:peak], thresholds[1:peak + 1]))  # warm-up: tightens at once
 
 
+@pytest.mark.parametrize("make, peak", [
+    (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: t / 10), 0.5),  # a warm-up from 0
+    (lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, 10), 0.5),
+    (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.0, total_steps=100), 2.0),
+    (lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt), 0.5),  # decays only: records no other rate
+], ids=["lambda-warmup-from-0", "linear-warmup", "one-cycle", "plateau"])
+@HOST_OR_DEVICE
+def test_auto_bounds_a_warmup_by_the_learning_rate_it_is_heading_for(make, peak, host):
+    """Bug (the warm-up overshoot task of benchmarks/clipping.py): during a warm-up the bound used the
+    small current rate, so early steps took gradients up to 10-30× the threshold the peak rate gets;
+    they overshot before the peak (auto 1.24× the best fixed threshold once decays were handled, 0.94×
+    now). The bound now uses the rate the scheduler records as its base or peak, from step 0."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.5, momentum=0.9)
+    make(opt)
+    set_grads(params, 1e4, 0)
+    record = auto_actions(host).before_step(optimizers_of(opt)).clip
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in params))
+    momentum = opt.param_groups[0]["momentum"]  # OneCycleLR cycles it too (0.95 at the start)
+    assert record[3].item() == pytest.approx(0.04 * theta / (peak / (1 - momentum)), rel=1e-5)
+
+
 def test_auto_bounds_a_first_step_explosion_by_the_weights():
     torch.manual_seed(0)
     net = Net()

@@ -13,11 +13,16 @@ of two thresholds:
 
        ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂ · min(1, 3 / P)      (each param group with its own lr_eff)
 
-   lr_eff is the largest so far (per param group): a warm-up tightens the bound at once, a decay
-   leaves the gradient threshold where the peak put it. With the current lr_eff a decaying
-   schedule loosened the threshold in proportion, so that a bounded step stayed at max_update
-   whatever the schedule said (the warm-up overshoot task of `benchmarks/clipping.py`, a
-   development task, overshot late in its decay: 1.83× the best fixed threshold; 1.24× now).
+   lr_eff is the one the schedule is heading for, per param group: the largest of the current
+   rate, the rates so far and the base or peak rate a torch scheduler records in the group
+   ("initial_lr", OneCycleLR's "max_lr"; `scheduled_lr`). So a warm-up is bounded from step 0 as
+   its peak will be, and a decay leaves the gradient threshold where the peak put it: bounded
+   steps then shrink with the learning rate, as under a fixed threshold. With the current rate
+   the threshold rose in proportion as a schedule decayed it, and a bounded step stayed at
+   max_update whatever the schedule said; and early in a warm-up the small rate let through
+   gradients 10-30× the peak's threshold, which overshot before the peak. On the warm-up
+   overshoot task of `benchmarks/clipping.py` (a development task, 10 seeds): 1.83× the best
+   fixed threshold with the current rate, 1.24× with the running maximum alone, 0.94× now.
 
    P is how many timesteps the gradient travels back through the recurrence per timestep where
    the loss injected it, measured by gradwatch's per-timestep probe in this run's backward passes
@@ -176,19 +181,33 @@ class Auto:
         return _AutoClipper(self)
 
 
-def effective_lr(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> float:
+def effective_lr(optimizer: torch.optim.Optimizer, group: dict[str, Any], *, planned: bool = False) -> float:
     """How far one gradient eventually moves the weights per unit of gradient; 0 for scale-invariant optimizers.
 
+    `planned`: with the learning rate a torch scheduler is heading for or started from where that
+    is larger than the current one (`scheduled_lr`), instead of the current one.
     Read on the host every step (a scheduler may change it). A learning rate held as a CUDA tensor
     would cost a sync here; the usual float (or CPU tensor) costs nothing.
     """
     if not isinstance(optimizer, SGD_LIKE):
         return 0.0
-    lr = float(group["lr"])
+    lr = scheduled_lr(group) if planned else float(group["lr"])
     momentum = float(group.get("momentum", 0.0) or 0.0)
     if 0 < momentum < 1:
         lr *= (1.0 - float(group.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)
     return lr
+
+
+def scheduled_lr(group: dict[str, Any]) -> float:
+    """The largest of the group's learning rate and the rates torch's schedulers record in it: the
+    base rate ("initial_lr": LambdaLR, LinearLR, CosineAnnealingLR, SequentialLR, … set it to the
+    rate they scale, the peak of a warm-up) and OneCycleLR's peak ("max_lr")."""
+    planned = float(group["lr"])
+    for key in ("initial_lr", "max_lr"):
+        value = group.get(key)
+        if isinstance(value, (int, float, Tensor)) and not isinstance(value, bool):
+            planned = max(planned, float(value))
+    return planned
 
 
 def _on_device(values: list[float], device: torch.device) -> Tensor:
@@ -259,7 +278,7 @@ class _UpdateBound:
 
     def update(self, batch: GradBatch, device: torch.device) -> None:
         """Called once per step before `threshold`; host-side bookkeeping plus, when due, one weight pass."""
-        current = tuple(effective_lr(opt, g) for opt in batch.optimizers for g in opt.param_groups)
+        current = tuple(effective_lr(opt, g, planned=True) for opt in batch.optimizers for g in opt.param_groups)
         structure = (tuple(lr > 0 for lr in current), len(batch.params), id(batch.params[0]), id(batch.params[-1]))
         if structure != self.structure:
             self.structure, self.age, self.interval = structure, 0, 1
