@@ -241,10 +241,11 @@ class _UpdateBound:
         self.structure: tuple[object, ...] = ()
         self.lrs_key: tuple[float, ...] = ()
         self.peak_lrs: tuple[float, ...] = ()
-        """Per param group, the largest lr_eff seen since the parameters last changed: the bound uses
-        it, not the current one. With the current one, a learning rate decayed by a schedule loosened
-        the gradient threshold in proportion (‖lr_eff · g‖ ≤ max_update · ‖θ‖), so whenever the bound
-        bound, every update had the same size whatever the schedule said: the decay was undone."""
+        """Per param group, the largest planned lr_eff (`effective_lr(..., planned=True)`) seen since the
+        parameters last changed: the bound uses it, not the current one. With the current one, a
+        learning rate decayed by a schedule loosened the gradient threshold in proportion
+        (‖lr_eff · g‖ ≤ max_update · ‖θ‖), so every step the bound clipped had the same size whatever
+        the schedule said: the decay was undone."""
         self.age = 0
         self.interval = 1
         self.theta: Tensor | None = None
