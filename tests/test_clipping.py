@@ -695,6 +695,22 @@ def test_auto_propagation_never_reads_a_tensor_on_the_host(monkeypatch):
     assert actions.clipper.propagation is not None and not actions.clipper.propagation_failed
 
 
+def test_auto_under_a_schedule_never_reads_a_tensor_on_the_host(monkeypatch):
+    """The device path with the scheduled and peak learning rates (host floats read from the param
+    group, as a torch scheduler leaves them): still no tensor read on the host."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    opt.param_groups[0]["initial_lr"] = 0.1  # what LambdaLR / LinearLR record
+    actions = auto_actions(host=False)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, _forbid)
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
+        set_grads(params, 30.0, step)
+        actions.before_step([opt])
+    assert actions.clipper.bound.peak_lrs == pytest.approx((0.1 / (1 - 0.9),))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_propagation_does_not_synchronize_on_cuda():
     params = [nn.Parameter(p.detach().cuda()) for p in Net().parameters()]
