@@ -11,8 +11,8 @@
 
 Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on which auto's
 constants may be chosen, "held-out" ones are only reported; "development" tasks were held out
-until their results had been read (sessions 3-4), so they may be tuned on now, and session 5
-froze new held-out tasks before changing auto.
+until their results had been read (sessions 3-4, and session 5's first round), so they may be
+tuned on now; each round of session 5 froze new held-out tasks before changing auto.
 
     python benchmarks/clipping.py --tasks "IRNN T=300,warm-up overshoot" --policies auto --seeds 4
                                              # a subset: tasks and policy labels by name
@@ -219,7 +219,8 @@ class Task:
     split: str = "held-out"
     """"calibration": auto's constants were chosen on this task; "development": held-out tasks of
     sessions 3-4 whose results were read, so that tuning on them since session 5 is development, not
-    a held-out judgement; "held-out": added in session 5 before auto changed, judged once at the end."""
+    a held-out judgement (and session 5 round 1's held-out tasks, read in that round); "held-out": added
+    in session 5 round 2 before auto changed, judged once at the end."""
     steps: int = 100
     held_out: Callable[[torch.Generator], Batch] | None = None
     """Draws the held-out batches from another part of the data (default: the training distribution)."""
@@ -338,6 +339,35 @@ def _healthy_lstm_batch_one_adam(seed: int):
     return model, torch.optim.Adam(model.parameters(), lr=1e-3), _markov_text(gen, batch=1), _cross_entropy
 
 
+def _lstm_warmup_step(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.LSTM(1, 64), 64, 1)
+    return model, _sgd(model, 1.0), _delayed_copy(gen, T=30, delay=5), _mse
+
+
+def _irnn_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.0, inputs=2, hidden=64, last=True)
+    return model, _sgd(model, 0.001, 0.9), _remember_sign(gen, T=100), _bce
+
+
+def _rnn_lm_lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.RNN)
+    return model, _sgd(model, 20.0, 0.0), _markov_text(gen), _cross_entropy
+
+
+def _healthy_gru_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, _sgd(model, 1.0, 0.5), _markov_text(gen), _cross_entropy
+
+
+def _warmup_then_step(peak_at: int, drop_at: int) -> Callable[[int], float]:
+    """Linear warm-up to the optimizer's lr at `peak_at`, constant, then ×0.1 from `drop_at` on (a step decay)."""
+    return lambda t: ((t + 1) / peak_at if t < peak_at else 1.0) * (0.1 if t >= drop_at else 1.0)
+
+
 def _cosine_warmup(peak_at: int, steps: int) -> Callable[[int], float]:
     """Linear warm-up to the optimizer's lr at `peak_at`, then cosine decay to 0 at `steps`."""
     return lambda t: (t + 1) / peak_at if t < peak_at else 0.5 * (1 + math.cos(math.pi * min(t - peak_at, steps - peak_at) / max(steps - peak_at, 1)))
@@ -369,14 +399,21 @@ EXPLODING = [
          _warmup_overshoot, schedule=_warmup(30, 100), split="development"),
     Task("ReLU RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _relu_rnn,
          split="development"),
-    # session 5's fresh held-out tasks: frozen before auto was changed in that session
+    # session 5's first held-out tasks (round 1): read once in round 1, development since round 2
     Task("IRNN adding T=200", "IRNN (W_hh = I, ReLU, H 32), Pascanu's adding problem over T=200, batch 16, plain SGD lr 0.01",
-         _irnn_adding(200, 0.01), split="held-out"),
+         _irnn_adding(200, 0.01), split="development"),
     Task("warm-up overshoot (GRU)", "GRU H 64, delayed copy T=30 (delay 3), SGD Nesterov m 0.9, lr warmed up to "
-         "1 over 20 steps then cosine decay to 0", _gru_warmup_nesterov, split="held-out",
+         "1 over 20 steps then cosine decay to 0", _gru_warmup_nesterov, split="development",
          schedule=_cosine_warmup(20, 100)),
     Task("adding T=100 + momentum", "Pascanu et al. adding problem, tanh RNN H 32, T=100, SGD lr 0.2 m 0.9",
-         _adding_momentum, split="held-out"),
+         _adding_momentum, split="development"),
+    # session 5 round 2's held-out tasks: frozen before auto was changed in that round
+    Task("warm-up overshoot (LSTM)", "LSTM H 64, delayed copy T=30, SGD m 0.9, lr warmed up to 1 over 15 steps, "
+         "constant, ×0.1 from step 70", _lstm_warmup_step, schedule=_warmup_then_step(15, 70), split="held-out"),
+    Task("IRNN T=100 + momentum", "IRNN (W_hh = I, ReLU, H 64), remember the sign over T=100, SGD lr 0.001 m 0.9",
+         _irnn_momentum, split="held-out"),
+    Task("RNN LM lr too high", "tanh RNN LM on a Markov chain, plain SGD lr 20", _rnn_lm_lr_too_high,
+         split="held-out"),
 ]
 HEALTHY = [
     Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,
@@ -388,9 +425,11 @@ HEALTHY = [
     Task("LSTM LM batch 1", "LSTM language model on a Markov chain, batch size 1, plain SGD lr 0.3",
          _healthy_batch_one, split="development"),
     Task("GRU LM batch 1", "GRU language model on a Markov chain, batch size 1, plain SGD lr 0.3",
-         _healthy_gru_batch_one, split="held-out"),
+         _healthy_gru_batch_one, split="development"),
     Task("LSTM LM batch 1 + Adam", "LSTM language model on a Markov chain, batch size 1, Adam lr 1e-3",
-         _healthy_lstm_batch_one_adam, split="held-out"),
+         _healthy_lstm_batch_one_adam, split="development"),
+    Task("GRU LM + momentum, warm-up and cosine", "GRU LM on a Markov chain, SGD lr 1 m 0.5, warmed up over 10 "
+         "steps then cosine decay to 0", _healthy_gru_momentum, schedule=_cosine_warmup(10, 100), split="held-out"),
 ]
 
 
