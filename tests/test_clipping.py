@@ -539,6 +539,44 @@ def first_watched_step(model: nn.Module, x: torch.Tensor, lr: float = 0.01):
     return (math.nan if p is None else float(p)), monitor.history[0].clip
 
 
+class GRUAndRNN(nn.Module):
+    """A GRU feeding a plain tanh RNN: one ungated recurrence among the watched modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.rnn, self.head = nn.GRU(2, 16), nn.RNN(16, 16), nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.gru(x)[0])[0])
+
+
+@pytest.mark.parametrize("kind, max_update", [("gru", 0.3), ("lstm", 0.3), ("rnn", 0.04), ("gru+rnn", 0.04)])
+def test_auto_held_a_gated_network_to_the_ungated_update_bound(kind, max_update):
+    """Session 5: a GRU warm-up (Nesterov, lr 1, benchmarks/clipping.py) trains only with updates of
+    5-16% of ‖θ‖ per step; auto's 4%-per-momentum-lifetime bound held it on its plateau (16× the best
+    fixed threshold). Gated cells get `gated_max_update` (30%); any ungated recurrence keeps 4%."""
+    torch.manual_seed(0)
+    model: nn.Module = {"gru": lambda: EveryStepRNN(nn.GRU(2, 16), 16), "lstm": lambda: EveryStepRNN(nn.LSTM(2, 16), 16),
+                        "rnn": lambda: EveryStepRNN(nn.RNN(2, 16), 16), "gru+rnn": GRUAndRNN}[kind]()
+    x = 0.5 * torch.randn(20, 4, 2)
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2
+                          for p in model.parameters()))
+    p, event = first_watched_step(model, x, lr=0.5)
+    assert event.threshold == pytest.approx(max_update * theta / 0.5 * min(1.0, 3.0 / p), rel=1e-5)
+
+
+def test_auto_without_a_monitor_keeps_the_ungated_update_bound():
+    """Actions built alone (no monitor: `gradwatch run` on a hand-written loop) do not know the cells: 4%."""
+    torch.manual_seed(0)
+    model = EveryStepRNN(nn.GRU(2, 16), 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(0.5 * torch.randn(20, 4, 2)).square().mean().backward()
+    out = build_actions("auto", False).before_step(optimizers_of(opt))
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2
+                          for p in model.parameters()))
+    assert out.clip[3].item() == pytest.approx(0.04 * theta / 0.5, rel=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["irnn-last-state", "gru-every-step", "lstm-last-state"])
 def test_propagation_fed_to_auto_equals_the_formula_on_autograd_profiles(kind):
     torch.manual_seed(0)
