@@ -1,7 +1,7 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run: 13 exploding + 6 healthy tasks, 100 steps, 10 seeds per cell
-                                             # (~16 min of CPU on one thread of a 2-core Xeon VM)
+    python benchmarks/clipping.py            # full run: 16 exploding + 7 healthy tasks, 100 steps, 10 seeds per cell
+                                             # (~18 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
     python benchmarks/clipping.py --ratios --ratios-clip 0.1   # the same under a fixed threshold
