@@ -1,7 +1,7 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run: 10 exploding + 4 healthy tasks, 100 steps, 10 seeds per cell
-                                             # (~13 min of CPU on one thread of a 2-core Xeon VM)
+    python benchmarks/clipping.py            # full run: 16 exploding + 7 healthy tasks, 100 steps, 10 seeds per cell
+                                             # (~18 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
     python benchmarks/clipping.py --ratios --ratios-clip 0.1   # the same under a fixed threshold
@@ -10,7 +10,12 @@
     >>> results = run_benchmark(quick=True)   # a plain dict (JSON-ready), e.g. for `gradwatch bench`
 
 Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on which auto's
-constants may be chosen, "held-out" ones are only reported.
+constants may be chosen, "held-out" ones are only reported; "development" tasks were held out
+until their results had been read (sessions 3-4, and session 5's first round), so they may be
+tuned on now; each round of session 5 froze new held-out tasks before changing auto.
+
+    python benchmarks/clipping.py --tasks "IRNN T=300,warm-up overshoot" --policies auto --seeds 4
+                                             # a subset: tasks and policy labels by name
 
 What it measures, per task and policy, over seeds 0 … N−1:
 - divergences: runs whose training loss became NaN/Inf, or whose final held-out loss ended
@@ -212,7 +217,10 @@ class Task:
     description: str
     build: Build
     split: str = "held-out"
-    """"calibration": auto's constants were chosen on this task; "held-out": they were not."""
+    """"calibration": auto's constants were chosen on this task; "development": held-out tasks of
+    sessions 3-4 whose results were read, so that tuning on them since session 5 is development, not
+    a held-out judgement (and session 5 round 1's held-out tasks, read in that round); "held-out": added
+    in session 5 round 2 before auto changed, judged once at the end."""
     steps: int = 100
     held_out: Callable[[torch.Generator], Batch] | None = None
     """Draws the held-out batches from another part of the data (default: the training distribution)."""
@@ -298,6 +306,73 @@ def _healthy_batch_one(seed: int):
     return model, torch.optim.SGD(model.parameters(), lr=0.3), _markov_text(gen, batch=1), _cross_entropy
 
 
+def _irnn_adding(T: int, lr: float) -> Build:
+    def build(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        model = _irnn(1.0, inputs=2, hidden=32, last=True)
+        return model, _sgd(model, lr, 0.0), _pascanu(gen, "adding", T=T, batch=16), _mse
+    return build
+
+
+def _gru_warmup_nesterov(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.GRU(1, 64), 64, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9, nesterov=True)
+    return model, opt, _delayed_copy(gen, T=30, delay=3), _mse
+
+
+def _adding_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(2, 32), 32, 1, last=True)
+    return model, _sgd(model, 0.2, 0.9), _pascanu(gen, "adding", T=100), _mse
+
+
+def _healthy_gru_batch_one(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, torch.optim.SGD(model.parameters(), lr=0.3), _markov_text(gen, batch=1), _cross_entropy
+
+
+def _healthy_lstm_batch_one_adam(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.LSTM)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3), _markov_text(gen, batch=1), _cross_entropy
+
+
+def _lstm_warmup_step(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.LSTM(1, 64), 64, 1)
+    return model, _sgd(model, 1.0), _delayed_copy(gen, T=30, delay=5), _mse
+
+
+def _irnn_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.0, inputs=2, hidden=64, last=True)
+    return model, _sgd(model, 0.001, 0.9), _remember_sign(gen, T=100), _bce
+
+
+def _rnn_lm_lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.RNN)
+    return model, _sgd(model, 20.0, 0.0), _markov_text(gen), _cross_entropy
+
+
+def _healthy_gru_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, _sgd(model, 1.0, 0.5), _markov_text(gen), _cross_entropy
+
+
+def _warmup_then_step(peak_at: int, drop_at: int) -> Callable[[int], float]:
+    """Linear warm-up to the optimizer's lr at `peak_at`, constant, then ×0.1 from `drop_at` on (a step decay)."""
+    return lambda t: ((t + 1) / peak_at if t < peak_at else 1.0) * (0.1 if t >= drop_at else 1.0)
+
+
+def _cosine_warmup(peak_at: int, steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the optimizer's lr at `peak_at`, then cosine decay to 0 at `steps`."""
+    return lambda t: (t + 1) / peak_at if t < peak_at else 0.5 * (1 + math.cos(math.pi * min(t - peak_at, steps - peak_at) / max(steps - peak_at, 1)))
+
+
 def _warmup(peak_at: int, steps: int) -> Callable[[int], float]:
     """Linear warm-up to the optimizer's lr at `peak_at`, then linear decay to 10% at `steps`."""
     return lambda t: (t + 1) / peak_at if t < peak_at else max(0.1, 1 - 0.9 * (t - peak_at) / max(steps - peak_at, 1))
@@ -306,22 +381,39 @@ def _warmup(peak_at: int, steps: int) -> Callable[[int], float]:
 EXPLODING = [
     Task("IRNN T=150", "IRNN (W_hh = I, ReLU, H 32), remember the sign of a marked step over T=150, plain SGD lr 0.01",
          _irnn_sign(150, 0.01), split="calibration"),
-    Task("IRNN T=300", "the same over T=300", _irnn_sign(300, 0.01)),
+    Task("IRNN T=300", "the same over T=300", _irnn_sign(300, 0.01), split="development"),
     Task("adding T=50", "Pascanu et al. adding problem, tanh RNN H 32, T=50, plain SGD lr 0.5",
          _vanilla("adding", 50, 0.5), split="calibration"),
     Task("multiplication T=50", "Pascanu et al. multiplication problem, tanh RNN H 32, T=50, plain SGD lr 0.5",
-         _vanilla("multiplication", 50, 0.5)),
+         _vanilla("multiplication", 50, 0.5), split="development"),
     Task("temporal order T=20", "Pascanu et al. temporal order problem (4 classes), tanh RNN H 32, T=20, plain SGD lr 1",
-         _vanilla("order", 20, 1.0)),
+         _vanilla("order", 20, 1.0), split="development"),
     Task("word LM (SGD lr 20)", "word-level LSTM LM (1000 words of Python's own docs, emb 32, H 64, bptt 20), "
          "plain SGD lr 20 (word_language_model recipe; hand-tuned clip 0.25)", _word_lm_sgd20, split="calibration",
          held_out=lambda gen: _word_lm(gen, held_out=True)),
     Task("LSTM lr too high", "LSTM LM on a Markov chain, SGD lr 10 m 0.9", _gated_lr_too_high(nn.LSTM, 10.0),
          split="calibration"),
-    Task("GRU lr too high", "GRU LM on a Markov chain, SGD lr 4 m 0.9", _gated_lr_too_high(nn.GRU, 4.0)),
+    Task("GRU lr too high", "GRU LM on a Markov chain, SGD lr 4 m 0.9", _gated_lr_too_high(nn.GRU, 4.0),
+         split="development"),
     Task("warm-up overshoot", "tanh RNN, delayed copy T=40, SGD m 0.9, lr warmed up to 0.3 over 30 steps then decayed",
-         _warmup_overshoot, schedule=_warmup(30, 100)),
-    Task("ReLU RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _relu_rnn),
+         _warmup_overshoot, schedule=_warmup(30, 100), split="development"),
+    Task("ReLU RNN", "ReLU RNN, W_hh = 1.1·I, delayed copy T=50, SGD lr 0.01 m 0.9", _relu_rnn,
+         split="development"),
+    # session 5's first held-out tasks (round 1): read once in round 1, development since round 2
+    Task("IRNN adding T=200", "IRNN (W_hh = I, ReLU, H 32), Pascanu's adding problem over T=200, batch 16, plain SGD lr 0.01",
+         _irnn_adding(200, 0.01), split="development"),
+    Task("warm-up overshoot (GRU)", "GRU H 64, delayed copy T=30 (delay 3), SGD Nesterov m 0.9, lr warmed up to "
+         "1 over 20 steps then cosine decay to 0", _gru_warmup_nesterov, split="development",
+         schedule=_cosine_warmup(20, 100)),
+    Task("adding T=100 + momentum", "Pascanu et al. adding problem, tanh RNN H 32, T=100, SGD lr 0.2 m 0.9",
+         _adding_momentum, split="development"),
+    # session 5 round 2's held-out tasks: frozen before auto was changed in that round
+    Task("warm-up overshoot (LSTM)", "LSTM H 64, delayed copy T=30, SGD m 0.9, lr warmed up to 1 over 15 steps, "
+         "constant, ×0.1 from step 70", _lstm_warmup_step, schedule=_warmup_then_step(15, 70), split="held-out"),
+    Task("IRNN T=100 + momentum", "IRNN (W_hh = I, ReLU, H 64), remember the sign over T=100, SGD lr 0.001 m 0.9",
+         _irnn_momentum, split="held-out"),
+    Task("RNN LM lr too high", "tanh RNN LM on a Markov chain, plain SGD lr 20", _rnn_lm_lr_too_high,
+         split="held-out"),
 ]
 HEALTHY = [
     Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,
@@ -329,9 +421,15 @@ HEALTHY = [
     Task("LSTM LM + Adam", "LSTM language model on a Markov chain, Adam lr 3e-3", _healthy_lstm_adam,
          split="calibration"),
     Task("GRU LM + SGD", "GRU language model on a Markov chain, SGD lr 1 (Zaremba-style, no momentum)",
-         _healthy_gru_sgd),
+         _healthy_gru_sgd, split="development"),
     Task("LSTM LM batch 1", "LSTM language model on a Markov chain, batch size 1, plain SGD lr 0.3",
-         _healthy_batch_one),
+         _healthy_batch_one, split="development"),
+    Task("GRU LM batch 1", "GRU language model on a Markov chain, batch size 1, plain SGD lr 0.3",
+         _healthy_gru_batch_one, split="development"),
+    Task("LSTM LM batch 1 + Adam", "LSTM language model on a Markov chain, batch size 1, Adam lr 1e-3",
+         _healthy_lstm_batch_one_adam, split="development"),
+    Task("GRU LM + momentum, warm-up and cosine", "GRU LM on a Markov chain, SGD lr 1 m 0.5, warmed up over 10 "
+         "steps then cosine decay to 0", _healthy_gru_momentum, schedule=_cosine_warmup(10, 100), split="held-out"),
 ]
 
 
@@ -673,16 +771,19 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
 
 # ---------------------------------------------------------------------------------- reporting
 def run_benchmark(*, quick: bool = False, seeds: int | None = None,
-                  log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                  log: Callable[[str], None] = lambda s: None, tasks: list[str] | None = None,
+                  policy_labels: list[str] | None = None, timed: bool = True) -> dict[str, Any]:
     """Everything, as a JSON-ready dict: settings, efficacy, healthy runs, verdict, timing.
-    `seeds` per cell: 10 by default, 3 with `quick`."""
+    `seeds` per cell: 10 by default, 3 with `quick`; `tasks` / `policy_labels`: only these (by name)."""
     torch.set_num_threads(1)
     steps = 40 if quick else None  # None: each task's own length (100 steps)
     seeds = seeds if seeds is not None else (3 if quick else 10)
-    labelled = policies(quick=quick)
-    exploding = efficacy(EXPLODING, labelled, seeds=seeds, steps=steps, log=log)
+    labelled = [p for p in policies(quick=quick) if policy_labels is None or p[0] in policy_labels]
+    exploding_tasks = [t for t in EXPLODING if tasks is None or t.name in tasks]
+    healthy_tasks = [t for t in HEALTHY if tasks is None or t.name in tasks]
+    exploding = efficacy(exploding_tasks, labelled, seeds=seeds, steps=steps, log=log)
     healthy_policies = [p for p in labelled if p[0] in (("none", "auto") if quick else ("none", "zclip", "autoclip", "auto"))]
-    healthy = efficacy(HEALTHY, healthy_policies, seeds=seeds, steps=steps, log=log)
+    healthy = efficacy(healthy_tasks, healthy_policies, seeds=seeds, steps=steps, log=log)
     results = {
         "settings": {"steps": steps or EXPLODING[0].steps, "seeds": seeds, "fixed_grid": list(QUICK_GRID if quick else FIXED_GRID),
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick},
@@ -691,7 +792,7 @@ def run_benchmark(*, quick: bool = False, seeds: int | None = None,
         "healthy": healthy,
         "verdict": verdict(exploding),
         "healthy_verdict": healthy_verdict(healthy),
-        "timing_us": timing(quick=quick),
+        "timing_us": timing(quick=quick) if timed else {},
     }
     # flat rows and the Markdown table, as benchmarks/bench.py (`gradwatch bench`) consumes them
     results["rows"] = [{"task": task, "policy": label, **summary}
@@ -715,6 +816,8 @@ def to_markdown(results: dict[str, Any]) -> str:
              f"{s['threads']} thread(s), CPU.", ""]
     for section, title in (("exploding", "Exploding tasks"), ("healthy", "Healthy runs")):
         tasks = list(results[section])
+        if not tasks:
+            continue
         lines += [f"### {title}: final held-out loss (divergences / {s['seeds']}), share of steps clipped", "",
                   "| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         labels = list(next(iter(results[section].values())))
@@ -766,6 +869,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="40 steps per run, 3 seeds, fewer policies (smoke test)")
     parser.add_argument("--seeds", type=int, help="seeds per task and policy (default 10, 3 with --quick)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--tasks", help="comma-separated task names: run only these (and skip the timing)")
+    parser.add_argument("--policies", help="comma-separated policy labels ('none', 'norm 0.1', 'auto', ...): only these")
     parser.add_argument("--ratios", action="store_true",
                         help="only print lr_eff·‖g‖/‖θ‖ per task, unclipped (what auto's update bound sees), "
                              "and the same for the recurrent weights alone, also × T")
@@ -796,7 +901,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    results = run_benchmark(quick=args.quick, seeds=args.seeds, log=lambda s: print(s, file=sys.stderr, flush=True))
+    names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
+    labels = [n.strip() for n in args.policies.split(",")] if args.policies else None
+    unknown = sorted(set(names or ()) - {t.name for t in EXPLODING + HEALTHY})
+    unknown += sorted(set(labels or ()) - {label for label, _ in policies(quick=args.quick)})
+    if unknown:
+        parser.error(f"unknown task or policy: {', '.join(unknown)}")
+    results = run_benchmark(quick=args.quick, seeds=args.seeds, log=lambda s: print(s, file=sys.stderr, flush=True),
+                            tasks=names, policy_labels=labels, timed=names is None and labels is None)
     print(results["table"])
     if args.json:
         import json

@@ -248,6 +248,10 @@ SYNC_STEPS = 12
 """Steps under the sync guard after the warm-up step 0: steps 1..12 hold the probe step 10 (every=10)."""
 
 
+WARMUP_SCHEDULE = "_warmup_schedule"
+"""A key of a sync case's options (not a watch() option): step a LambdaLR warm-up after each update."""
+
+
 def _sync_cases() -> list[tuple[str, str, dict[str, Any], str]]:
     """(case id, model kind, watch options or None for unwatched, guard mode)."""
     from gradwatch.actions import AGC, AutoClip, Value, ZClip
@@ -258,6 +262,8 @@ def _sync_cases() -> list[tuple[str, str, dict[str, Any], str]]:
                 "clip=ZClip(warmup=3)": ZClip(warmup=3), "clip=AGC()": AGC(), "clip='auto'": "auto"}
     cases += [(name, "LSTM", {"clip": policy}, "error") for name, policy in policies.items()]
     cases.append(("clip='auto' GRUCell", "GRUCell", {"clip": "auto"}, "error"))
+    # auto reads the rate a scheduler records in the param group (initial_lr) on the host: no sync either
+    cases.append(("clip='auto' + LambdaLR warm-up", "LSTM", {"clip": "auto", WARMUP_SCHEDULE: True}, "error"))
     cases.append(("skip_nonfinite=True (<= 1 sync/step documented)", "LSTM", {"skip_nonfinite": True}, "warn"))
     return cases
 
@@ -271,6 +277,9 @@ def _watched_loop(kind: str, options: Any, device: str, guard_mode: str) -> dict
     torch.manual_seed(0)
     model = _model(kind, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    options = None if options is None else dict(options)
+    warmup = options is not None and bool(options.pop(WARMUP_SCHEDULE, False))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 5)) if warmup else None
     monitor = gradwatch.watch(model, opt, console=False, strict=True, **options) if options is not None else None
     batches = [_batch(device) for _ in range(SYNC_STEPS + 1)]
 
@@ -279,6 +288,8 @@ def _watched_loop(kind: str, options: Any, device: str, guard_mode: str) -> dict
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if monitor is not None:
             monitor.step(loss)
 

@@ -313,6 +313,9 @@ class Monitor:
         ]
         self.session.set_layout(StepLayout(self._modules))
         self._map_parameters()
+        observe = getattr(self._actions, "observe_recurrent", None)
+        if observe is not None:  # clip="auto": a looser update bound when every watched module is gated
+            self._act(lambda _: observe([w.base for w in found]))
 
     def _map_parameters(self) -> None:
         """(Re)build the parameter map of the watched modules, saying once what it cannot attribute."""

@@ -240,10 +240,11 @@ def test_agc_matches_unitwise_reference(factor, eps):
 class RefAuto:
     """The documented "auto" algorithm with Python floats (see gradwatch/actions/auto.py)."""
 
-    def __init__(self, max_update=0.04, spike=3.0, alpha=0.97, min_std=0.1, max_std=0.5, warmup=20):
+    def __init__(self, max_update=0.04, spike=3.0, alpha=0.97, min_std=0.2, max_std=0.5, warmup=20):
         self.max_update, self.spike, self.alpha = max_update, spike, alpha
         self.min_std, self.max_std, self.warmup = min_std, max_std, warmup
         self.t, self.mean, self.var, self.spike_limit, self.theta = 0, 0.0, 0.0, math.inf, None
+        self.peak_lr = 0.0
 
     @staticmethod
     def measures_weights(t: int) -> bool:
@@ -253,7 +254,9 @@ class RefAuto:
         if lr_eff is not None and self.measures_weights(self.t):
             self.theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0.0) ** 2
                                        for p in params))
-        bound = self.max_update * self.theta / lr_eff if lr_eff is not None else math.inf
+        if lr_eff is not None:
+            self.peak_lr = max(self.peak_lr, lr_eff)  # the bound keeps the threshold of the largest lr_eff so far
+        bound = self.max_update * self.theta / self.peak_lr if lr_eff is not None else math.inf
         limit = min(self.spike_limit, bound)
         coef = min(1.0, limit / (n + 1e-6))
         keep = 0.0 if self.t == 0 else min(self.alpha, self.t / (self.t + 1))
@@ -299,18 +302,65 @@ def test_auto_matches_reference(opt_name, host):
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
 
 
+WARMUP_THEN_DECAY = [0.01 * (step + 1) for step in range(6)] + [0.06 / (step + 1) for step in range(1, 8)]
+"""A learning rate warmed up over 6 steps, then decayed."""
+
+
 @HOST_OR_DEVICE
 def test_auto_follows_a_learning_rate_schedule_without_waiting(host):
     params = list(Net().parameters())
     opt = torch.optim.SGD(params, lr=0.1)
     actions, ref = auto_actions(host), RefAuto()
-    for step in range(12):
-        opt.param_groups[0]["lr"] = 0.1 / (step + 1)
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
         before = set_grads(params, 30.0, step)
         record = actions.before_step(optimizers_of(opt)).clip
-        coef, limit = ref.coefficient(total(before), params, 0.1 / (step + 1))
+        coef, limit = ref.coefficient(total(before), params, lr)
         assert record[3].item() == pytest.approx(limit, rel=1e-4)
         assert_scaled(before, [p.grad for p in params], coef, rtol=1e-4)
+
+
+@HOST_OR_DEVICE
+def test_auto_does_not_undo_a_decaying_learning_rate_by_loosening_its_update_bound(host):
+    """Bug (the warm-up overshoot task of benchmarks/clipping.py): the bound ‖lr_eff · g‖ ≤ 4% ‖θ‖ used the
+    current lr_eff, so as a schedule decayed the learning rate the gradient threshold rose in proportion
+    and every bounded step kept the same size: the decay was undone (auto 1.83× the best fixed threshold).
+    The threshold now stays where the peak learning rate put it: a bounded step shrinks with the rate."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    actions = auto_actions(host)
+    thresholds, steps = [], []
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
+        set_grads(params, 1e3, step)  # far above the bound: every step is bounded
+        thresholds.append(actions.before_step(optimizers_of(opt)).clip[3].item())
+        steps.append(lr * total([p.grad for p in params]))
+    peak = WARMUP_THEN_DECAY.index(max(WARMUP_THEN_DECAY))
+    assert all(t == pytest.approx(thresholds[peak], rel=1e-6) for t in thresholds[peak:])
+    assert steps[-1] == pytest.approx(steps[peak] * WARMUP_THEN_DECAY[-1] / WARMUP_THEN_DECAY[peak], rel=1e-5)
+    assert all(later < earlier for earlier, later in zip(thresholds[:peak], thresholds[1:peak + 1]))  # warm-up: tightens at once
+
+
+@pytest.mark.parametrize("make, peak", [
+    (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: t / 10), 0.5),  # a warm-up from 0
+    (lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, 10), 0.5),
+    (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.0, total_steps=100), 2.0),
+    (lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt), 0.5),  # decays only: records no other rate
+], ids=["lambda-warmup-from-0", "linear-warmup", "one-cycle", "plateau"])
+@HOST_OR_DEVICE
+def test_auto_bounds_a_warmup_by_the_learning_rate_it_is_heading_for(make, peak, host):
+    """Bug (the warm-up overshoot task of benchmarks/clipping.py): during a warm-up the bound used the
+    small current rate, so early steps took gradients up to 10-30× the threshold the peak rate gets;
+    they overshot before the peak (auto 1.24× the best fixed threshold once decays were handled, 0.94×
+    now). The bound now uses the rate the scheduler records as its base or peak, from step 0."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.5, momentum=0.9)
+    make(opt)
+    set_grads(params, 1e4, 0)
+    record = auto_actions(host).before_step(optimizers_of(opt)).clip
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2 for p in params))
+    momentum = opt.param_groups[0]["momentum"]  # OneCycleLR cycles it too (0.95 at the start)
+    assert record[3].item() == pytest.approx(0.04 * theta / (peak / (1 - momentum)), rel=1e-5)
 
 
 def test_auto_bounds_a_first_step_explosion_by_the_weights():
@@ -358,12 +408,22 @@ def test_auto_does_not_clip_a_healthy_adam_lstm_as_its_warmup_ends():
         assert bench.train(task, "auto", seed, steps=30).clipped_share == 0.0, seed
 
 
+def test_auto_leaves_the_sample_to_sample_variation_of_batch_size_one_alone():
+    """Bug: the healthy batch-1 LSTM of benchmarks/clipping.py was clipped on 1.4% of its steps by the
+    spike bound (s at its floor of 0.1: a threshold 1.35× the typical norm; seed 3 step 58 ×0.82,
+    seed 5 step 25 ×0.82). With the floor at 0.2 (1.82×) single-sample variation passes."""
+    bench = load_benchmark("clipping")
+    task = next(t for t in bench.HEALTHY if t.name == "LSTM LM batch 1")
+    for seed, steps in ((3, 60), (5, 30)):
+        assert bench.train(task, "auto", seed, steps=steps).clipped_share == 0.0, seed
+
+
 def test_auto_clips_spikes_for_adam_after_one_step():
     params = list(Net().parameters())
     records = [rec for _, _, rec in run_policy("auto", params, [1.0] * 30 + [100.0], opt=torch.optim.Adam(params))]
     first, spike = records[0], records[-1]
     assert first[2].item() == 1.0  # nothing to compare the first step with (Adam: no update bound)
-    assert spike[1].item() < 1.5 * records[-2][0].item()  # back to about the usual norm (limit 1.35×)
+    assert spike[1].item() < 2.0 * records[-2][0].item()  # back to about the usual norm (limit 1.82×)
 
 
 @HOST_OR_DEVICE
@@ -477,6 +537,44 @@ def first_watched_step(model: nn.Module, x: torch.Tensor, lr: float = 0.01):
     p = getattr(monitor._actions.clipper, "propagation", None)
     monitor.close()
     return (math.nan if p is None else float(p)), monitor.history[0].clip
+
+
+class GRUAndRNN(nn.Module):
+    """A GRU feeding a plain tanh RNN: one ungated recurrence among the watched modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.rnn, self.head = nn.GRU(2, 16), nn.RNN(16, 16), nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.gru(x)[0])[0])
+
+
+@pytest.mark.parametrize("kind, max_update", [("gru", 0.3), ("lstm", 0.3), ("rnn", 0.04), ("gru+rnn", 0.04)])
+def test_auto_held_a_gated_network_to_the_ungated_update_bound(kind, max_update):
+    """Session 5: a GRU warm-up (Nesterov, lr 1, benchmarks/clipping.py) trains only with updates of
+    5-16% of ‖θ‖ per step; auto's 4%-per-momentum-lifetime bound held it on its plateau (16× the best
+    fixed threshold). Gated cells get `gated_max_update` (30%); any ungated recurrence keeps 4%."""
+    torch.manual_seed(0)
+    model: nn.Module = {"gru": lambda: EveryStepRNN(nn.GRU(2, 16), 16), "lstm": lambda: EveryStepRNN(nn.LSTM(2, 16), 16),
+                        "rnn": lambda: EveryStepRNN(nn.RNN(2, 16), 16), "gru+rnn": GRUAndRNN}[kind]()
+    x = 0.5 * torch.randn(20, 4, 2)
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2
+                          for p in model.parameters()))
+    p, event = first_watched_step(model, x, lr=0.5)
+    assert event.threshold == pytest.approx(max_update * theta / 0.5 * min(1.0, 3.0 / p), rel=1e-5)
+
+
+def test_auto_without_a_monitor_keeps_the_ungated_update_bound():
+    """Actions built alone (no monitor: `gradwatch run` on a hand-written loop) do not know the cells: 4%."""
+    torch.manual_seed(0)
+    model = EveryStepRNN(nn.GRU(2, 16), 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(0.5 * torch.randn(20, 4, 2)).square().mean().backward()
+    out = build_actions("auto", False).before_step(optimizers_of(opt))
+    theta = math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2
+                          for p in model.parameters()))
+    assert out.clip[3].item() == pytest.approx(0.04 * theta / 0.5, rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["irnn-last-state", "gru-every-step", "lstm-last-state"])
@@ -633,6 +731,22 @@ def test_auto_propagation_never_reads_a_tensor_on_the_host(monkeypatch):
         set_grads(params, scale, step)
         actions.before_step([opt], _profile(u, v) if step % 5 == 0 else [])
     assert actions.clipper.propagation is not None and not actions.clipper.propagation_failed
+
+
+def test_auto_under_a_schedule_never_reads_a_tensor_on_the_host(monkeypatch):
+    """The device path with the scheduled and peak learning rates (host floats read from the param
+    group, as a torch scheduler leaves them): still no tensor read on the host."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    opt.param_groups[0]["initial_lr"] = 0.1  # what LambdaLR / LinearLR record
+    actions = auto_actions(host=False)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, _forbid)
+    for step, lr in enumerate(WARMUP_THEN_DECAY):
+        opt.param_groups[0]["lr"] = lr
+        set_grads(params, 30.0, step)
+        actions.before_step([opt])
+    assert actions.clipper.bound.peak_lrs == pytest.approx((0.1 / (1 - 0.9),))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -967,7 +1081,7 @@ def test_every_clipping_benchmark_task_builds_and_trains_a_few_steps():
     from benchmarks import clipping as bench
 
     assert len(bench.EXPLODING) >= 8 and len(bench.HEALTHY) >= 4
-    assert {t.split for t in bench.EXPLODING} == {"calibration", "held-out"}
+    assert {t.split for t in bench.EXPLODING} == {"calibration", "development", "held-out"}
     for task in bench.EXPLODING + bench.HEALTHY:
         run = bench.train(task, "auto", seed=0, steps=3)
         assert math.isfinite(run.initial) and 0 <= run.clipped_share <= 1, task.name

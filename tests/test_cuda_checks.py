@@ -96,5 +96,5 @@ def test_sync_check_reports_each_case_that_converts_a_tensor_inside_the_guard(mo
     cases = details["cases"]
     assert cases["control: unwatched LSTM"]["status"] == "ran"
     watched = {name: case for name, case in cases.items() if name.startswith(("default", "clip"))}
-    assert len(watched) == 11
+    assert len(watched) == 12  # 4 default models, 6 policies, auto on a GRUCell and under a LambdaLR warm-up
     assert all(case["status"] == "fail" and "tensor.item()" in case["error"] for case in watched.values())

@@ -100,6 +100,13 @@ class Actions:
         """True when the clipper uses the per-timestep gradient profiles ("auto")."""
         return self.clipper is not None and takes_profiles(self.clipper)
 
+    def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]]) -> None:
+        """The classes of the recurrent modules the monitor watches, for a clipper that uses them
+        ("auto": a looser update bound when all are gated)."""
+        observe = getattr(self.clipper, "observe_recurrent", None)
+        if observe is not None:
+            observe(modules)
+
     def before_step(self, optimizers: Sequence[torch.optim.Optimizer], profiles: Profiles = ()) -> ActionRecord:
         """Guard, then clip, the gradients `optimizers` are about to apply; return the step's record.
         `profiles`: see `base.StepActions.before_step` (auto's propagation factor)."""
