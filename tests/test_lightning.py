@@ -93,7 +93,10 @@ def test_logs_to_the_trainer_loggers_and_detaches_on_teardown(tmp_path):
     model, trainer = fit(tmp_path, callback, max_steps=3)
     assert callback.monitor.step_mode is Mode.DRIVER  # given to watch(), not flipped afterwards
     assert "forward" not in model.rnn.__dict__  # the forward adapter is gone
-    assert callback.monitor._handles == []
+    for module in model.modules():  # no hook of gradwatch's left on the model or its optimizer
+        assert not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+    for optimizer in trainer.optimizers:
+        assert not (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks)
     (path,) = glob.glob(os.path.join(str(tmp_path), "**", "metrics.csv"), recursive=True)
     with open(path) as f:
         rows = [r for r in csv.DictReader(f) if r.get("gradwatch/grad_norm")]
