@@ -303,6 +303,11 @@ def test_adam_inflating_small_weights_is_a_large_updates_warning():
     assert "inflating" in alerts[0].message and "0.351 → 10.8" in alerts[0].message
 
 
+def update_records(ratios, weights, losses):
+    """One record per step with one layer's update ratio and weight norm, and the loss."""
+    return [rec(i, layer(ratio=r, weight=w), loss=v) for i, (r, w, v) in enumerate(zip(ratios, weights, losses))]
+
+
 def test_adam_inflating_weights_with_shrinking_steps_is_not_a_warning_held_out_150():
     # issue #13 session 5 round 3, held-out 150 (packed LSTM, Adam 30x too fast, weights x0.1): the weight norm grew
     # 0.667 -> 31.6 (x47) in 5 steps, but by about the same step each time (||dθ|| 10.5 -> 5.4: Adam's fixed step size,
@@ -311,7 +316,7 @@ def test_adam_inflating_weights_with_shrinking_steps_is_not_a_warning_held_out_1
     norms = [0.667, 13.1, 18.5, 22.8, 27.2, 31.6, 35.7]
     ratios = [20.0, 0.8, 0.46, 0.31, 0.22, 0.17, 0.13]
     losses = [1.40, 3.20, 1.73, 1.51, 1.96, 1.62, 1.41]
-    records = [rec(i, layer(ratio=r, weight=w), loss=v) for i, (r, w, v) in enumerate(zip(ratios, norms, losses))]
+    records = update_records(ratios, norms, losses)
     assert feed(LargeUpdatesDetector(CFG), records) == []
 
 
@@ -320,7 +325,7 @@ def test_inflating_weights_with_shrinking_steps_still_warn_once_the_loss_is_thre
     norms = [0.841, 29.5, 39.5, 49.5, 61.7, 73.8, 84.9]
     ratios = [35.0, 0.88, 0.55, 0.36, 0.25, 0.18, 0.14]
     losses = [1.39, 2.17, 4.6, 5.65, 6.5, 6.4, 5.9]
-    records = [rec(i, layer(ratio=r, weight=w), loss=v) for i, (r, w, v) in enumerate(zip(ratios, norms, losses))]
+    records = update_records(ratios, norms, losses)
     alerts = feed(LargeUpdatesDetector(CFG), records)
     assert [(a.step, a.severity) for a in alerts][:1] == [(5, "warning")] and "inflating" in alerts[0].message
 
@@ -332,7 +337,7 @@ def test_early_large_steps_while_the_loss_falls_below_its_start_are_not_a_warnin
     ratios = [0.298, 0.575, 0.621, 0.338, 0.331, 0.248, 0.214]
     norms = [1.01, 1.06, 1.36, 2.01, 2.19, 2.54, 2.88]
     losses = [3.62, 3.42, 3.05, 3.10, 3.04, 3.02, 2.99]
-    records = [rec(i, layer(ratio=r, weight=w), loss=v) for i, (r, w, v) in enumerate(zip(ratios, norms, losses))]
+    records = update_records(ratios, norms, losses)
     assert feed(LargeUpdatesDetector(CFG), records) == []
 
 
