@@ -184,9 +184,12 @@ class LossProgress:
     """
 
     def __init__(self, *, steps: int, window: int, min_improvement: float, trend: float = math.inf,
-                 flat_t: float = 0.0, chance: float | None = None, chance_share: float = 0.9) -> None:
+                 flat_t: float = 0.0, chance: float | None = None, chance_share: float = 0.9,
+                 long_window: int = 0) -> None:
         self.steps, self.window, self.min_improvement, self.trend = steps, window, min_improvement, trend
         self.flat_t, self.chance, self.chance_share = flat_t, chance, chance_share
+        self.long_blocks = long_window // window
+        """Most blocks of `window` losses the long-run trend looks at (`falling_long`; 0: none)."""
         self.reset()
 
     @classmethod
@@ -194,13 +197,18 @@ class LossProgress:
         """The progress tracker every loss-aware detector uses (`progress_*` options)."""
         return cls(steps=config.progress_steps, window=config.progress_window, min_improvement=config.progress_min,
                    trend=config.progress_trend, flat_t=config.plateau_flat_t, chance=config.chance_loss,
-                   chance_share=config.chance_share)
+                   chance_share=config.chance_share, long_window=config.progress_long_window)
 
     def reset(self) -> None:
         self.count = 0
         self.first: list[float] = []
         self.last: collections.deque[float] = collections.deque(maxlen=3 * self.window)
         self._initial: float | None = None
+        self._block: list[float] = []
+        self.blocks: collections.deque[float] = collections.deque(maxlen=max(self.long_blocks, 1))
+        """Means of the last (up to `long_blocks`) complete blocks of `window` losses (the long-run trend)."""
+        self._long: tuple[int, bool] = (-1, False)
+        """(blocks completed, `falling_long`) for the latest block: it changes only when a block completes."""
         self._memo: dict[str, Any] = {}
         """What the properties below derived from the losses fed so far (cleared by `update`): several
         detectors ask for the same state on every step, and it changes only when a loss comes."""
@@ -214,6 +222,11 @@ class LossProgress:
             if len(self.first) == self.window:
                 self._initial = statistics.median(self.first)  # fixed from here on
         self.last.append(loss)
+        if self.long_blocks:
+            self._block.append(loss)
+            if len(self._block) == self.window:
+                self.blocks.append(statistics.fmean(self._block))
+                self._block.clear()
         self._memo.clear()
 
     @property
@@ -251,8 +264,25 @@ class LossProgress:
     def state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         memo = self._memo
         if "state" not in memo:
-            memo["state"] = self._state()
+            state = self._state()
+            if state in ("plateau", "stalled", "worse") and self.falling_long:
+                state = "improving"  # a slow fall that only the long run shows (batch 1): learning
+            memo["state"] = state
         return memo["state"]  # type: ignore[no-any-return]
+
+    @property
+    def falling_long(self) -> bool:
+        """The means of complete blocks of `window` losses over the last half of the run (at least 20
+        blocks, at most the `long_blocks` kept) fall with a least-squares slope `trend` standard errors
+        below zero. Block means of independent batches are independent, so the t-statistic holds for
+        noisy losses that a 3 × `window` window cannot resolve; looking at the last half only, an early
+        fall followed by a plateau as long stops counting."""
+        done = self.count // self.window
+        if self._long[0] != done:
+            horizon = min(done // 2, len(self.blocks))
+            falling = horizon >= 20 and slope_t(list(self.blocks)[-horizon:]) <= -self.trend
+            self._long = (done, falling)
+        return self._long[1]
 
     def _state(self) -> Literal["unknown", "improving", "plateau", "stalled", "worse"]:
         gain = self.improvement

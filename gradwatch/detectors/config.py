@@ -88,6 +88,18 @@ class DetectorConfig:
     stuck loss is batch noise around a level (|t| < 3 with probability ≈ 0.997 for independent
     noise); a healthy GRU whose loss fell 1.40 → 1.33 in 40 steps has t ≈ −10."""
 
+    progress_long_window: int = 5000
+    """Over a long run, a loss that a 3 × `progress_window` window calls stalled, on a plateau or
+    above its start is still learning when the means of its consecutive `progress_window`-step
+    blocks over the last half of the run (at least 20 blocks; at most the last
+    `progress_long_window` steps) fall with a slope `progress_trend` standard errors below zero.
+    Batch-1 training (the PyTorch tutorials' SGD character models) falls by a fraction of its
+    sample-to-sample noise per 30 steps, so short windows see a flat loss for thousands of steps
+    while it learns (a tutorial-style batch-1 RNN classifier: 1.09 → 0.80 in 3,000 steps, warned as
+    stuck 30 times, every 100 steps to the end). Used from 400 losses on: the 40-step verdicts
+    and the labelled corpus (runs of ≤ 120 steps) are unchanged; a plateau after a fall counts
+    once it is as long as the fall."""
+
     plateau_flat_t: float = 1.0
     """A loss that fell is also on a plateau (after `progress_steps` steps) when the least-squares
     slope of its last 3 × `progress_window` losses is flat: |t| < this. Small noisy batches (the
