@@ -198,3 +198,37 @@ def test_plot_without_matplotlib_is_one_line_naming_the_command_once(recorded_ru
     assert main(["plot", str(path), "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err == "gradwatch plot: error: needs matplotlib: pip install 'gradwatch[plot]'.\n"
+
+
+def _noisy_run(tmp_path, losses):
+    from gradwatch import LayerStats, StepStats
+
+    path = tmp_path / "noisy.jsonl"
+    sink = JsonlSink(path)
+    for step, loss in enumerate(losses):
+        layer = LayerStats("rnn", 0, "RNN", 1.0, 2.0, 0.01, 1e-3)
+        sink.on_step(StepStats(step, loss, 1.0, {("rnn", 0): layer}), [])
+    sink.close(None)
+    return load_run(str(path))
+
+
+def test_a_long_noisy_loss_is_drawn_with_its_running_mean(tmp_path):
+    """A batch-1 run's loss panel (3,000 steps of per-sample losses) was a band of noise: the trend a user
+    reads from the printed averages did not show."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    losses = [float(v) for v in np.linspace(1.1, 0.8, 3000) * rng.gamma(4.0, 0.25, 3000)]
+    losses[1500] = float("nan")
+    fig = figure(_noisy_run(tmp_path, losses))
+    loss_axis = next(ax for ax in fig.axes if ax.get_ylabel() == "loss")
+    raw, mean = loss_axis.get_lines()
+    assert mean.get_label() == "mean of 60 steps"
+    expected = np.convolve(np.asarray(losses), np.ones(60) / 60, mode="valid")  # NaN wherever the window holds it
+    assert np.allclose(np.asarray(mean.get_ydata(), dtype=float), expected, rtol=1e-9, equal_nan=True)
+    assert list(mean.get_xdata()) == list(range(59, 3000))
+    plt.close(fig)
+    short = figure(_noisy_run(tmp_path, losses[:199]))
+    assert len(next(ax for ax in short.axes if ax.get_ylabel() == "loss").get_lines()) == 1  # 199 losses: as before
+    plt.close(short)

@@ -338,6 +338,30 @@ def _log_scale_if_positive(ax: Any) -> None:
         ax.set_yscale("log")
 
 
+def smoothing_width(n: int) -> int:
+    """Steps of the running mean drawn over the loss: 0 (none) below 200 losses, else n / 50 (at least 10)."""
+    return 0 if n < 200 else max(10, n // 50)
+
+
+def running_mean(values: list[float], width: int) -> list[float]:
+    """Mean of each `width` consecutive values (NaN where the window holds a non-finite one)."""
+    out, total, bad = [], 0.0, 0
+    for i, v in enumerate(values):
+        if math.isfinite(v):
+            total += v
+        else:
+            bad += 1
+        if i >= width:
+            old = values[i - width]
+            if math.isfinite(old):
+                total -= old
+            else:
+                bad -= 1
+        if i >= width - 1:
+            out.append(math.nan if bad else total / width)
+    return out
+
+
 def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
     steps = [r["step"] for r in run.steps]
     ax_norm.plot(steps, _positive([r["grad_norm"] for r in run.steps]), color="black", lw=1.4, label="whole model")
@@ -356,7 +380,12 @@ def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
     ax_ratio.set_ylabel("update ratio\n‖Δθ‖/‖θ‖")
     losses = [(r["step"], r["loss"]) for r in run.steps if r.get("loss") is not None]
     if losses:
-        ax_loss.plot([s for s, _ in losses], [v if math.isfinite(v) else math.nan for _, v in losses], color="#555")
+        xs, ys = [s for s, _ in losses], [v if math.isfinite(v) else math.nan for _, v in losses]
+        smooth = smoothing_width(len(losses))
+        ax_loss.plot(xs, ys, color="#bbb" if smooth else "#555", lw=0.6 if smooth else 1.5)
+        if smooth:  # many noisy steps (batch size 1): the trend is what the eye needs
+            ax_loss.plot(xs[smooth - 1:], running_mean(ys, smooth), color="#222", lw=1.2, label=f"mean of {smooth} steps")
+            ax_loss.legend(fontsize=7, loc="upper right")
     positive = [v for _, v in losses if math.isfinite(v) and v > 0]
     if positive and len(positive) == len([v for _, v in losses if math.isfinite(v)]) and \
             max(positive) >= LOG_LOSS_SPAN * min(positive):
