@@ -227,6 +227,8 @@ class StepAccumulator:
             parts.append(part)
             segments.append((slot, part.shape[0]))
         first_timestep = len(parts)
+        if self.finite_checks:
+            self._drop_finite_deferred()
         for slot in sorted(self.pieces):
             norms = self.timestep_profile(slot)  # combined once: reused when the profiles asked for it
             assert norms is not None  # a slot's list holds its first piece from the start
@@ -257,6 +259,23 @@ class StepAccumulator:
                 return self.pack(scalars, host_prefix=host_prefix)  # rare: a non-finite norm, measured again in float64
         return flat, segments
 
+    def _drop_finite_deferred(self) -> None:
+        """Under `finite_checks`: drop each slot that only locates NaN/Inf (a module's input) whose
+        pieces are all deferred one-timestep calls (a decoding loop's tokens, a cell's calls) when
+        one sum proves them all finite, as `add_measured` does for a call of several timesteps:
+        one sum instead of a per-timestep norm, and nothing to pack, read back or search."""
+        locating = self.layout.locating
+        for slot in [s for s in self.pieces if locating[s]]:
+            sources: list[torch.Tensor] = []
+            for piece in self.pieces[slot]:
+                if piece.values is not None or piece.source is None or not _host_checkable(piece.source):
+                    break
+                sources.append(piece.source)
+            else:
+                if _sources_finite(sources):
+                    del self.pieces[slot]
+                    self._combined.pop(slot, None)
+
     def _remeasured(self, remeasure: Remeasure) -> bool:
         """Measure again in float64 every CPU piece whose norm is non-finite and whose source is
         unchanged since; True when one was."""
@@ -279,6 +298,15 @@ def _host_checkable(x: torch.Tensor) -> bool:
     below float64. (A float64 norm of finite values can overflow and is never measured again, so
     float64 data is always measured; float32 norms that overflow are measured again in float64.)"""
     return x.device.type == "cpu" and x.dtype != torch.float64
+
+
+def _sources_finite(sources: list[torch.Tensor]) -> bool:
+    """Whether one sum proves every entry of `sources` finite (CPU tensors below float64): one
+    stacked sum when they have one shape, as `_measured` would stack them, else one sum each."""
+    first = sources[0]
+    if len(sources) > 1 and all(s.shape == first.shape and s.dtype == first.dtype for s in sources):
+        return host_all_finite(torch.stack(sources))
+    return all(host_all_finite(s) for s in sources)
 
 
 def _measured(pieces: list[Piece]) -> list[Piece]:
