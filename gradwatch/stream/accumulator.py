@@ -14,7 +14,7 @@ step to the host.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 import torch
 
@@ -265,16 +265,13 @@ class StepAccumulator:
         one sum proves them all finite, as `add_measured` does for a call of several timesteps:
         one sum instead of a per-timestep norm, and nothing to pack, read back or search."""
         locating = self.layout.locating
-        for slot in [s for s in self.pieces if locating[s]]:
-            sources: list[torch.Tensor] = []
-            for piece in self.pieces[slot]:
-                if piece.values is not None or piece.source is None or not _host_checkable(piece.source):
-                    break
-                sources.append(piece.source)
-            else:
-                if _sources_finite(sources):
-                    del self.pieces[slot]
-                    self._combined.pop(slot, None)
+        for slot, pieces in list(self.pieces.items()):
+            if not locating[slot]:
+                continue
+            sources = [p.source for p in pieces if p.values is None]
+            if len(sources) == len(pieces) and _sources_finite(sources):
+                del self.pieces[slot]
+                self._combined.pop(slot, None)
 
     def _remeasured(self, remeasure: Remeasure) -> bool:
         """Measure again in float64 every CPU piece whose norm is non-finite and whose source is
@@ -300,13 +297,18 @@ def _host_checkable(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype != torch.float64
 
 
-def _sources_finite(sources: list[torch.Tensor]) -> bool:
-    """Whether one sum proves every entry of `sources` finite (CPU tensors below float64): one
-    stacked sum when they have one shape, as `_measured` would stack them, else one sum each."""
+def _sources_finite(sources: list[torch.Tensor | None]) -> bool:
+    """Whether one sum proves every entry of `sources` finite: CPU tensors below float64 (see
+    `_host_checkable`) of one shape, dtype and device, summed once joined along their first
+    dimension (`cat`: no view per tensor, unlike `stack`). False ("not proven") otherwise."""
     first = sources[0]
-    if len(sources) > 1 and all(s.shape == first.shape and s.dtype == first.dtype for s in sources):
-        return host_all_finite(torch.stack(sources))
-    return all(host_all_finite(s) for s in sources)
+    if first is None or not first.dim() or not _host_checkable(first):
+        return False
+    shape, dtype = first.shape, first.dtype
+    for s in sources:
+        if s is None or s.shape != shape or s.dtype != dtype or not s.is_cpu:
+            return False
+    return host_all_finite(torch.cat(cast(list[torch.Tensor], sources)))  # no None: checked above
 
 
 def _measured(pieces: list[Piece]) -> list[Piece]:
