@@ -97,7 +97,8 @@ class StepAccumulator:
         that only locates NaN/Inf under `finite_checks`, one sum and nothing more when it is finite;
         `x` is not kept). A call of one timestep (a decoding loop's token, a cell's call) is kept and
         measured at `pack`, together with the slot's other such calls: one kernel for the whole loop
-        instead of one per call. Use it for tensors nobody modifies in place before the step ends (a
+        instead of one per call (under `finite_checks`, a slot that only locates NaN/Inf is first
+        summed once there, and dropped when that proves it finite). Use it for tensors nobody modifies in place before the step ends (a
         module's input, which autograd saves; an output gradient); a module's output is measured at
         once (`add_measured`).
         """
