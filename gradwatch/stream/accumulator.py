@@ -98,9 +98,9 @@ class StepAccumulator:
         `x` is not kept). A call of one timestep (a decoding loop's token, a cell's call) is kept and
         measured at `pack`, together with the slot's other such calls: one kernel for the whole loop
         instead of one per call (under `finite_checks`, a slot that only locates NaN/Inf is first
-        summed once there, and dropped when that proves it finite). Use it for tensors nobody modifies in place before the step ends (a
-        module's input, which autograd saves; an output gradient); a module's output is measured at
-        once (`add_measured`).
+        summed once there, and dropped when that proves it finite). Use it for tensors nobody
+        modifies in place before the step ends (a module's input, which autograd saves; an output
+        gradient); a module's output is measured at once (`add_measured`).
         """
         length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
         if batch_sizes is None and length == 1:  # (kept as is: one check at pack would cost as much as this)
