@@ -52,6 +52,7 @@ class _Seq(nn.Module):
     def __init__(self, rnn: nn.Module, hidden: int) -> None:
         super().__init__()
         self.rnn, self.head = rnn, nn.Linear(hidden, 1)
+        self.per_token = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.rnn, nn.RNNCellBase):
@@ -61,6 +62,13 @@ class _Seq(nn.Module):
                 h = self.rnn(x[t], h)
                 outs.append(h[0] if isinstance(h, tuple) else h)
             y = torch.stack(outs)
+        elif self.per_token:  # a decoding loop: the fused module called once per token, state chained
+            state: Any = None
+            outs = []
+            for t in range(x.shape[0]):
+                out, state = self.rnn(x[t : t + 1], state)
+                outs.append(out)
+            y = torch.cat(outs)
         else:
             y = self.rnn(x)[0]
         return self.head(y)
@@ -80,6 +88,9 @@ def _live_cases() -> list[tuple[str, Any, dict[str, Any], float, int | None]]:
         ("lstm2-nan-every3", lambda: nn.LSTM(8, 16, num_layers=2), {"every": 3}, 1e-2, 25),
         ("grucell-nan", lambda: nn.GRUCell(8, 16), {}, 1e-2, 25),
         ("rnn-relu2-lr-high", lambda: nn.RNN(8, 16, num_layers=2, nonlinearity="relu"), {}, 30.0, None),
+        # decoding loops (a fused module called once per token): inputs summed at pack (issue #15, round 4)
+        ("gru-per-token-adam", lambda: nn.GRU(8, 16), {}, 1e-2, None),
+        ("lstm2-per-token-nan-every3", lambda: nn.LSTM(8, 16, num_layers=2), {"every": 3}, 1e-2, 25),
     ]
 
 
@@ -100,6 +111,7 @@ def dump_live(steps: int = 60) -> Iterable[str]:
     for name, make, options, lr, nan_at in _live_cases():
         torch.manual_seed(0)
         model = _Seq(make(), 32 if "bi" in name else 16)
+        model.per_token = "per-token" in name
         opt = torch.optim.Adam(model.parameters(), lr=lr) if "adam" in name or "nan" in name else \
             torch.optim.SGD(model.parameters(), lr=lr)
         monitor = gradwatch.watch(model, opt, console=False, history=steps + 5, **options)

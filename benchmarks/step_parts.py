@@ -34,14 +34,16 @@ PARTS = [
     (monitor_module.Monitor, "_on_update_start", "end of step: optimizer pre-hook"),
     (monitor_module.Monitor, "_on_update_end", "end of step: optimizer post-hook"),
     (monitor_module.Monitor, "step", "end of step: monitor.step(loss)"),
+    (monitor_module.Monitor, "_attach_loss", "  loss hand-over (in step)"),
     (ParameterMap, "is_current", "  parameter map check"),
     (ParameterMap, "read_before_update", "  gradient + weight read"),
     (ParameterMap, "weight_and_update_sumsq", "  update read + snapshot"),
+    (ParameterMap, "_check_snapshot", "  snapshot checks (in both reads)"),
     (StepAccumulator, "pack", "  pack"),
     (monitor_module, "start_readback", "  read-back start"),
     (monitor_module, "build_step_stats", "  record build"),
     (probe, "timestep_norms", "backward probes (probe steps: per-layer gradient norms)"),
-    (accumulator, "host_all_finite", "forward: input/output finite-sum checks"),
+    (accumulator, "host_all_finite", "finite-sum checks (forward; pack: one-token inputs)"),
 ]
 BACKWARD = "backward hooks (output-gradient norms)"
 
@@ -114,6 +116,9 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10, per_token: bool = 
     shape = ("2-layer LSTM H=256 T=100 B=32 SGD" if reference else
              f"GRU H=64 {'T=20 per token (20 calls)' if per_token else 'T=50'} B=32 Adam")
     print(f"torch {torch.__version__}, 1 thread, {shape}, every={every}: CPU µs per step")
+    top = ["end of step: optimizer pre-hook", "end of step: optimizer post-hook", "end of step: monitor.step(loss)",
+           BACKWARD, "forward adapter (own)"]
+    spent["total (pre + post + step + backward + forward)"] = [sum(v) for v in zip(*(spent[k] for k in top))]
     for label, values in spent.items():
         values = values[warmup:]
         plain_steps = [v for i, v in enumerate(values) if (i + warmup) % every != 0]

@@ -50,7 +50,7 @@ from .records import Alert, StepStats
 from .stream.build import ModuleInfo, PendingStep, build_step_stats
 from .stream.history import History
 from .stream.loss import checked_loss
-from .stream.readback import PendingReadback, start_readback
+from .stream.readback import PendingReadback, host_loss, start_readback
 from .stream.schema import StepLayout
 from .stream.step_boundaries import LossRoute, Mode, StepBoundaries
 from .stream.step_scalars import step_scalars
@@ -480,6 +480,10 @@ class Monitor:
         """Give `pending` its loss (a one-element tensor, a float, or None for none)."""
         pending.loss_fed = True
         if isinstance(loss, torch.Tensor):
+            read = host_loss(loss) if self.reducer is None else None
+            if read is not None:
+                pending.loss = read  # a float32 CPU loss: read where the copy would be taken (same float)
+                return
             value = loss.detach().reshape(1).float()
             pending.loss_readback = self.reducer.start_loss(value) if self.reducer else start_readback(value)
         elif loss is not None:

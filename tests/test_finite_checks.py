@@ -201,3 +201,35 @@ def test_several_processes_measure_every_slot() -> None:
                       reducer=_Reducer())  # type: ignore[arg-type]  # a stand-in: never called
     assert not monitor.session.accumulator.finite_checks
     assert gradwatch.watch(nn.GRU(3, 5), console=False).session.accumulator.finite_checks
+
+
+def test_a_decoding_loops_one_token_inputs_are_summed_at_pack_not_measured_per_token() -> None:
+    """Round 4: a decoding loop's inputs (deferred one-token pieces) are proven finite by one sum
+    at pack and leave no per-timestep segment; a NaN token keeps them measured."""
+    from gradwatch.stream.accumulator import StepAccumulator
+
+    torch.manual_seed(0)
+    gru = nn.GRU(3, 5)
+    monitor = gradwatch.watch(gru, every=10, console=False)
+    layout = monitor.session.layout
+    slots = layout.modules[""]
+    for nan_at in (None, 3):
+        acc = StepAccumulator(layout, finite_checks=True)
+        monitor.session.accumulator = acc
+        state = None
+        for t in range(6):
+            x = torch.randn(1, 2, 3)
+            if t == nan_at:
+                x[0, 1, 2] = float("nan")
+            _, state = gru(x, state)
+        assert len(acc.pieces[slots.in_act]) == 6 and all(p.values is None for p in acc.pieces[slots.in_act])
+        flat, segments = acc.pack([])
+        packed = dict(segments)
+        if nan_at is None:
+            assert slots.in_act not in packed
+        else:
+            assert packed[slots.in_act] == 6
+            start = sum(n for s, n in segments[: [s for s, _ in segments].index(slots.in_act)])
+            norms = flat[start : start + 6]
+            assert torch.isnan(norms[nan_at]) and torch.isfinite(torch.cat([norms[:nan_at], norms[nan_at + 1:]])).all()
+    monitor.close()

@@ -16,6 +16,7 @@ from models import CellDecoder, SeqClassifier
 CONVERSIONS = ["item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__", "cpu"]
 HOST_SIDE = {
     ("gradwatch.stream.readback", "values"),  # a read-back's host buffer, once it has arrived
+    ("gradwatch.stream.readback", "host_loss"),  # CPU-only: a float32 CPU loss read where it would be copied
     ("gradwatch.stats.tensor_stats", "_host_overflowed"),  # CPU-only: no device to wait for
     ("gradwatch.stats.tensor_stats", "host_group_sumsq"),  # CPU-only: parameter norms read as Python floats
     ("gradwatch.stats.tensor_stats", "host_total"),  # CPU-only: their total, with torch's summation order
@@ -56,6 +57,7 @@ def test_per_step_path_has_no_tensor_to_python_conversion(forbid_conversions_in_
     if device_path:
         monkeypatch.setattr("gradwatch.capture.params._on_cpu", lambda tensors: False)
         monkeypatch.setattr("gradwatch.stream.accumulator._host_checkable", lambda x: False)
+        monkeypatch.setattr("gradwatch.monitor.host_loss", lambda loss: None)
     torch.manual_seed(0)
     m = nn.ModuleDict({"lm": SeqClassifier(nn.LSTM, bidirectional=True), "dec": CellDecoder()})
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -67,3 +69,24 @@ def test_per_step_path_has_no_tensor_to_python_conversion(forbid_conversions_in_
         mon.step(loss)
     mon.close()
     assert len(mon.history) == 12 and mon.history[-1].loss is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_cpu_loss_is_recorded_as_the_float32_value_of_its_copy(dtype):
+    """Round 4: a float32 CPU loss is read directly (`readback.host_loss`) instead of copied; the
+    record holds the same float as the float32 copy other dtypes (and CUDA) still take."""
+    from gradwatch.stream.readback import host_loss, start_readback
+
+    torch.manual_seed(0)
+    model = nn.GRU(3, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradwatch.watch(model, opt, console=False)
+    expected = []
+    for _ in range(3):
+        loss = model(torch.randn(5, 2, 3))[0].to(dtype).pow(2).mean() * 1.1
+        opt.zero_grad(); loss.backward(); opt.step()
+        expected.append(start_readback(loss.detach().reshape(1).float()).values()[0])
+        mon.step(loss)
+    mon.close()
+    assert [r.loss for r in mon.history] == expected
+    assert (host_loss(loss) is not None) == (dtype == torch.float32)

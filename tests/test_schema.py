@@ -61,7 +61,8 @@ def test_step_channels_keep_their_slots_in_every_layout():
 def test_a_decoding_loop_measures_its_inputs_and_output_gradients_once_per_step(monkeypatch):
     """20 one-token calls of a GRU: the inputs and the output gradients are measured at the step's
     end, one reduction per channel, not one per call (outputs, which the user may change in place,
-    are measured per call)."""
+    are measured per call). Finite inputs are proven finite by one sum there and not measured
+    (round 4, `StepAccumulator.finite_checks`); a NaN token's step measures them once."""
     from gradwatch.stream import accumulator
 
     calls = []
@@ -71,7 +72,9 @@ def test_a_decoding_loop_measures_its_inputs_and_output_gradients_once_per_step(
     gru = nn.GRU(4, 5)
     x = torch.randn(20, 3, 4)
     with gradwatch.watch(gru, every=1000, console=False) as mon:
-        for _ in range(2):
+        for step in range(3):
+            if step == 2:
+                x[7, 1, 2] = float("nan")
             outs, h = [], None
             for t in range(20):
                 out, h = gru(x[t : t + 1], h)
@@ -79,6 +82,10 @@ def test_a_decoding_loop_measures_its_inputs_and_output_gradients_once_per_step(
             torch.cat(outs).square().mean().backward()
             calls.clear()
             mon.step()
+            if step == 1:
+                assert calls == [torch.Size([20, 3, 5])]  # output gradients; the inputs summed, finite
+                record = mon.history[-1]
         assert sorted(calls) == [torch.Size([20, 3, 4]), torch.Size([20, 3, 5])]  # inputs, output gradients
-        record = mon.history[-1]
+        nan_record = mon.history[-1]
     assert len(record.timestep_output_grad_norms[""]) == 20
+    assert nan_record.nonfinite is not None and (nan_record.nonfinite.where, nan_record.nonfinite.timestep) == ("input", 7)

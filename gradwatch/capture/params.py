@@ -148,12 +148,14 @@ class ParameterMap:
     def _check_snapshot(self) -> None:
         """Make the snapshot match the parameters: taken when missing, taken again when a parameter
         was resized, moved when one changed device or dtype."""
-        if self.snapshot is None or any(s.shape != p.shape for s, p in zip(self.snapshot, self.params)):
+        snapshot = self.snapshot
+        if snapshot is not None and _matching(snapshot, self.params):
+            return  # the usual case: one pass over the parameters
+        if snapshot is None or any(s.shape != p.shape for s, p in zip(snapshot, self.params)):
             self.snapshot = None  # parameters resized: start over
             self.take_snapshot()
             return
-        if any(s.device != p.device or s.dtype != p.dtype for s, p in zip(self.snapshot, self.params)):
-            self.snapshot = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(self.snapshot, self.params)]
+        self.snapshot = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(snapshot, self.params)]
 
     def weight_and_update_sumsq(self, weight: Sums | None = None) -> tuple[Sums, Sums]:
         """Per-group Σθ² of the snapshot (weights before the update) and Σ(θ − snapshot)²; then re-snapshot.
@@ -186,6 +188,14 @@ class ParameterMap:
             update = sumsq(self.snapshot)
             foreach_copy_(self.snapshot, current)
         return weight, update
+
+
+def _matching(snapshot: list[torch.Tensor], params: list[nn.Parameter]) -> bool:
+    """Whether every snapshot tensor has its parameter's shape, dtype and device."""
+    for s, p in zip(snapshot, params):
+        if s.shape != p.shape or s.dtype != p.dtype or s.device != p.device:
+            return False
+    return True
 
 
 def _on_cpu(tensors: Sequence[torch.Tensor]) -> bool:

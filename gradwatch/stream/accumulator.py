@@ -14,7 +14,7 @@ step to the host.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 import torch
 
@@ -97,9 +97,10 @@ class StepAccumulator:
         that only locates NaN/Inf under `finite_checks`, one sum and nothing more when it is finite;
         `x` is not kept). A call of one timestep (a decoding loop's token, a cell's call) is kept and
         measured at `pack`, together with the slot's other such calls: one kernel for the whole loop
-        instead of one per call. Use it for tensors nobody modifies in place before the step ends (a
-        module's input, which autograd saves; an output gradient); a module's output is measured at
-        once (`add_measured`).
+        instead of one per call (under `finite_checks`, a slot that only locates NaN/Inf is first
+        summed once there, and dropped when that proves it finite). Use it for tensors nobody
+        modifies in place before the step ends (a module's input, which autograd saves; an output
+        gradient); a module's output is measured at once (`add_measured`).
         """
         length = batch_sizes.numel() if batch_sizes is not None else (1 if time_dim is None else x.shape[time_dim])
         if batch_sizes is None and length == 1:  # (kept as is: one check at pack would cost as much as this)
@@ -227,6 +228,8 @@ class StepAccumulator:
             parts.append(part)
             segments.append((slot, part.shape[0]))
         first_timestep = len(parts)
+        if self.finite_checks:
+            self._drop_finite_deferred()
         for slot in sorted(self.pieces):
             norms = self.timestep_profile(slot)  # combined once: reused when the profiles asked for it
             assert norms is not None  # a slot's list holds its first piece from the start
@@ -257,6 +260,20 @@ class StepAccumulator:
                 return self.pack(scalars, host_prefix=host_prefix)  # rare: a non-finite norm, measured again in float64
         return flat, segments
 
+    def _drop_finite_deferred(self) -> None:
+        """Under `finite_checks`: drop each slot that only locates NaN/Inf (a module's input) whose
+        pieces are all deferred one-timestep calls (a decoding loop's tokens, a cell's calls) when
+        one sum proves them all finite, as `add_measured` does for a call of several timesteps:
+        one sum instead of a per-timestep norm, and nothing to pack, read back or search."""
+        locating = self.layout.locating
+        for slot, pieces in list(self.pieces.items()):
+            if not locating[slot]:
+                continue
+            sources = [p.source for p in pieces if p.values is None]
+            if len(sources) == len(pieces) and _sources_finite(sources):
+                del self.pieces[slot]
+                self._combined.pop(slot, None)
+
     def _remeasured(self, remeasure: Remeasure) -> bool:
         """Measure again in float64 every CPU piece whose norm is non-finite and whose source is
         unchanged since; True when one was."""
@@ -279,6 +296,20 @@ def _host_checkable(x: torch.Tensor) -> bool:
     below float64. (A float64 norm of finite values can overflow and is never measured again, so
     float64 data is always measured; float32 norms that overflow are measured again in float64.)"""
     return x.device.type == "cpu" and x.dtype != torch.float64
+
+
+def _sources_finite(sources: list[torch.Tensor | None]) -> bool:
+    """Whether one sum proves every entry of `sources` finite: CPU tensors below float64 (see
+    `_host_checkable`) of one shape, dtype and device, summed once joined along their first
+    dimension (`cat`: no view per tensor, unlike `stack`). False ("not proven") otherwise."""
+    first = sources[0]
+    if first is None or not first.dim() or not _host_checkable(first):
+        return False
+    shape, dtype = first.shape, first.dtype
+    for s in sources:
+        if s is None or s.shape != shape or s.dtype != dtype or not s.is_cpu:
+            return False
+    return host_all_finite(torch.cat(cast(list[torch.Tensor], sources)))  # no None: checked above
 
 
 def _measured(pieces: list[Piece]) -> list[Piece]:

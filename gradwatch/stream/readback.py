@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PendingReadback", "start_readback"]
+__all__ = ["PendingReadback", "host_loss", "start_readback"]
 
 class PendingReadback:
     """A host copy of a device tensor that is, or will soon be, complete."""
@@ -47,3 +47,16 @@ def start_readback(tensor: torch.Tensor, *, owned: bool = False) -> PendingReadb
         host = tensor.to("cpu", copy=True)
         event = None
     return PendingReadback(host, event)
+
+
+def host_loss(loss: torch.Tensor) -> float | None:
+    """A plain float32 CPU tensor's one value as a Python float, read now; None for any other
+    tensor (CUDA, another dtype, a tensor subclass), which takes `start_readback`'s copy instead.
+
+    The same float, at the same moment, as the copy `start_readback(loss.reshape(1).float())`
+    read back at once (a float32 widened to a Python float either way), without the four torch
+    operations of that copy. The CPU has no device to wait for (tests/test_hot_path.py allows this
+    function's conversion); CUDA keeps the asynchronous copy."""
+    if type(loss) is torch.Tensor and loss.dtype == torch.float32 and loss.device.type == "cpu":
+        return loss.item()
+    return None
