@@ -344,22 +344,10 @@ def smoothing_width(n: int) -> int:
 
 
 def running_mean(values: list[float], width: int) -> list[float]:
-    """Mean of each `width` consecutive values (NaN where the window holds a non-finite one)."""
-    out, total, bad = [], 0.0, 0
-    for i, v in enumerate(values):
-        if math.isfinite(v):
-            total += v
-        else:
-            bad += 1
-        if i >= width:
-            old = values[i - width]
-            if math.isfinite(old):
-                total -= old
-            else:
-                bad -= 1
-        if i >= width - 1:
-            out.append(math.nan if bad else total / width)
-    return out
+    """Mean of each `width` consecutive values (NaN where the window holds a NaN; non-finite losses arrive as NaN)."""
+    import numpy as np
+
+    return [float(v) for v in np.convolve(np.asarray(values, dtype=float), np.ones(width) / width, mode="valid")]
 
 
 def _draw_curves(ax_norm: Any, ax_ratio: Any, ax_loss: Any, run: Run) -> None:
