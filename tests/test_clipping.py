@@ -755,16 +755,21 @@ def test_auto_propagation_does_not_synchronize_on_cuda():
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     actions = build_actions("auto", False)
     u, v = torch.rand(30, device="cuda"), torch.rand(30, device="cuda")
+    _steps_under_sync_errors(params, lambda step: actions.before_step([opt], _profile(u, v) if step % 5 == 0 else []))
+    assert not getattr(actions.clipper, "propagation_failed", False)
+
+
+def _steps_under_sync_errors(params, before_step):
+    """12 steps of growing gradients on CUDA, each `before_step(step)` run with host-device syncs raising."""
     for step, scale in enumerate(SCALES[:12]):
         for p in params:
             p.grad = scale * torch.randn_like(p)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            actions.before_step([opt], _profile(u, v) if step % 5 == 0 else [])
+            before_step(step)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert not getattr(actions.clipper, "propagation_failed", False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -775,15 +780,7 @@ def test_clipping_does_not_synchronize_on_cuda(policy):
     params = [nn.Parameter(p.detach()) for p in params]
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     actions = build_actions(policy, False)
-    for step, scale in enumerate(SCALES[:12]):
-        for p in params:
-            p.grad = scale * torch.randn_like(p)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            actions.before_step(optimizers_of(opt))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    _steps_under_sync_errors(params, lambda step: actions.before_step(optimizers_of(opt)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
