@@ -226,8 +226,32 @@ def test_exploding_demo_jump_at_step_3_is_not_hidden_by_a_warm_up():
     ratios = [0.00238, 0.00299, 0.00399, 0.059, 0.0532, 0.0477]  # SGD with momentum: the step grew 15x
     records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
     alerts = feed(NormSpikeDetector(CFG), records)
-    assert [(a.step, a.severity) for a in alerts] == [(4, "warning")]
+    # session 6: warned at the jump itself (step 3), not one step later: that batch's loss, 11.1, is 9x every loss before
+    assert [(a.step, a.severity) for a in alerts] == [(3, "warning")]
     assert "at step 3" in alerts[0].message and "no warm-up" in alerts[0].message
+
+
+def test_early_spike_whose_batch_loss_jumps_is_a_warning_at_once_fresh6_L062():
+    # corpus fresh6 L062 (char model, ReLU RNN, AdamW warm-up, batch 32): at step 4 the gradient norm jumps to 600x the
+    # largest so far and that batch's loss to 10x every loss before; step 5 is back to normal, so the spike was called
+    # one hard batch (info); NaN at step 9. A batch of 32 whose mean loss is 10x is the model, not one sample
+    norms = [0.498, 1.585, 0.634, 0.573, 944.3, 0.775, 0.798, 1.47]
+    losses = [3.599, 2.965, 3.292, 2.893, 37.6, 3.237, 3.291, 3.362]
+    ratios = [0.44, 0.59, 0.57, 0.46, 0.43, 0.35, 0.28, 0.23]
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(4, "critical")]
+    assert "this batch's loss, 37.6" in alerts[0].message and "the model, not one sample" in alerts[0].message
+
+
+def test_early_spike_with_an_ordinary_batch_loss_is_still_judged_on_the_next_step():
+    # corpus fresh6 L009 (healthy, batch 1): a 21x early jump with a loss at its first level, then back to normal
+    norms = [0.2, 0.25, 0.3, 0.22, 0.28, 0.3, 0.27, 0.29, 6.3, 0.5]
+    losses = [2.8, 2.9, 2.7, 2.85, 2.8, 2.75, 2.8, 2.7, 2.77, 2.3]
+    ratios = [0.01] * 8 + [0.2, 0.01]  # plain SGD: the step grew with the gradient, so it waits for the next step
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts] == [(9, "info")] and "isolated" in alerts[0].message
 
 
 def test_noisy_history_needs_a_jump_over_its_maximum():

@@ -221,6 +221,14 @@ class DetectorConfig:
     misclassified sample there is a 1e5× spike followed by the usual noise. An isolated hard sample
     (batch size 1, plain SGD: one misclassified sample gives a 100× gradient, and the next
     step is back to normal) is `info`. Costs one step of lead time on sudden explosions."""
+    spike_loss_factor: float = 3.0
+    """An early spike (the early rule above) whose own batch loss is at least this multiple of every
+    loss before it is a warning at once (critical at `spike_critical_factor`), without waiting for
+    the next step: the batch that made the gradient jump was itself far worse than any before, so
+    the model, not one sample, is off (corpus fresh6 `L062`: ×600 the largest norm and a loss 10×
+    the largest before at step 4, back to normal at 5, NaN at 9; it was `info`). Same factor as
+    `large_update_loss_factor`. The early spikes of healthy runs in the read corpus splits came
+    with losses ≤ 1.6× the first loss. Chosen on the read splits (session 6)."""
     spike_factor: float = 10.0
     """Warn when the total gradient norm reaches this multiple of the baseline median. An
     order of magnitude is far outside mini-batch noise (healthy suite runs stay within

@@ -16,7 +16,8 @@ computes it), judged on every step:
   next batch's loss is above every loss of the window before the spike (the step damaged the
   model) — and `info` when it is isolated (one hard sample: the next norm and loss are back
   to usual) or when an adaptive optimiser kept the step its usual size. A non-finite next
-  step confirms it.
+  step confirms it. An early spike whose own batch loss is ≥ `spike_loss_factor` × every loss
+  before it is a warning at once: that batch was far worse than any before, not one sample.
 * steady growth (after `spike_min_history` steps): g rose on each of the last
   `norm_growth_steps` steps, to ≥ `norm_growth_factor` × its value before the rise and ≥
   `spike_factor` × the baseline median (warning).
@@ -178,6 +179,15 @@ class NormSpikeDetector:
         key, detail = self._located(stats)
         severity = "critical" if ratio >= c.spike_critical_factor else "warning"
         evidence = f"total gradient norm {fmt(stats.grad_norm)} at step {stats.step} is {rule}{detail}"
+        loss, top_loss = stats.loss, (max(self._losses) if self._losses else None)
+        if (self._seen < c.spike_min_history and loss is not None and top_loss is not None and top_loss > 0
+                and loss >= c.spike_loss_factor * top_loss):
+            # early, and the batch behind the jump was itself far worse than any before: no need to wait for
+            # the next step to tell it from one hard sample
+            return self._alert(stats.step, severity, ratio, base, (
+                f"{evidence}; and this batch's loss, {fmt(loss)}, is {fmt(loss / top_loss)}× the largest of the "
+                f"{len(self._losses)} steps before (threshold {fmt(c.spike_loss_factor)}×): the model, not one "
+                "sample, is off."), key)
         step, usual = _largest_update(stats), (median(self._steps) if self._steps else None)
         if severity == "warning" and step is not None and usual and step < c.spike_step_factor * usual:
             # An adaptive optimiser (Adam) absorbs the jump: the step stayed its usual size.
