@@ -244,6 +244,21 @@ def test_early_spike_whose_batch_loss_jumps_is_a_warning_at_once_fresh6_L062():
     assert "this batch's loss, 37.6" in alerts[0].message and "the model, not one sample" in alerts[0].message
 
 
+def test_jump_at_step_1_whose_batch_loss_jumps_is_a_warning_fresh2_G097():
+    # corpus fresh2 G097 (adding problem, Nesterov, batch 16): at step 1 the gradient norm is 20x step 0's and the batch
+    # loss 5.8x; the spike rule needed 3 steps of history, so the first alert came at step 2 (large_updates) and the
+    # divergence at 6: lead 4. With the loss jump as well, one step of history is enough
+    norms, losses = [3.078, 60.69, 21.36, 90.76], [0.1587, 0.9265, 3.03, 8.887]
+    ratios = [0.049, 0.99, 0.35, 0.87]
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts][:1] == [(1, "warning")]
+    assert "at step 1" in alerts[0].message and "this batch's loss" in alerts[0].message
+    # the same gradient jump with an ordinary loss (a healthy net leaving its initial plateau) is not judged before step 3
+    calm = [dataclasses.replace(r, loss=0.16) for r in records[:2]]
+    assert feed(NormSpikeDetector(CFG), calm) == []
+
+
 def test_early_spike_with_an_ordinary_batch_loss_is_still_judged_on_the_next_step():
     # corpus fresh6 L009 (healthy, batch 1): a 21x early jump with a loss at its first level, then back to normal
     norms = [0.2, 0.25, 0.3, 0.22, 0.28, 0.3, 0.27, 0.29, 6.3, 0.5]

@@ -228,7 +228,10 @@ class DetectorConfig:
     the model, not one sample, is off (corpus fresh6 `L062`: ×600 the largest norm and a loss 10×
     the largest before at step 4, back to normal at 5, NaN at 9; it was `info`). Same factor as
     `large_update_loss_factor`. The early spikes of healthy runs in the read corpus splits came
-    with losses ≤ 1.6× the first loss. Chosen on the read splits (session 6)."""
+    with losses ≤ 1.6× the first loss. With such a loss jump a spike is judged from one step of history
+    (not `spike_early_history`): fresh2 `G097` (×20 the norm and ×5.8 the loss at step 1, NaN at 6)
+    and calibration `164` (×430 and ×8 at step 2, NaN at 21) were first warned at 2 and 20. Chosen on
+    the read splits (session 6)."""
     spike_factor: float = 10.0
     """Warn when the total gradient norm reaches this multiple of the baseline median. An
     order of magnitude is far outside mini-batch noise (healthy suite runs stay within

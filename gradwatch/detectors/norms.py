@@ -17,7 +17,8 @@ computes it), judged on every step:
   model) — and `info` when it is isolated (one hard sample: the next norm and loss are back
   to usual) or when an adaptive optimiser kept the step its usual size. A non-finite next
   step confirms it. An early spike whose own batch loss is ≥ `spike_loss_factor` × every loss
-  before it is a warning at once: that batch was far worse than any before, not one sample.
+  before it is a warning at once: that batch was far worse than any before, not one sample;
+  with such a loss jump a spike is judged from the second step on.
 * steady growth (after `spike_min_history` steps): g rose on each of the last
   `norm_growth_steps` steps, to ≥ `norm_growth_factor` × its value before the rise and ≥
   `spike_factor` × the baseline median (warning).
@@ -101,7 +102,7 @@ class NormSpikeDetector:
             return alerts
         self._run.append(g)
         c = self.config
-        if self._seen >= c.spike_early_history:
+        if self._seen >= c.spike_early_history or (self._seen and self._loss_jumped(stats)):
             relative = self._spike(stats)
             if relative is None and self._pending is None and self._seen >= c.spike_min_history:
                 relative = self._growth(stats)  # a jump waiting for its verdict is not also reported as growth
@@ -179,15 +180,14 @@ class NormSpikeDetector:
         key, detail = self._located(stats)
         severity = "critical" if ratio >= c.spike_critical_factor else "warning"
         evidence = f"total gradient norm {fmt(stats.grad_norm)} at step {stats.step} is {rule}{detail}"
-        loss, top_loss = stats.loss, (max(self._losses) if self._losses else None)
-        if (self._seen < c.spike_min_history and loss is not None and top_loss is not None and top_loss > 0
-                and loss >= c.spike_loss_factor * top_loss):
+        if self._seen < c.spike_min_history and self._loss_jumped(stats):
             # early, and the batch behind the jump was itself far worse than any before: no need to wait for
             # the next step to tell it from one hard sample
+            top_loss = max(self._losses)
             return self._alert(stats.step, severity, ratio, base, (
-                f"{evidence}; and this batch's loss, {fmt(loss)}, is {fmt(loss / top_loss)}× the largest of the "
-                f"{len(self._losses)} steps before (threshold {fmt(c.spike_loss_factor)}×): the model, not one "
-                "sample, is off."), key)
+                f"{evidence}; and this batch's loss, {fmt(stats.loss)}, is {fmt((stats.loss or 0.0) / top_loss)}× the "
+                f"largest of the {len(self._losses)} steps before (threshold {fmt(c.spike_loss_factor)}×): the model, "
+                "not one sample, is off."), key)
         step, usual = _largest_update(stats), (median(self._steps) if self._steps else None)
         if severity == "warning" and step is not None and usual and step < c.spike_step_factor * usual:
             # An adaptive optimiser (Adam) absorbs the jump: the step stayed its usual size.
@@ -197,6 +197,14 @@ class NormSpikeDetector:
         self._pending = _Pending(stats.step, severity, stats.grad_norm, ratio, base, evidence, key,
                                  max(self._losses) if self._losses else None)
         return None
+
+    def _loss_jumped(self, stats: StepStats) -> bool:
+        """This batch's loss is ≥ `spike_loss_factor` × every finite loss seen before it (the window's)."""
+        loss = stats.loss
+        if loss is None or not math.isfinite(loss) or not self._losses:
+            return False
+        top = max(self._losses)
+        return top > 0 and loss >= self.config.spike_loss_factor * top
 
     def _judge_pending(self, stats: StepStats) -> Alert | None:
         """Did last step's spike persist (warning/critical) or was it one hard batch (info)?"""
