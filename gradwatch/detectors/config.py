@@ -181,20 +181,24 @@ class DetectorConfig:
     multiple of the median loss before it did damage: warning, even when the ratio is falling
     (Adam at 30× its usual learning rate: 1.8 → 0.68 of the weights while the loss jumped 1.4
     → 29 and diverged three steps later)."""
-    weight_growth_steps: int = 5
-    """Inflating weights: a layer's weight norm rose on each of the last this many steps…"""
+    weight_growth_steps: int = 3
+    """Inflating weights: a layer's weight norm rose on each of the last this many steps…
+    (5 until session 6; 3 warns two steps sooner: held-out `269`, AdamW warm-up on weights ×0.1,
+    0.487 → 9.65 in 3 steps, NaN at 8, lead 3 → 5; calibration `103` lead 15 → 17. Healthy runs of
+    the read splits grow ≤ 6.0× in 3 rising steps, except `K082` (22×, already warned at 5) and
+    `150` (34×, not warned: its steps shrink, below).)"""
     weight_growth_factor: float = 10.0
     """…by this factor or more in all: warning (`large_updates`, "the weights are inflating").
     A learning rate far too high for Adam moves every weight by about lr per step, so small
     weights grow step after step while the loss can stay flat, until the activations overflow
-    (the corpus run that diverged with no warning: weight norm 0.35 → 10.8 in 5 steps, NaN at
-    step 20). Corpus calibration half: healthy runs grow their weights by at most 4.9× in 5
+    (the corpus run that diverged with no warning: weight norm 0.35 → 10.8 in 5 steps, 5.83 in 3,
+    NaN at step 20). Corpus calibration half: healthy runs grow their weights by at most 4.9× in 5
     rising steps (Adam from weights scaled down 10×); the runs that grow 10× or more diverged,
     got stuck or survived a sustained loss explosion. It warns only while the growth runs away:
     this step's ‖Δθ‖ is at least that of `weight_growth_steps` steps earlier (a warm-up that
     overshoots), or the loss is ≥ `large_update_loss_factor` × the first loss. Adam too fast at a
     constant rate takes steps of about the same size, so the weights grow linearly (held-out 150:
-    ×47 in 5 steps with ‖Δθ‖ 10.5 → 5.4, loss below 3× its start, converged)."""
+    ×47 in 5 steps, ×34 in 3, with ‖Δθ‖ 10.5 → 5.4, loss below 3× its start, converged)."""
 
     # ---------------------------------------------------------------- norm_spike
     spike_window: int = 20
