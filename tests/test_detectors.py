@@ -259,6 +259,19 @@ def test_jump_at_step_1_whose_batch_loss_jumps_is_a_warning_fresh2_G097():
     assert feed(NormSpikeDetector(CFG), calm) == []
 
 
+def test_early_norm_jump_of_5x_with_an_11x_batch_loss_is_a_spike_calibration_053():
+    # corpus calibration 053 (batch-1 regression, SGD with momentum): at step 3 the norm is 4.9x the largest so far
+    # (under the early rule's 10x) and the batch loss 11x every loss before; first alert at 7, NaN at 8
+    norms, losses = [2.77, 6.205, 1.209, 30.15, 24.07], [0.2292, 1.042, 0.0326, 11.78, 5.453]
+    ratios = [0.014, 0.033, 0.029, 0.17, 0.2]
+    records = [rec(i, layer(ratio=r), grad=g, loss=l) for i, (g, l, r) in enumerate(zip(norms, losses, ratios))]
+    alerts = feed(NormSpikeDetector(CFG), records)
+    assert [(a.step, a.severity) for a in alerts][:1] == [(3, "warning")] and "early threshold 3×" in alerts[0].message
+    # the same norms with a loss 3.8x the largest before (under spike_loss_factor): no early spike at 4.9x
+    mild = [dataclasses.replace(r, loss=3.9) if r.step == 3 else r for r in records]
+    assert feed(NormSpikeDetector(CFG), mild) == []
+
+
 def test_early_spike_with_an_ordinary_batch_loss_is_still_judged_on_the_next_step():
     # corpus fresh6 L009 (healthy, batch 1): a 21x early jump with a loss at its first level, then back to normal
     norms = [0.2, 0.25, 0.3, 0.22, 0.28, 0.3, 0.27, 0.29, 6.3, 0.5]

@@ -225,17 +225,25 @@ class DetectorConfig:
     misclassified sample there is a 1e5× spike followed by the usual noise. An isolated hard sample
     (batch size 1, plain SGD: one misclassified sample gives a 100× gradient, and the next
     step is back to normal) is `info`. Costs one step of lead time on sudden explosions."""
-    spike_loss_factor: float = 3.0
+    spike_loss_factor: float = 4.0
     """An early spike (the early rule above) whose own batch loss is at least this multiple of every
     loss before it is a warning at once (critical at `spike_critical_factor`), without waiting for
     the next step: the batch that made the gradient jump was itself far worse than any before, so
     the model, not one sample, is off (corpus fresh6 `L062`: ×600 the largest norm and a loss 10×
-    the largest before at step 4, back to normal at 5, NaN at 9; it was `info`). Same factor as
-    `large_update_loss_factor`. The early spikes of healthy runs in the read corpus splits came
-    with losses ≤ 1.6× the first loss. With such a loss jump a spike is judged from one step of history
-    (not `spike_early_history`): fresh2 `G097` (×20 the norm and ×5.8 the loss at step 1, NaN at 6)
-    and calibration `164` (×430 and ×8 at step 2, NaN at 21) were first warned at 2 and 20. Chosen on
-    the read splits (session 6)."""
+    the largest before at step 4, back to normal at 5, NaN at 9; it was `info`). With such a loss
+    jump a spike is judged from one step of history (not `spike_early_history`): fresh2 `G097` (×20
+    the norm and ×5.8 the loss at step 1, NaN at 6) and calibration `164` (×430 and ×8 at step 2,
+    NaN at 21) were first warned at 2 and 20. Chosen on the read splits (session 6) between the
+    largest early jump of a healthy run's loss over every loss before it, 2.9× (fresh `F044` at step
+    1, with a norm ×9.75), and the smallest that the diverged runs gained by needed, 5.8× (`G097`);
+    3× and 5× give the same figures on every read split but one oscillating run."""
+    spike_loss_grad_factor: float = 3.0
+    """…and with such a loss jump, an early norm ≥ this multiple of the largest so far is a spike
+    (instead of `spike_early_factor`): the loss already says the batch was bad; the gradient has to
+    agree, not to jump tenfold. Calibration `053` (batch-1 regression, momentum: norm ×4.9 and loss ×11
+    at step 3, NaN at 8) lead 1 → 5; fresh6 `L128` (×5.3, ×9.7 at 5, NaN at 9) lead 0 → 4, `L126`
+    1 → 3, `L081` (its only sign at its divergence step) warned there. No healthy run of the read
+    splits changes. Chosen on the read splits (session 6): 2× / 5× (measured, docs/detectors.md)."""
     spike_factor: float = 10.0
     """Warn when the total gradient norm reaches this multiple of the baseline median. An
     order of magnitude is far outside mini-batch noise (healthy suite runs stay within

@@ -18,7 +18,8 @@ computes it), judged on every step:
   to usual) or when an adaptive optimiser kept the step its usual size. A non-finite next
   step confirms it. An early spike whose own batch loss is ≥ `spike_loss_factor` × every loss
   before it is a warning at once: that batch was far worse than any before, not one sample;
-  with such a loss jump a spike is judged from the second step on.
+  with such a loss jump a spike is judged from the second step on, and a norm ≥
+  `spike_loss_grad_factor` × the largest so far is enough.
 * steady growth (after `spike_min_history` steps): g rose on each of the last
   `norm_growth_steps` steps, to ≥ `norm_growth_factor` × its value before the rise and ≥
   `spike_factor` × the baseline median (warning).
@@ -168,10 +169,11 @@ class NormSpikeDetector:
         base, top = self._history.median(), self._history.largest()  # the history holds finite norms only
         ratio = stats.grad_norm / base
         if self._seen < c.spike_min_history:
-            if stats.grad_norm < c.spike_early_factor * self._top:
+            least = c.spike_loss_grad_factor if self._loss_jumped(stats) else c.spike_early_factor
+            if stats.grad_norm < least * self._top:
                 return None
             rule = (f"{fmt(stats.grad_norm / self._top)}× the largest of the first {self._seen} steps "
-                    f"(early threshold {fmt(c.spike_early_factor)}×, no warm-up needed)")
+                    f"(early threshold {fmt(least)}×, no warm-up needed)")
         else:
             if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
                 return None
