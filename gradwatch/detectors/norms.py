@@ -169,11 +169,13 @@ class NormSpikeDetector:
         base, top = self._history.median(), self._history.largest()  # the history holds finite norms only
         ratio = stats.grad_norm / base
         if self._seen < c.spike_min_history:
-            least = c.spike_loss_grad_factor if self._loss_jumped(stats) else c.spike_early_factor
+            jumped = self._loss_jumped(stats)
+            least = c.spike_loss_grad_factor if jumped else c.spike_early_factor
             if stats.grad_norm < least * self._top:
                 return None
+            which = f", {fmt(c.spike_early_factor)}× without a loss jump" if jumped else ""
             rule = (f"{fmt(stats.grad_norm / self._top)}× the largest of the first {self._seen} steps "
-                    f"(early threshold {fmt(least)}×, no warm-up needed)")
+                    f"(early threshold {fmt(least)}×{which}; no warm-up needed)")
         else:
             if not (ratio >= c.spike_factor and stats.grad_norm >= c.spike_over_max * top):
                 return None
