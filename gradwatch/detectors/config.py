@@ -240,7 +240,9 @@ class DetectorConfig:
     spike_loss_grad_factor: float = 3.0
     """…and with such a loss jump, an early norm ≥ this multiple of the largest so far is a spike
     (instead of `spike_early_factor`): the loss already says the batch was bad; the gradient has to
-    agree, not to jump tenfold. Calibration `053` (batch-1 regression, momentum: norm ×4.9 and loss ×11
+    agree, not to jump tenfold. Only from `spike_early_history` steps of history on: after one or two,
+    a loss near zero swings by several times from batch to batch (a regression whose outputs start
+    near their targets: 0.0025 → 0.019, with the norm ×3.8, at step 1). Calibration `053` (batch-1 regression, momentum: norm ×4.9 and loss ×11
     at step 3, NaN at 8) lead 1 → 5; fresh6 `L128` (×5.3, ×9.7 at 5, NaN at 9) lead 0 → 4, `L126`
     1 → 3, `L081` (its only sign at its divergence step) warned there. No healthy run of the read
     splits changes. Chosen on the read splits (session 6): 2× / 5× (measured, docs/detectors.md)."""

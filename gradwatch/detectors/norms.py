@@ -169,7 +169,9 @@ class NormSpikeDetector:
         base, top = self._history.median(), self._history.largest()  # the history holds finite norms only
         ratio = stats.grad_norm / base
         if self._seen < c.spike_min_history:
-            jumped = self._loss_jumped(stats)
+            # the lower threshold needs `spike_early_history` losses to compare with: after one or two, a loss near
+            # zero (a regression whose outputs start near their targets) swings by several times from batch to batch
+            jumped = self._seen >= c.spike_early_history and self._loss_jumped(stats)
             least = c.spike_loss_grad_factor if jumped else c.spike_early_factor
             if stats.grad_norm < least * self._top:
                 return None
