@@ -145,6 +145,7 @@ from ..errors import GradwatchError
 from ..stats.tensor_stats import stack_scalars
 from ..torch_compat import foreach_mul_, foreach_norm
 from .batch import GradBatch, clip_record, scale_
+from .loss_feedback import LossFeedback
 from .propagation import Profiles, propagation_on_device, propagation_on_host
 
 __all__ = ["Auto", "effective_lr", "SGD_LIKE", "GATED"]
@@ -184,10 +185,21 @@ class Auto:
     """Steps during which s is fixed at max_std (the variance of ~10 log norms is too unsure for a 3 s rule)."""
     refresh: int = 50
     """Re-measure ‖θ‖ every this many steps (after steps 0, 1, 3, 7, 15, 31)."""
+    loss_window: int = 10
+    """Steps per block of the loss feedback (`actions.loss_feedback`; ungated networks with a loss fed only)."""
+    loss_tighten: float = 0.5
+    """Factor on the update bound after a mostly-clipped block whose mean loss is no new best."""
+    loss_loosen: float = 1.5
+    """Factor on the update bound after a mostly-clipped block whose mean loss is a new best."""
+    loss_lowest: float = 1 / 16
+    """Smallest factor the loss feedback may put on the update bound."""
+    loss_highest: float = 4.0
+    """Largest factor the loss feedback may put on the update bound."""
     name: ClassVar[str] = "auto"
 
     def __post_init__(self) -> None:
-        for field_name in ("max_update", "gated_max_update", "free_propagation", "spike", "min_std", "max_std"):
+        for field_name in ("max_update", "gated_max_update", "free_propagation", "spike", "min_std", "max_std",
+                           "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive finite number, got {value!r}.")
@@ -195,7 +207,10 @@ class Auto:
             raise GradwatchError(f"gradwatch.actions.Auto(alpha=...) must be in (0, 1), got {self.alpha!r}.")
         if self.min_std > self.max_std:
             raise GradwatchError(f"gradwatch.actions.Auto: min_std ({self.min_std}) must not exceed max_std ({self.max_std}).")
-        for field_name in ("warmup", "refresh"):
+        if not self.loss_lowest <= 1.0 <= self.loss_highest:
+            raise GradwatchError(f"gradwatch.actions.Auto: loss_lowest ({self.loss_lowest}) must be at most 1 and "
+                                 f"loss_highest ({self.loss_highest}) at least 1 (the feedback starts at 1).")
+        for field_name in ("warmup", "refresh", "loss_window"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive integer, got {value!r}.")
@@ -419,6 +434,16 @@ class _AutoClipper:
         are host floats, a 0-d device tensor otherwise; None: not known (no factor)."""
         self.propagation_failed = False
         """Set when reading P from the monitor failed once (`actions.propagation.feed_propagation`): no more P."""
+        self.gated = False
+        """The monitor said every watched recurrent module is gated (`observe_recurrent`): no loss feedback."""
+        self.feedback = self._new_feedback()
+        self.loss_feedback_failed = False
+        """Set when feeding the loss failed once (`actions.loss_feedback.feed_loss`): the factor stays where it is."""
+
+    def _new_feedback(self) -> LossFeedback:
+        cfg = self.cfg
+        return LossFeedback(window=cfg.loss_window, tighten=cfg.loss_tighten, loosen=cfg.loss_loosen,
+                            lowest=cfg.loss_lowest, highest=cfg.loss_highest)
 
     def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]]) -> None:
         """Take the classes of the recurrent modules the monitor watches (on `watch()` and whenever
@@ -428,6 +453,15 @@ class _AutoClipper:
         gated = bool(modules) and all(issubclass(m, GATED) for m in modules)
         self.max_update = self.cfg.gated_max_update if gated else self.cfg.max_update
         self.bound.set_max_update(self.max_update)
+        if gated != self.gated:
+            self.gated, self.feedback = gated, self._new_feedback()
+
+    def observe_loss(self, loss: float | None, clipped: bool) -> None:
+        """Take one step's loss, already on the host (the monitor's read-back), and whether that step
+        was clipped: the loss feedback on the update bound (`actions.loss_feedback`). Gated networks
+        (`observe_recurrent`) keep their bound as it is."""
+        if not self.gated:
+            self.feedback.observe(loss, clipped)
 
     def observe_profiles(self, pairs: Profiles) -> None:
         """Take this probe step's per-timestep gradient profiles and keep their P (computed where
@@ -465,8 +499,10 @@ class _AutoClipper:
         limit = stats.limit
         if bound is not None:
             p = self.propagation
+            k = self.feedback.factor
+            # min(1, k · min(1, free / P)): the loss feedback tightens, and loosens at most what P tightened
             factor = 1.0 if p is None else min(1.0, self.cfg.free_propagation / float(p))  # CPU: no sync
-            limit = min(limit, float(bound) * factor)
+            limit = min(limit, float(bound) * min(1.0, k * factor))
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
             foreach_mul_(group, coef)
@@ -476,15 +512,18 @@ class _AutoClipper:
     def _clip_on_device(self, batch: GradBatch, norm: Tensor, stats: _DeviceLogStats) -> Tensor:
         n = norm.float()
         bound = self._bound_threshold(batch, n)
-        p = self.propagation
+        p, k = self.propagation, self.feedback.factor  # k: a host float (the loss feedback), no sync
         if bound is not None and p is not None:
+            # min(1, k · min(1, free / P)), as on the host; k > 1 only undoes what P tightened
             if isinstance(p, float):
-                bound = bound * min(1.0, self.cfg.free_propagation / p)
+                bound = bound * min(1.0, k * min(1.0, self.cfg.free_propagation / p))
             else:
                 if p.device != bound.device:
                     p = self.propagation = p.to(bound.device)
-                # min(1, free / P) by a clamp, not a branch: P stays on the device
-                bound = bound * torch.clamp(self.cfg.free_propagation / p, max=1.0)
+                # a clamp, not a branch: P stays on the device (the branch on k is on a host float)
+                bound = bound * torch.clamp((k * self.cfg.free_propagation) / p, max=min(k, 1.0))
+        elif bound is not None and k < 1.0:
+            bound = bound * k
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
