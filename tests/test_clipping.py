@@ -423,7 +423,20 @@ def test_auto_clips_spikes_for_adam_after_one_step():
     records = [rec for _, _, rec in run_policy("auto", params, [1.0] * 30 + [100.0], opt=torch.optim.Adam(params))]
     first, spike = records[0], records[-1]
     assert first[2].item() == 1.0  # nothing to compare the first step with (Adam: no update bound)
-    assert spike[1].item() < 2.0 * records[-2][0].item()  # back to about the usual norm (limit 1.82×)
+    assert spike[1].item() < 2.5 * records[-2][0].item()  # back to about the usual norm (Adam: limit 2.46×)
+
+
+@pytest.mark.parametrize("opt_cls, clipped", [(torch.optim.Adam, False), (torch.optim.RMSprop, False),
+                                              (torch.optim.SGD, True)], ids=["adam", "rmsprop", "sgd"])
+def test_auto_leaves_a_2x_norm_alone_for_scale_invariant_optimizers(opt_cls, clipped):
+    """Bug (issue #14): the healthy batch-1 LSTM + Adam of benchmarks/clipping.py was clipped on 1.2% of its
+    steps by the spike bound (norms ~2× the typical one, over its 1.82× floor), although a 2× gradient
+    barely changes an Adam step. Scale-invariant optimizers get a floor of 0.3 (2.46×,
+    `Auto.scale_invariant_min_std`); SGD keeps 1.82× (its update bound is far away here: lr 1e-6)."""
+    params = list(Net().parameters())
+    opt = opt_cls(params, lr=1e-6)
+    records = [rec for _, _, rec in run_policy("auto", params, [1.0, 1.02, 0.98] * 10 + [2.2], opt=opt)]
+    assert (records[-1][2].item() < 1.0) == clipped
 
 
 @HOST_OR_DEVICE
@@ -616,20 +629,20 @@ def feedback_ratios(kind: str, losses, **kw) -> list[float]:
 def test_auto_tightens_its_update_bound_while_clipped_steps_make_no_progress(kind):
     """Issue #14 (session 6): an IRNN under auto took bounded steps that were still too large and sat
     at chance; a fixed, smaller threshold trains it. With the loss fed (`monitor.step(loss)`), each
-    block of 10 steps that auto mostly clipped and whose mean loss is no new best halves the update
-    bound (`Auto.loss_tighten`), down to 1/16 of it (`loss_lowest`). The first block only sets the best."""
-    expected = [1.0] * 20 + [0.5] * 10 + [0.25] * 10 + [0.125] * 10 + [1 / 16] * 30
-    assert feedback_ratios(kind, [0.7] * 80) == pytest.approx(expected, rel=1e-6)
+    block of 10 steps that auto mostly clipped and whose mean loss is no new best multiplies the update
+    bound by 0.7 (`Auto.loss_tighten`), down to 1/16 of it (`loss_lowest`). The first block only sets the best."""
+    expected = [1.0] * 20 + [0.7 ** n for n in range(1, 8) for _ in range(10)] + [1 / 16] * 20
+    assert feedback_ratios(kind, [0.7] * 110) == pytest.approx(expected, rel=1e-6)
 
 
 def test_auto_loosens_what_the_propagation_factor_tightened_while_clipped_steps_make_progress():
     """The other way: a block with a new best mean loss multiplies the bound by 1.5 (`loss_loosen`), up
     to 4× (`loss_highest`), and never above the plain update bound (the factor is min(1, k · 3 / P)):
-    on an IRNN (P in the tens) the bound loosens; a block that is worse again tightens it (×0.5). (The
+    on an IRNN (P in the tens) the bound loosens; a block that is worse again tightens it (×0.7). (The
     spike bound, which would cap a loosening at 1.82× the recent clipped norms, is moved out of the way.)"""
     falling = [1.0 / (1 + step // 10) for step in range(70)] + [5.0] * 20
     ratios = feedback_ratios("irnn-last-state", falling, clip=Auto(spike=20.0))
-    assert ratios == pytest.approx([1.0] * 20 + [1.5] * 10 + [2.25] * 10 + [3.375] * 10 + [4.0] * 30 + [2.0] * 10,
+    assert ratios == pytest.approx([1.0] * 20 + [1.5] * 10 + [2.25] * 10 + [3.375] * 10 + [4.0] * 30 + [2.8] * 10,
                                    rel=1e-6)
 
 
@@ -861,7 +874,7 @@ def test_auto_loss_feedback_never_reads_a_tensor_on_the_host(monkeypatch):
         set_grads(params, 1.0, step)
         actions.before_step([opt])
         actions.observe_loss(0.7, 0.5)  # a flat loss on clipped steps: the bound tightens
-    assert actions.clipper.feedback.factor == 0.125 and not actions.clipper.loss_feedback_failed  # blocks 1-3
+    assert actions.clipper.feedback.factor == pytest.approx(0.7 ** 3) and not actions.clipper.loss_feedback_failed  # blocks 1-3
 
 
 def test_auto_under_a_schedule_never_reads_a_tensor_on_the_host(monkeypatch):

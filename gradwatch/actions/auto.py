@@ -70,6 +70,28 @@ of two thresholds:
    however large the gradient), so a first-step explosion cannot throw their weights away, and
    a bound from the weights would only clip healthy runs that use a large loss scale.
 
+   **The loss as feedback** (`actions.loss_feedback`; ungated networks, SGD-like optimizers, a loss
+   fed with `monitor.step(loss)`): the bound above gets one more factor,
+
+       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂ · min(1, k · min(1, 3 / P)),
+
+   with k = 1 at first and, after each block of `loss_window` = 10 steps that auto mostly clipped
+   (the bound, not the data, set the step size), k × `loss_loosen` = 1.5 when the block's mean loss
+   is a new best and k × `loss_tighten` = 0.7 otherwise, within [`loss_lowest`, `loss_highest`] =
+   [1/16, 4]. So big bounded steps that make no progress shrink geometrically (an IRNN under the
+   plain bound sat at chance where a 4× smaller fixed threshold trains it), while steady progress
+   gives back what P took: at most up to the plain bound (the min(1, …)), since P, measured
+   before any update, over-tightens an IRNN once its recurrence amplifies (P of 3,000-6,000 at
+   T = 300, a threshold 4-7× below the best fixed one). Blocks auto mostly did not clip never
+   move k, so healthy runs, clipped on ≤ 1% of their steps, are untouched. The losses are the
+   monitor's read-back of the step records (host floats; on CUDA a few steps late), so nothing
+   is synchronised; without a loss (no `monitor.step(loss)`, actions without a monitor, several
+   torch.distributed ranks) k stays 1 and auto is as before. Gated networks keep their bound.
+   Constants chosen on the calibration and development tasks of `benchmarks/clipping.py`
+   (docs/clipping.md, "Session 6"): k ≤ 1 (tighten only) left the IRNN T = 300 at 1.53× the best
+   fixed threshold, loosening beyond the plain bound (k up to 4 on the bound itself) took the tanh
+   warm-up overshoot from 0.94× to 1.46×.
+
 2. **Spike bound, from step 1** (every optimizer). m and s², the exponential moving mean and
    variance of log(clipped norm) (decay `alpha` = 0.97 as in ZClip, ~33 steps; a plain mean
    over the first steps), give the threshold exp(m + `spike` · s) with spike = 3. Working on
@@ -179,6 +201,9 @@ class Auto:
     """EMA decay of the log-norm statistics (ZClip's default)."""
     min_std: float = 0.2
     """Lower bound on s: the spike threshold is at least exp(spike · min_std) × typical (1.82×)."""
+    scale_invariant_min_std: float = 0.3
+    """The same for scale-invariant optimizers (Adam, RMSprop, …: no update bound), whose step a
+    moderate spike barely changes: at least exp(spike · 0.3) = 2.46× typical."""
     max_std: float = 0.5
     """Upper bound on s (and s during warm-up): the threshold is at most exp(spike · max_std) × typical (4.5×)."""
     warmup: int = 20
@@ -187,7 +212,7 @@ class Auto:
     """Re-measure ‖θ‖ every this many steps (after steps 0, 1, 3, 7, 15, 31)."""
     loss_window: int = 10
     """Steps per block of the loss feedback (`actions.loss_feedback`; ungated networks with a loss fed only)."""
-    loss_tighten: float = 0.5
+    loss_tighten: float = 0.7
     """Factor on the update bound after a mostly-clipped block whose mean loss is no new best."""
     loss_loosen: float = 1.5
     """Factor on the update bound after a mostly-clipped block whose mean loss is a new best."""
@@ -199,14 +224,16 @@ class Auto:
 
     def __post_init__(self) -> None:
         for field_name in ("max_update", "gated_max_update", "free_propagation", "spike", "min_std", "max_std",
-                           "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest"):
+                           "scale_invariant_min_std", "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive finite number, got {value!r}.")
         if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
             raise GradwatchError(f"gradwatch.actions.Auto(alpha=...) must be in (0, 1), got {self.alpha!r}.")
-        if self.min_std > self.max_std:
-            raise GradwatchError(f"gradwatch.actions.Auto: min_std ({self.min_std}) must not exceed max_std ({self.max_std}).")
+        for field_name in ("min_std", "scale_invariant_min_std"):
+            if getattr(self, field_name) > self.max_std:
+                raise GradwatchError(f"gradwatch.actions.Auto: {field_name} ({getattr(self, field_name)}) must not "
+                                     f"exceed max_std ({self.max_std}).")
         if not self.loss_lowest <= 1.0 <= self.loss_highest:
             raise GradwatchError(f"gradwatch.actions.Auto: loss_lowest ({self.loss_lowest}) must be at most 1 and "
                                  f"loss_highest ({self.loss_highest}) at least 1 (the feedback starts at 1).")
@@ -289,6 +316,8 @@ class _UpdateBound:
         """For each gradient in `batch.norms` order, the index of its param group (flattened)."""
         self.limit: Tensor | None = None
         self.weights: Tensor | None = None
+        self.scale_invariant = False
+        """Every param group belongs to a scale-invariant optimizer (Adam, RMSprop, …; not: no optimizer at all)."""
 
     @property
     def active(self) -> bool:
@@ -324,6 +353,7 @@ class _UpdateBound:
     def update(self, batch: GradBatch, device: torch.device) -> None:
         """Called once per step before `threshold`; host-side bookkeeping plus, when due, one weight pass."""
         current = tuple(effective_lr(opt, g, planned=True) for opt in batch.optimizers for g in opt.param_groups)
+        self.scale_invariant = bool(current) and not any(lr > 0 for lr in current)
         structure = (tuple(lr > 0 for lr in current), len(batch.params), id(batch.params[0]), id(batch.params[-1]))
         if structure != self.structure:
             self.structure, self.age, self.interval = structure, 0, 1
@@ -377,6 +407,8 @@ class _HostLogStats:
 
     def __init__(self, cfg: Auto) -> None:
         self.cfg, self.t = cfg, 0
+        self.min_std = cfg.min_std
+        """cfg.min_std, or cfg.scale_invariant_min_std when every optimizer is scale-invariant (set by the clipper)."""
         self.mean = self.var = 0.0
         self.limit = math.inf
 
@@ -387,7 +419,7 @@ class _HostLogStats:
         dev = math.log(clipped) - self.mean if 0.0 < clipped < math.inf else 0.0
         self.mean += (1.0 - keep) * dev
         self.var = keep * (self.var + (1.0 - keep) * dev * dev)
-        std = min(max(math.sqrt(self.var), cfg.min_std), cfg.max_std) if t + 1 >= cfg.warmup else cfg.max_std
+        std = min(max(math.sqrt(self.var), self.min_std), cfg.max_std) if t + 1 >= cfg.warmup else cfg.max_std
         self.limit = _exp(self.mean + cfg.spike * std)
         self.t += 1
 
@@ -398,6 +430,7 @@ class _DeviceLogStats:
 
     def __init__(self, cfg: Auto, device: torch.device) -> None:
         self.cfg, self.t = cfg, 0
+        self.min_std = cfg.min_std
         self.mean = torch.zeros((), device=device)
         self.var = torch.zeros((), device=device)
         self.limit = torch.full((), math.inf, device=device)
@@ -409,7 +442,7 @@ class _DeviceLogStats:
         self.mean = torch.add(self.mean, dev, alpha=1.0 - keep)
         self.var = torch.addcmul(self.var, dev, dev, value=1.0 - keep).mul_(keep)
         if t + 1 >= cfg.warmup:
-            std = self.var.sqrt().clamp_(cfg.min_std, cfg.max_std)
+            std = self.var.sqrt().clamp_(self.min_std, cfg.max_std)
             self.limit = torch.add(self.mean, std, alpha=cfg.spike).exp_()
         else:
             self.limit = torch.exp(self.mean + cfg.spike * cfg.max_std)
@@ -479,6 +512,8 @@ class _AutoClipper:
             self.stats = _HostLogStats(self.cfg) if on_host else _DeviceLogStats(self.cfg, norm.device)
             self.bound = _UpdateBound(self.max_update, self.cfg.refresh)
         self.bound.update(batch, norm.device)
+        assert self.stats is not None
+        self.stats.min_std = self.cfg.scale_invariant_min_std if self.bound.scale_invariant else self.cfg.min_std
         if isinstance(self.stats, _HostLogStats):
             return self._clip_on_host(batch, norm, self.stats)
         assert isinstance(self.stats, _DeviceLogStats)
