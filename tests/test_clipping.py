@@ -666,6 +666,24 @@ def test_auto_loss_feedback_is_off_for_gated_networks():
     assert thresholds_with_losses("gru-every-step", [0.7] * 50) == thresholds_with_losses("gru-every-step", [None] * 50)
 
 
+def test_a_failing_loss_feedback_stops_the_feedback_not_the_clipping():
+    """An internal failure must never kill training: the feedback is switched off, auto clips on (k as it was)."""
+    params = list(Net().parameters())
+    opt = torch.optim.SGD(params, lr=50.0)
+    actions = build_actions("auto", False)
+
+    def broken(loss, clipped):
+        raise RuntimeError("boom")
+
+    actions.clipper.feedback.observe = broken
+    set_grads(params, 1.0, 0)
+    first = actions.before_step([opt]).clip
+    actions.observe_loss(0.7, float(first[2]))
+    assert actions.clipper.loss_feedback_failed
+    set_grads(params, 1.0, 0)
+    assert actions.before_step([opt]).clip[3].item() == pytest.approx(first[3].item(), rel=1e-6)
+
+
 def test_loss_feedback_counts_a_non_finite_block_as_no_progress_and_ignores_missing_losses():
     from gradwatch.actions.loss_feedback import LossFeedback
 
