@@ -987,8 +987,11 @@ def test_watch_rejects_bad_clip_values_saying_what_is_supported(clip):
 
 
 @pytest.mark.parametrize("make", [lambda: Norm(0), lambda: Value(-1), lambda: AutoClip(percentile=0),
-                                  lambda: ZClip(alpha=1.0), lambda: AGC(clip_factor=math.inf), lambda: Auto(warmup=0)],
-                         ids=["norm", "value", "autoclip", "zclip", "agc", "auto"])
+                                  lambda: ZClip(alpha=1.0), lambda: AGC(clip_factor=math.inf), lambda: Auto(warmup=0),
+                                  lambda: Auto(loss_window=0), lambda: Auto(loss_lowest=2.0), lambda: Auto(loss_highest=0.5),
+                                  lambda: Auto(loss_tighten=-1.0), lambda: Auto(scale_invariant_min_std=0.6)],
+                         ids=["norm", "value", "autoclip", "zclip", "agc", "auto", "auto-loss-window", "auto-loss-lowest",
+                              "auto-loss-highest", "auto-loss-tighten", "auto-scale-invariant-floor"])
 def test_policies_reject_bad_settings(make):
     with pytest.raises(GradwatchError):
         make()
