@@ -888,9 +888,10 @@ def test_auto_loss_feedback_never_reads_a_tensor_on_the_host(monkeypatch):
     actions = auto_actions(host=False)
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, _forbid)
+    u, v = torch.rand(30), torch.rand(30)
     for step in range(40):
         set_grads(params, 1.0, step)
-        actions.before_step([opt])
+        actions.before_step([opt], _profile(u, v) if step % 10 == 5 else [])  # without P, then with it
         actions.observe_loss(0.7, 0.5)  # a flat loss on clipped steps: the bound tightens
     assert actions.clipper.feedback.factor == pytest.approx(0.7 ** 3) and not actions.clipper.loss_feedback_failed  # blocks 1-3
 
@@ -928,10 +929,13 @@ def test_auto_loss_feedback_does_not_synchronize_on_cuda():
     opt = torch.optim.SGD(params, lr=50.0)
     actions = build_actions("auto", False)
     actions.clipper.feedback.factor = 0.25  # as after two flat blocks of clipped steps
+    u, v = torch.rand(30, device="cuda"), torch.rand(30, device="cuda")
 
     def step_with_loss(step: int) -> None:
-        actions.before_step([opt])
+        actions.before_step([opt], _profile(u, v) if step % 5 == 3 else [])  # k alone, then k with P
         actions.observe_loss(0.7, 0.5)
+        if step == 7:
+            actions.clipper.feedback.factor = 3.0  # a loosening k: the clamp's other side
 
     _steps_under_sync_errors(params, step_with_loss)
     assert not actions.clipper.loss_feedback_failed
