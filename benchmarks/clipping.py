@@ -1,7 +1,7 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run: 16 exploding + 7 healthy tasks, 100 steps, 10 seeds per cell
-                                             # (~18 min of CPU on one thread of a 2-core Xeon VM)
+    python benchmarks/clipping.py            # full run: 20 exploding + 9 healthy tasks, 100 steps, 10 seeds per cell
+                                             # (~22 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
     python benchmarks/clipping.py --ratios --ratios-clip 0.1   # the same under a fixed threshold
@@ -11,8 +11,9 @@
 
 Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on which auto's
 constants may be chosen, "held-out" ones are only reported; "development" tasks were held out
-until their results had been read (sessions 3-4, and session 5's first round), so they may be
-tuned on now; each round of session 5 froze new held-out tasks before changing auto.
+until their results had been read (sessions 3-5), so they may be tuned on now; each round froze
+new held-out tasks before changing auto (session 6: split "held-out r3"; session 5 round 2's
+"held-out" tasks have been read and count as development since).
 
     python benchmarks/clipping.py --tasks "IRNN T=300,warm-up overshoot" --policies auto --seeds 4
                                              # a subset: tasks and policy labels by name
@@ -220,7 +221,8 @@ class Task:
     """"calibration": auto's constants were chosen on this task; "development": held-out tasks of
     sessions 3-4 whose results were read, so that tuning on them since session 5 is development, not
     a held-out judgement (and session 5 round 1's held-out tasks, read in that round); "held-out": added
-    in session 5 round 2 before auto changed, judged once at the end."""
+    in session 5 round 2 before auto changed, judged once at its end (development since session 6);
+    "held-out r3": added in session 6 before auto changed, judged once at its end."""
     steps: int = 100
     held_out: Callable[[torch.Generator], Batch] | None = None
     """Draws the held-out batches from another part of the data (default: the training distribution)."""
@@ -363,6 +365,44 @@ def _healthy_gru_momentum(seed: int):
     return model, _sgd(model, 1.0, 0.5), _markov_text(gen), _cross_entropy
 
 
+def _irnn_sign_nesterov(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.0, inputs=2, hidden=48, last=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.5, nesterov=True)
+    return model, opt, _remember_sign(gen, T=200), _bce
+
+
+def _irnn_multiplication(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = _irnn(1.0, inputs=2, hidden=32, last=True)
+    return model, _sgd(model, 0.01, 0.0), _pascanu(gen, "multiplication", T=100, batch=16), _mse
+
+
+def _relu_rnn_lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 64, nonlinearity="relu"), 64, 1)
+    return model, _sgd(model, 0.1, 0.9), _delayed_copy(gen, T=30, delay=3), _mse
+
+
+def _adding_nesterov(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(2, 32), 32, 1, last=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, nesterov=True)
+    return model, opt, _pascanu(gen, "adding", T=50), _mse
+
+
+def _healthy_gru_batch_one_rmsprop(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, torch.optim.RMSprop(model.parameters(), lr=1e-3), _markov_text(gen, batch=1), _cross_entropy
+
+
+def _healthy_rnn_batch_one_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 64), 64, 1)
+    return model, _sgd(model, 0.003, 0.9), _delayed_copy(gen, T=40, batch=1), _mse
+
+
 def _warmup_then_step(peak_at: int, drop_at: int) -> Callable[[int], float]:
     """Linear warm-up to the optimizer's lr at `peak_at`, constant, then ×0.1 from `drop_at` on (a step decay)."""
     return lambda t: ((t + 1) / peak_at if t < peak_at else 1.0) * (0.1 if t >= drop_at else 1.0)
@@ -407,13 +447,22 @@ EXPLODING = [
          schedule=_cosine_warmup(20, 100)),
     Task("adding T=100 + momentum", "Pascanu et al. adding problem, tanh RNN H 32, T=100, SGD lr 0.2 m 0.9",
          _adding_momentum, split="development"),
-    # session 5 round 2's held-out tasks: frozen before auto was changed in that round
+    # session 5 round 2's held-out tasks: frozen before auto was changed in that round, read once; development since session 6
     Task("warm-up overshoot (LSTM)", "LSTM H 64, delayed copy T=30, SGD m 0.9, lr warmed up to 1 over 15 steps, "
-         "constant, ×0.1 from step 70", _lstm_warmup_step, schedule=_warmup_then_step(15, 70), split="held-out"),
+         "constant, ×0.1 from step 70", _lstm_warmup_step, schedule=_warmup_then_step(15, 70), split="development"),
     Task("IRNN T=100 + momentum", "IRNN (W_hh = I, ReLU, H 64), remember the sign over T=100, SGD lr 0.001 m 0.9",
-         _irnn_momentum, split="held-out"),
+         _irnn_momentum, split="development"),
     Task("RNN LM lr too high", "tanh RNN LM on a Markov chain, plain SGD lr 20", _rnn_lm_lr_too_high,
-         split="held-out"),
+         split="development"),
+    # session 6's held-out tasks (round 3): frozen before auto was changed in that round
+    Task("IRNN T=200 + Nesterov", "IRNN (W_hh = I, ReLU, H 48), remember the sign over T=200, SGD Nesterov lr 0.003 m 0.5",
+         _irnn_sign_nesterov, split="held-out r3"),
+    Task("IRNN multiplication T=100", "IRNN (W_hh = I, ReLU, H 32), Pascanu's multiplication problem over T=100, "
+         "batch 16, plain SGD lr 0.01", _irnn_multiplication, split="held-out r3"),
+    Task("ReLU RNN lr too high", "ReLU RNN (default init) H 64, delayed copy T=30 (delay 3), SGD lr 0.1 m 0.9",
+         _relu_rnn_lr_too_high, split="held-out r3"),
+    Task("adding + Nesterov", "Pascanu et al. adding problem, tanh RNN H 32, T=50, SGD Nesterov lr 0.3 m 0.9",
+         _adding_nesterov, split="held-out r3"),
 ]
 HEALTHY = [
     Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,
@@ -429,7 +478,11 @@ HEALTHY = [
     Task("LSTM LM batch 1 + Adam", "LSTM language model on a Markov chain, batch size 1, Adam lr 1e-3",
          _healthy_lstm_batch_one_adam, split="development"),
     Task("GRU LM + momentum, warm-up and cosine", "GRU LM on a Markov chain, SGD lr 1 m 0.5, warmed up over 10 "
-         "steps then cosine decay to 0", _healthy_gru_momentum, schedule=_cosine_warmup(10, 100), split="held-out"),
+         "steps then cosine decay to 0", _healthy_gru_momentum, schedule=_cosine_warmup(10, 100), split="development"),
+    Task("GRU LM batch 1 + RMSprop", "GRU language model on a Markov chain, batch size 1, RMSprop lr 1e-3",
+         _healthy_gru_batch_one_rmsprop, split="held-out r3"),
+    Task("tanh RNN batch 1 + momentum", "tanh RNN, delayed copy T=40, batch size 1, SGD lr 0.003 m 0.9",
+         _healthy_rnn_batch_one_momentum, split="held-out r3"),
 ]
 
 

@@ -513,6 +513,10 @@ class Monitor:
 
     def _publish(self, stats: StepStats) -> None:
         self._history.append(stats)
+        observe_loss = getattr(self._actions, "observe_loss", None)
+        if observe_loss is not None:  # the loss as feedback for clip="auto": host floats, already read back
+            self._call("loss feedback for clip='auto'", observe_loss, stats.loss,
+                       stats.clip.coefficient if stats.clip is not None else None)
         new_alerts: list[Alert] = []
         if self._detectors is not None and "detectors" not in self._disabled:
             found = self._call("detectors", self._detectors.update, stats)

@@ -25,6 +25,7 @@ from .auto import Auto
 from .batch import GradBatch, optimizer_params
 from .clipping import AGC, AutoClip, Clipper, ClipPolicy, Norm, Value, ZClip
 from .guard import NonFiniteGuard
+from .loss_feedback import feed_loss
 from .propagation import Profiles, feed_propagation, takes_profiles
 
 __all__ = [
@@ -106,6 +107,12 @@ class Actions:
         observe = getattr(self.clipper, "observe_recurrent", None)
         if observe is not None:
             observe(modules)
+
+    def observe_loss(self, loss: float | None, clip_coefficient: float | None) -> None:
+        """One step's loss and clip coefficient as read back on the host (the monitor's step record),
+        for a clipper that uses them ("auto": the loss feedback on its update bound); best effort."""
+        if self.clipper is not None:
+            feed_loss(self.clipper, loss, clip_coefficient)
 
     def before_step(self, optimizers: Sequence[torch.optim.Optimizer], profiles: Profiles = ()) -> ActionRecord:
         """Guard, then clip, the gradients `optimizers` are about to apply; return the step's record.

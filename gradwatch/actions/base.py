@@ -54,6 +54,11 @@ class StepActions(Protocol):
         then measures them on probe steps and passes them."""
         ...
 
+    def observe_loss(self, loss: float | None, clip_coefficient: float | None) -> None:
+        """Once a step's record is complete (read back on the host): its loss (None: none fed) and
+        its clip coefficient (None: not clipped by a policy), for a clipper that learns from them."""
+        ...
+
     def before_step(self, optimizers: Sequence[torch.optim.Optimizer],
                     profiles: Sequence[tuple[Tensor, Tensor]] = ()) -> ActionRecord:
         """After the measurement, right before the update: guard, clip, and say what was done.
