@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .actions.base import NO_ACTION, ActionRecord
+from .capture.criteria import CriterionTargets
 from .capture.modules import WatchedModule, find_recurrent
 from .capture.optimizer_hooks import OptimizerHooks, closure_of
 from .capture.params import BeforeUpdate, ParameterMap
@@ -101,6 +102,7 @@ class Monitor:
         actions: StepActions | None = None,
         reducer: Reducer | None = None,
         external_steps: bool = False,
+        infer_chance: bool = True,
     ) -> None:
         self.model = model
         self.every = every
@@ -137,6 +139,8 @@ class Monitor:
         """The watched parameters, grouped by (module, layer, direction), with the update snapshot."""
         self._modules: list[ModuleInfo]
         self._attach(find_recurrent(model))
+        self._criteria = CriterionTargets(self._report_error) if infer_chance else None
+        """The criteria's targets, for `StepStats.chance_loss` (`capture.criteria`); None: not inferred."""
         self.session.begin_step(probe=self._is_probe_step(0))
 
     # ------------------------------------------------------------------ public API
@@ -268,6 +272,7 @@ class Monitor:
             for adapter in self._adapters:
                 adapter.remove()
             self._hooks.close()
+            self._close_criteria()
             self._adapters.clear()
             self.params.snapshot = None
             summary = self._call("detectors summary", self._alert_summary) if self._sinks else None
@@ -419,7 +424,9 @@ class Monitor:
         self._steps.step_ended()
         read = grads.read
         action = grads.action
-        scalars = step_scalars(read, *self.params.weight_and_update_sumsq(read.weight_sumsq), action.clip)
+        chance = self._chance_estimate()
+        scalars = step_scalars(read, *self.params.weight_and_update_sumsq(read.weight_sumsq), action.clip,
+                               chance[0] if chance is not None else None)
         if self.session.eval_forwards and not self.session.forwards and any(read.has_grad):
             self.session.tell_once("eval", (
                 "this step trained with the watched modules in eval mode (model.eval()): gradwatch measures "
@@ -447,6 +454,7 @@ class Monitor:
             skipped=action.skipped,
             outside_params=tuple(read.outside_names),
             host_values=host or [],
+            chance_source=chance[1] if chance is not None else None,
         )
         if loss_fed:
             self._attach_loss(pending, loss)
@@ -476,9 +484,20 @@ class Monitor:
             self._warn_once("loss", str(exc))
             return None
 
+    def _chance_estimate(self) -> tuple[torch.Tensor, Any] | None:
+        """(chance estimate, weak reference to its criterion output) to pack with the step, or None."""
+        return self._criteria.latest() if self._criteria is not None else None
+
+    def _close_criteria(self) -> None:
+        if self._criteria is not None:
+            self._criteria.close()
+
     def _attach_loss(self, pending: PendingStep, loss: Any) -> None:
-        """Give `pending` its loss (a one-element tensor, a float, or None for none)."""
+        """Give `pending` its loss (a one-element tensor, a float, or None for none); the inferred chance level
+        stays with the step only when `loss` is the very tensor the criterion returned (`capture.criteria`)."""
         pending.loss_fed = True
+        source = pending.chance_source
+        pending.chance_claimed = isinstance(loss, torch.Tensor) and callable(source) and source() is loss
         if isinstance(loss, torch.Tensor):
             read = host_loss(loss) if self.reducer is None else None
             if read is not None:
@@ -538,6 +557,7 @@ class Monitor:
         self._report_error(where, exc, consequence="gradwatch stops measuring this model; training continues")
         self._measuring = False
         self.session.enabled = False  # the forward adapters now call the plain forward
+        self._close_criteria()
         self._pending.clear()
 
     def _report_error(self, where: str, exc: BaseException, *, consequence: str = "") -> None:
