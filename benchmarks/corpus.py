@@ -106,6 +106,7 @@ if str(ROOT) not in sys.path:
 import gradwatch  # noqa: E402
 from gradwatch.capture.criteria import CriterionTargets  # noqa: E402
 from gradwatch.detectors import DetectorConfig, DetectorSuite  # noqa: E402
+from gradwatch.monitor import CHANCE_EVERY  # noqa: E402
 from gradwatch.records import Alert  # noqa: E402
 
 __all__ = ["Spec", "make_specs", "record_run", "label_run", "run_label", "replay", "inferred_chances", "with_chances",
@@ -492,20 +493,24 @@ def inferred_chances(run: dict[str, Any]) -> list[float | None]:
     """The chance level the live run would have recorded at each step (`StepStats.chance_loss`), reconstructed
     without training: the run's batches are drawn again from `Task(spec)` (its generator is used by nothing else),
     and each step's criterion call is made on a stand-in prediction while gradwatch's own `CriterionTargets` watches
-    it, exactly as in `record_run` (one `task.loss` call per step; the fed loss is its output)."""
+    it, exactly as in `record_run` (one `task.loss` call per step; the fed loss is its output), the estimate computed
+    every `CHANCE_EVERY` steps and carried in between as the monitor does."""
     task = Task(Spec(**run["spec"]))
     steps = len(run["records"])
     errors: list[Any] = []
     criteria = CriterionTargets(lambda *args, **kwargs: errors.append(args))
     chances: list[float | None] = []
+    level: float | None = None
     try:
-        for _ in range(steps):
+        for step in range(steps):
             x, y, _lengths = task.batch()
             prediction = torch.zeros(_prediction_shape(task, x), requires_grad=True)
             task.loss(prediction, y)
-            latest = criteria.latest()
-            value = float(latest[0]) if latest is not None else -1.0
-            chances.append(value if value > 0 and math.isfinite(value) else None)
+            if step % CHANCE_EVERY == 0 or criteria.switched():
+                estimate = criteria.estimate()
+                value = float(estimate) if estimate is not None else -1.0
+                level = value if value > 0 and math.isfinite(value) else None
+            chances.append(level)
     finally:
         criteria.close()
     if errors:

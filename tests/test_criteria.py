@@ -16,6 +16,7 @@ from torch import nn
 import gradwatch
 from gradwatch.capture.criteria import WATCHED_CRITERIA, CriterionTargets
 from gradwatch.cli import main
+from gradwatch.monitor import CHANCE_EVERY
 from gradwatch.stats.chance import MISSING_MASS, NO_ESTIMATE, ClassCounts, TargetMoments
 
 ORIGINALS = {name: getattr(F, name) for name in WATCHED_CRITERIA}
@@ -58,6 +59,12 @@ def watched_steps(loss_of, steps=30, batch=6, out=5, seed=0, **watch):
         monitor.step(loss)
     monitor.close()
     return monitor, seen
+
+
+def measured_by(seen: list, step: int) -> np.ndarray:
+    """The targets the record of `step` was estimated from: those up to the latest step that computed the estimate
+    (every `CHANCE_EVERY` steps; the records in between carry it)."""
+    return torch.cat(seen[: step // CHANCE_EVERY * CHANCE_EVERY + 1]).numpy()
 
 
 def skewed_labels(batch: int, step: int, classes: int = 5) -> torch.Tensor:
@@ -111,7 +118,7 @@ def test_a_watched_cross_entropy_run_records_the_entropy_of_all_its_targets_so_f
     monitor, seen = watched_steps(lambda p, i: (nn.CrossEntropyLoss()(p, y := skewed_labels(6, i)), y))
     chances = [r.chance_loss for r in monitor.history]
     for i, value in enumerate(chances):
-        expected = entropy_reference(torch.cat(seen[: i + 1]).numpy())
+        expected = entropy_reference(measured_by(seen, i))
         assert (value is None) == (expected is None), i
         if expected is not None:
             assert value == pytest.approx(expected, rel=1e-6)
@@ -125,11 +132,11 @@ def test_nll_targets_equal_to_ignore_index_do_not_count():
         return F.nll_loss(F.log_softmax(pred, -1), y, ignore_index=4), y[y != 4]
 
     monitor, seen = watched_steps(loss_of)
-    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(torch.cat(seen).numpy()), rel=1e-6)
+    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(measured_by(seen, 29)), rel=1e-6)
     # the default ignore_index, -100
     monitor, seen = watched_steps(lambda p, i: (F.cross_entropy(p, torch.cat([skewed_labels(4, i), torch.tensor([-100, -100])])),
                                                 skewed_labels(4, i)))
-    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(torch.cat(seen).numpy()), rel=1e-6)
+    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(measured_by(seen, 29)), rel=1e-6)
 
 
 def test_mse_records_the_per_element_target_variance():
@@ -138,7 +145,7 @@ def test_mse_records_the_per_element_target_variance():
         return F.mse_loss(pred, y), y
 
     monitor, seen = watched_steps(loss_of)
-    expected = np.var(torch.cat(seen).double().numpy(), axis=0, ddof=1).mean()
+    expected = np.var(measured_by(seen, 29).astype(np.float64), axis=0, ddof=1).mean()
     assert monitor.history[-1].chance_loss == pytest.approx(expected, rel=1e-5)
 
 
@@ -176,7 +183,7 @@ def test_calls_under_no_grad_and_other_reductions_are_not_counted():
         return F.cross_entropy(pred, y), y
 
     monitor, seen = watched_steps(loss_of)
-    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(torch.cat(seen).numpy()), rel=1e-6)
+    assert monitor.history[-1].chance_loss == pytest.approx(entropy_reference(measured_by(seen, 29)), rel=1e-6)
 
 
 def test_watch_infer_chance_false_wraps_nothing():
@@ -286,5 +293,25 @@ def test_gradwatch_run_records_the_inferred_chance_of_an_unmodified_script(tmp_p
     assert main(["run", "--no-live", "--jsonl", str(jsonl), str(script)]) == 0
     steps = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r["type"] == "step"]
     g = torch.Generator().manual_seed(1)
-    labels = torch.cat([torch.randint(0, 4, (16,), generator=g) for _ in range(40)]).numpy()
-    assert steps[-1]["chance_loss"] == pytest.approx(entropy_reference(labels), rel=1e-6)
+    labels = [torch.randint(0, 4, (16,), generator=g) for _ in range(40)]
+    assert steps[-1]["chance_loss"] == pytest.approx(entropy_reference(measured_by(labels, 39)), rel=1e-6)
+
+
+def test_the_estimate_is_computed_every_10_steps_and_carried_in_between():
+    monitor, seen = watched_steps(lambda p, i: (F.cross_entropy(p, y := skewed_labels(6, i)), y), steps=25)
+    chances = [r.chance_loss for r in monitor.history]
+    assert chances[20:] == [chances[20]] * 5 and chances[10:20] == [chances[10]] * 10 and chances[10] != chances[20]
+
+
+def test_a_step_whose_loss_comes_from_another_criterion_gets_that_criterions_level():
+    def loss_of(pred, step):
+        if step % 2:
+            return F.cross_entropy(pred, y := skewed_labels(6, step)), y
+        y = 10 * torch.randn(6, 5, generator=torch.Generator().manual_seed(step))
+        return F.mse_loss(pred, y), y
+
+    monitor, _ = watched_steps(loss_of)
+    classes = [r.chance_loss for r in monitor.history if r.step % 2]
+    variances = [r.chance_loss for r in monitor.history if not r.step % 2]
+    assert all(c is not None and c > 50 for c in variances)
+    assert all(c is None or c < math.log(5) for c in classes) and sum(c is not None for c in classes) >= 10

@@ -2,7 +2,8 @@
 
     >>> criteria = CriterionTargets(report_error)    # wraps F.cross_entropy / nll_loss / mse_loss
     >>> loss = nn.CrossEntropyLoss()(model(x), y)     # (nn.CrossEntropyLoss calls F.cross_entropy)
-    >>> estimate, source = criteria.latest()          # device tensor; a weak reference to `loss`
+    >>> source = criteria.latest_source()             # a weak reference to `loss`
+    >>> estimate = criteria.estimate()                # that criterion's chance level: a 0-dim device tensor
     >>> criteria.close()                              # the functions are back as they were
 
 `torch.nn.functional.cross_entropy`, `nll_loss` and `mse_loss` are replaced by wrappers that call
@@ -14,9 +15,10 @@ that do not require grad, adds its targets to a running estimate (`stats.chance`
 took a reference to the function before `watch()` (`from torch.nn.functional import cross_entropy`)
 is not seen.
 
-`latest()` gives the estimate of the criterion (the same function with the same number of classes,
-or the same target shape) that made the most recent counted call, with a weak reference to that
-call's output: the monitor uses the estimate only for a step whose fed loss IS that output.
+`estimate()` gives the chance level of the criterion (the same function with the same number of
+classes, or the same target shape) that made the most recent counted call, and `latest_source()` a weak
+reference to that call's output: the monitor uses the estimate only for a step whose fed loss IS that
+output.
 
 Several monitors each install their own wrapper over the previous one; `close()` unlinks its own
 from the chain whichever order they close in (a wrapper somebody else installed over gradwatch's
@@ -118,16 +120,27 @@ class CriterionTargets:
         self._report_error = report_error
         self._estimators: dict[tuple[Any, ...], Estimator] = {}
         self._latest: tuple[weakref.ref[torch.Tensor], Estimator] | None = None
+        self._estimated: Estimator | None = None
+        """The estimator `estimate()` last read: `switched()` tells when the latest call is another criterion's."""
         self._patches = [FunctionPatch(F, name, functools.partial(self._observe, name)) for name in WATCHED_CRITERIA]
 
-    def latest(self) -> tuple[torch.Tensor, weakref.ref[torch.Tensor]] | None:
-        """(chance estimate, weak reference to the output of the call it belongs to) for the most recent
-        counted call, or None. The estimate is a 0-dim float32 device tensor (`NO_ESTIMATE` = -1: none yet)."""
+    def latest_source(self) -> weakref.ref[torch.Tensor] | None:
+        """A weak reference to the output of the most recent counted call, or None."""
+        return self._latest[0] if self._latest is not None else None
+
+    def switched(self) -> bool:
+        """The most recent counted call is of another criterion than the one `estimate()` last read (or none was read)."""
+        return self._latest is not None and self._latest[1] is not self._estimated
+
+    def estimate(self) -> torch.Tensor | None:
+        """The chance level of the most recent counted call's criterion from all its targets so far, or None: a
+        0-dim float32 tensor on the targets' device (`NO_ESTIMATE` = -1: too few targets yet). A dozen small
+        tensor operations: the monitor asks every `CHANCE_EVERY` steps, and when the criterion `switched()`."""
         if self._latest is None:
             return None
-        source, estimator = self._latest
         try:
-            return estimator.chance(), source
+            self._estimated = self._latest[1]
+            return self._estimated.chance()
         except Exception as exc:
             self._fail(exc)
             return None

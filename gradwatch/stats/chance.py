@@ -94,14 +94,17 @@ class TargetMoments:
 
     def add(self, target: torch.Tensor) -> None:
         """Add one call's targets: dimension 0 counts samples, the rest must be `shape` (a 0-dim target is one sample)."""
-        values = target.detach().to(self.sums.dtype)
+        values = target.detach()
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.float()  # half precision would lose the sums; float32 sums of one call are exact enough
+        # each call's sums in the target's own precision (one pass each), accumulated in float64 over the calls
         if values.dim() == 0:
             self.sums += values
             self.squares += values * values
             self.samples += 1
             return
         self.sums += values.sum(0)
-        self.squares += (values * values).sum(0)
+        self.squares += values.square().sum(0)
         self.samples += values.shape[0]
 
     def chance(self) -> torch.Tensor:
