@@ -23,8 +23,8 @@ Estimators, and why these corrections:
   chance". So no estimate is given (`NO_ESTIMATE`) until the Good–Turing estimate of the probability mass of
   the classes not yet seen, f1 / N (f1: classes seen exactly once), is at most `MISSING_MASS` (1 %).
 * MSE: the unbiased sample variance (Bessel's n − 1) of each output element over the samples seen
-  (the leading dimension of the target is the sample dimension), averaged over output elements; at
-  least 2 samples (`NO_ESTIMATE` before, and for non-finite targets).
+  (the leading dimension of the target is the sample dimension; the first `MOMENT_SAMPLES` samples),
+  averaged over output elements; at least 2 samples (`NO_ESTIMATE` before, and for non-finite targets).
 
 Everything stays on the targets' device (no host-device sync): counts go in with `index_add_`
 (not `bincount`, which synchronises on CUDA) and the estimate is a 0-dim tensor for the step's
@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ClassCounts", "TargetMoments", "MISSING_MASS", "NO_ESTIMATE", "class_chance", "moments_chance"]
+__all__ = ["ClassCounts", "TargetMoments", "MISSING_MASS", "MOMENT_SAMPLES", "NO_ESTIMATE", "class_chance",
+           "moments_chance"]
 
 NO_ESTIMATE = -1.0
 """What an estimate holds when there is none yet (a chance loss is never negative; not NaN, which the step's
@@ -45,6 +46,12 @@ MISSING_MASS = 0.01
 """Largest Good–Turing estimate of the probability mass of unseen classes (classes seen once / targets
 seen) at which the class entropy is given: at most 1 % of the targets' probability is in classes the
 estimate has not seen."""
+
+
+MOMENT_SAMPLES = 10_000
+"""MSE targets are added until this many samples are in (then the estimate stays as it is): the variance of 10,000
+samples is within ±1.4 % of the true one (one standard error, normal targets), and a dense target costs two passes
+over its elements on every call (~130 µs for 50 × 32 × 64 on one CPU thread after backward)."""
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -93,7 +100,10 @@ class TargetMoments:
         self.squares = torch.zeros(shape, dtype=_wide(device), device=device)
 
     def add(self, target: torch.Tensor) -> None:
-        """Add one call's targets: dimension 0 counts samples, the rest must be `shape` (a 0-dim target is one sample)."""
+        """Add one call's targets: dimension 0 counts samples, the rest must be `shape` (a 0-dim target is one sample);
+        nothing once `MOMENT_SAMPLES` samples are in."""
+        if self.samples >= MOMENT_SAMPLES:
+            return
         values = target.detach()
         if values.dtype not in (torch.float32, torch.float64):
             values = values.float()  # half precision would lose the sums; float32 sums of one call are exact enough
