@@ -127,8 +127,8 @@ def watch(
             `monitor.before_update()` (after backward, before the update) and `monitor.end_step(loss)`;
             the optimizers' step hooks then end nothing (fixed for the monitor's life; see
             `gradwatch.stream.step_boundaries`).
-        infer_chance: infer the chance-level loss from the targets of `F.cross_entropy`, `F.nll_loss` and
-            `F.mse_loss` calls (and the `nn` losses that call them) while the monitor is attached, for
+        infer_chance: infer the chance-level loss from the targets of `F.cross_entropy`, `F.nll_loss`,
+            `F.mse_loss` and `F.binary_cross_entropy_with_logits` calls (and the `nn` losses that call them) while the monitor is attached, for
             steps whose fed loss is such a call's output (`StepStats.chance_loss`; see
             `gradwatch.capture.criteria`); a `chance_loss=` given always wins. False: no wrapping.
         **detector_options: detector thresholds.

@@ -315,3 +315,26 @@ def test_a_step_whose_loss_comes_from_another_criterion_gets_that_criterions_lev
     variances = [r.chance_loss for r in monitor.history if not r.step % 2]
     assert all(c is not None and c > 50 for c in variances)
     assert all(c is None or c < math.log(5) for c in classes) and sum(c is not None for c in classes) >= 10
+
+
+def test_bce_with_logits_records_the_binary_entropy_of_the_mean_targets():
+    def loss_of(pred, step):
+        g = torch.Generator().manual_seed(step)
+        y = (torch.rand(6, 5, generator=g) < torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])).float()
+        return nn.BCEWithLogitsLoss()(pred, y), y
+
+    monitor, seen = watched_steps(loss_of)
+    y = measured_by(seen, 29).astype(np.float64)
+    p, n = y.mean(0), y.shape[0]
+    expected = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)) + ((p > 0) & (p < 1)) / (2 * n))
+    assert monitor.history[-1].chance_loss == pytest.approx(expected, rel=1e-6)
+    weighted, _ = watched_steps(lambda pred, i: (F.binary_cross_entropy_with_logits(
+        pred, y := torch.ones(6, 5), pos_weight=torch.full((5,), 2.0)), y))
+    assert weighted.history[-1].chance_loss is None  # pos_weight: not the plain mean
+
+
+def test_binary_entropy_is_zero_free_for_a_constant_target_column():
+    from gradwatch.stats.chance import BinaryTargets
+    targets = BinaryTargets((2,))
+    targets.add(torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
+    assert float(targets.chance()) == pytest.approx((0 + math.log(2) + 1 / 8) / 2, rel=1e-6)

@@ -1,15 +1,16 @@
 """Watch the standard criteria's targets while a monitor is attached, to infer the chance-level loss.
 
-    >>> criteria = CriterionTargets(report_error)    # wraps F.cross_entropy / nll_loss / mse_loss
+    >>> criteria = CriterionTargets(report_error)    # wraps F.cross_entropy / nll_loss / mse_loss / BCE-with-logits
     >>> loss = nn.CrossEntropyLoss()(model(x), y)     # (nn.CrossEntropyLoss calls F.cross_entropy)
     >>> source = criteria.latest_source()             # a weak reference to `loss`
     >>> estimate = criteria.estimate()                # that criterion's chance level: a 0-dim device tensor
     >>> criteria.close()                              # the functions are back as they were
 
-`torch.nn.functional.cross_entropy`, `nll_loss` and `mse_loss` are replaced by wrappers that call
+`torch.nn.functional.cross_entropy`, `nll_loss`, `mse_loss` and `binary_cross_entropy_with_logits`
+(no `pos_weight`) are replaced by wrappers that call
 the original with the same arguments and return exactly what it returns; afterwards, a training
 call (gradients enabled, an input that requires grad) with the default reduction (`'mean'`), no
-class `weight`, no `label_smoothing` and class-index (integer) targets, or floating MSE targets
+class `weight`, no `label_smoothing` and class-index (integer) targets, or floating MSE / BCE targets
 that do not require grad, adds its targets to a running estimate (`stats.chance`). Any other call
 (validation under `no_grad`, `reduction='sum'`, probability targets) counts for nothing. Code that
 took a reference to the function before `watch()` (`from torch.nn.functional import cross_entropy`)
@@ -35,13 +36,13 @@ from typing import Any, Callable, Union
 import torch
 import torch.nn.functional as F
 
-from ..stats.chance import ClassCounts, TargetMoments
+from ..stats.chance import BinaryTargets, ClassCounts, TargetMoments
 
 __all__ = ["CriterionTargets", "FunctionPatch", "WATCHED_CRITERIA"]
 
 Estimator = Union[ClassCounts, TargetMoments]
 
-WATCHED_CRITERIA = ("cross_entropy", "nll_loss", "mse_loss")
+WATCHED_CRITERIA = ("cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits")
 """The functions of `torch.nn.functional` whose targets are observed."""
 
 _PARAMETERS = {
@@ -49,11 +50,13 @@ _PARAMETERS = {
                       "label_smoothing"),
     "nll_loss": ("input", "target", "weight", "size_average", "ignore_index", "reduce", "reduction"),
     "mse_loss": ("input", "target", "size_average", "reduce", "reduction", "weight"),
+    "binary_cross_entropy_with_logits": ("input", "target", "weight", "size_average", "reduce", "reduction",
+                                         "pos_weight"),
 }
 """Each function's positional parameters, in torch's order (to read a call's arguments without `inspect`)."""
 
 _DEFAULTS: dict[str, Any] = {"weight": None, "size_average": None, "ignore_index": -100, "reduce": None,
-                             "reduction": "mean", "label_smoothing": 0.0}
+                             "reduction": "mean", "label_smoothing": 0.0, "pos_weight": None}
 
 MAX_ESTIMATORS = 64
 """Distinct criteria (function × classes or target shape) followed at most; later ones get no estimate."""
@@ -168,11 +171,13 @@ class CriterionTargets:
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor) and isinstance(pred, torch.Tensor)
                 and pred.requires_grad and isinstance(target, torch.Tensor) and _plain_mean(args, kwargs, names)):
             return  # validation, another reduction, weighted or smoothed: not this estimator's loss
-        if name == "mse_loss":
-            if target.requires_grad or not target.is_floating_point():
+        if name in ("mse_loss", "binary_cross_entropy_with_logits"):
+            weighted = _argument(args, kwargs, names, "pos_weight") is not None
+            if target.requires_grad or not target.is_floating_point() or weighted:
                 return
             shape = tuple(target.shape[1:])
-            estimator = self._estimator(("mse", shape, target.device), lambda: TargetMoments(shape, target.device))
+            kind = TargetMoments if name == "mse_loss" else BinaryTargets
+            estimator = self._estimator((name, shape, target.device), lambda: kind(shape, target.device))
             if estimator is not None:
                 assert isinstance(estimator, TargetMoments)
                 estimator.add(target)

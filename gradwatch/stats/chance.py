@@ -22,6 +22,10 @@ Estimators, and why these corrections:
   both too low, and a healthy model's loss, still above the true chance level, would look "above
   chance". So no estimate is given (`NO_ESTIMATE`) until the Good–Turing estimate of the probability mass of
   the classes not yet seen, f1 / N (f1: classes seen exactly once), is at most `MISSING_MASS` (1 %).
+* binary cross-entropy (with logits): the binary entropy of each output element's mean target (the
+  best constant prediction is that mean, hard or soft targets alike), averaged over elements, plus
+  the Miller–Madow term 1 / (2n) for elements whose targets were not all equal; from the first
+  `MOMENT_SAMPLES` samples, at least 2.
 * MSE: the unbiased sample variance (Bessel's n − 1) of each output element over the samples seen
   (the leading dimension of the target is the sample dimension; the first `MOMENT_SAMPLES` samples),
   averaged over output elements; at least 2 samples (`NO_ESTIMATE` before, and for non-finite targets).
@@ -35,8 +39,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ClassCounts", "TargetMoments", "MISSING_MASS", "MOMENT_SAMPLES", "NO_ESTIMATE", "class_chance",
-           "moments_chance"]
+__all__ = ["ClassCounts", "TargetMoments", "BinaryTargets", "MISSING_MASS", "MOMENT_SAMPLES", "NO_ESTIMATE",
+           "class_chance", "moments_chance", "binary_chance"]
 
 NO_ESTIMATE = -1.0
 """What an estimate holds when there is none yet (a chance loss is never negative; not NaN, which the step's
@@ -130,3 +134,23 @@ def moments_chance(sums: torch.Tensor, squares: torch.Tensor, samples: int) -> t
         return torch.full((), NO_ESTIMATE, dtype=torch.float32, device=sums.device)
     variance = (squares - sums * sums / samples) / (samples - 1)
     return torch.nan_to_num(variance.mean(), nan=NO_ESTIMATE, posinf=NO_ESTIMATE, neginf=NO_ESTIMATE).float()
+
+
+class BinaryTargets(TargetMoments):
+    """Running per-element sums of binary cross-entropy targets (in [0, 1]); `chance()` is their binary entropy."""
+
+    def chance(self) -> torch.Tensor:
+        """Mean over output elements of H(mean target) + Miller–Madow (0-dim float32); `NO_ESTIMATE` before 2 samples."""
+        return binary_chance(self.sums, self.samples)
+
+
+def binary_chance(sums: torch.Tensor, samples: int) -> torch.Tensor:
+    """Mean over elements of −(p ln p + (1 − p) ln(1 − p)) + [0 < p < 1] / (2n), p = sums / n (0-dim float32;
+    `NO_ESTIMATE` for n < 2 or a non-finite result)."""
+    if samples < 2:
+        return torch.full((), NO_ESTIMATE, dtype=torch.float32, device=sums.device)
+    p = sums / samples
+    entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+    mixed = (p > 0) & (p < 1)
+    estimate = (entropy + mixed / (2 * samples)).mean()
+    return torch.nan_to_num(estimate, nan=NO_ESTIMATE, posinf=NO_ESTIMATE, neginf=NO_ESTIMATE).float()
