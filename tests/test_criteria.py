@@ -338,3 +338,27 @@ def test_binary_entropy_is_zero_free_for_a_constant_target_column():
     targets = BinaryTargets((2,))
     targets.add(torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
     assert float(targets.chance()) == pytest.approx((0 + math.log(2) + 1 / 8) / 2, rel=1e-6)
+
+
+class ScriptedLoss(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(x, y) + F.mse_loss(x, x.detach())
+
+
+def test_a_module_scripted_while_watched_compiles_the_original_criteria():
+    # the first version wrapped the criteria with this module's globals: torch.jit.script compiled the original
+    # source (found through __wrapped__) and could not resolve its names
+    x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 0])
+    with gradwatch.watch(Tagger(), console=False, strict=True):
+        scripted = torch.jit.script(ScriptedLoss())
+    assert torch.equal(scripted(x, y), ScriptedLoss()(x, y))
+
+
+def test_a_compiled_criterion_is_not_counted_and_does_not_switch_inference_off(caplog):
+    # the first version counted inside torch.compile's tracing: functionalization refused the in-place count, and
+    # the failure switched inference off for the rest of the run
+    compiled = torch.compile(lambda pred, y: nn.CrossEntropyLoss()(pred, y))
+    monitor, _ = watched_steps(lambda p, i: (compiled(p, y := skewed_labels(6, i)), y) if i < 2
+                               else (F.cross_entropy(p, y := skewed_labels(6, i)), y), steps=31)
+    assert not [r for r in caplog.records if "chance-level inference" in r.message]
+    assert monitor.history[-1].chance_loss is not None

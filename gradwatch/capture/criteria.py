@@ -30,6 +30,7 @@ and observing stops; the criterion's own result is never touched.
 from __future__ import annotations
 
 import functools
+import types
 import weakref
 from typing import Any, Callable, Union
 
@@ -74,21 +75,23 @@ class FunctionPatch:
         self.active = True
         depth = [0]
         patch = self
+        compiling = torch.compiler.is_compiling
 
-        @functools.wraps(self.inner)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:  # refers to closure variables only (see below)
             depth[0] += 1
             try:
                 out = patch.inner(*args, **kwargs)
             finally:
                 depth[0] -= 1
-            if patch.active and depth[0] == 0:  # not the inner call a __torch_function__ override makes
+            # not the inner call a __torch_function__ override makes, nor inside torch.compile's tracing (a
+            # compiled criterion's targets are not counted)
+            if patch.active and depth[0] == 0 and not compiling():
                 observe(args, kwargs, out)
             return out
 
-        wrapper.__gradwatch_patch__ = self  # type: ignore[attr-defined]
-        self.wrapper = wrapper
-        setattr(owner, name, wrapper)
+        self.wrapper = _with_globals_of(self.inner, wrapper)
+        self.wrapper.__gradwatch_patch__ = self  # type: ignore[attr-defined]
+        setattr(owner, name, self.wrapper)
 
     def remove(self) -> None:
         """Take the wrapper out of the chain of wrappers installed on `owner.name`. Idempotent."""
@@ -107,6 +110,18 @@ class FunctionPatch:
                 above.inner = self.inner
                 return
             function = above.inner
+
+
+def _with_globals_of(inner: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """`wrapper` as `functools.wraps(inner)` makes it, and with `inner`'s module globals: `torch.jit.script` compiles
+    the source `inspect` finds through `__wrapped__` (the original function's) and resolves its names in the
+    function's globals, so a scripted module calling `F.cross_entropy` while gradwatch watches compiles the original
+    (scripted code does not call back into Python: its targets are not counted)."""
+    scope = getattr(inner, "__globals__", None)
+    code = getattr(wrapper, "__code__", None)
+    if isinstance(scope, dict) and isinstance(code, types.CodeType):
+        wrapper = types.FunctionType(code, scope, wrapper.__name__, None, getattr(wrapper, "__closure__", None))
+    return functools.wraps(inner)(wrapper)
 
 
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...], name: str) -> Any:
