@@ -37,6 +37,7 @@ from typing import Any, Callable, Union
 import torch
 import torch.nn.functional as F
 
+from .. import torch_compat
 from ..stats.chance import BinaryTargets, ClassCounts, TargetMoments
 
 __all__ = ["CriterionTargets", "FunctionPatch", "WATCHED_CRITERIA"]
@@ -75,7 +76,7 @@ class FunctionPatch:
         self.active = True
         depth = [0]
         patch = self
-        compiling = torch.compiler.is_compiling
+        compiling, tracing = torch_compat.compiling, torch_compat.jit_tracing
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:  # refers to closure variables only (see below)
             depth[0] += 1
@@ -83,9 +84,9 @@ class FunctionPatch:
                 out = patch.inner(*args, **kwargs)
             finally:
                 depth[0] -= 1
-            # not the inner call a __torch_function__ override makes, nor inside torch.compile's tracing (a
-            # compiled criterion's targets are not counted)
-            if patch.active and depth[0] == 0 and not compiling():
+            # not the inner call a __torch_function__ override makes, nor while torch.compile or torch.jit.trace
+            # record (a compiled or traced criterion's targets are not counted)
+            if patch.active and depth[0] == 0 and not compiling() and not tracing():
                 observe(args, kwargs, out)
             return out
 
