@@ -8,6 +8,8 @@
     $ python benchmarks/corpus.py report --session4-labels --out /tmp/x # session 4's (no one-step 'recovered')
     $ python benchmarks/corpus.py generate --split fresh7     # a fresh split (160 runs; also fresh..fresh6)
     $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
+    $ python benchmarks/corpus.py report --no-inferred-chance      # records without the inferred chance level
+    $ python benchmarks/corpus.py check-chance --split fresh6       # live runs: recorded chance == reconstruction
 
     >>> from benchmarks.corpus import make_specs, record_run, replay
     >>> run = record_run(make_specs(12, quick=True)[0])      # trains once under gradwatch
@@ -67,6 +69,13 @@ seeds, with the calibration families redrawn and two optimizers the main corpus 
 (RMSprop, Nesterov momentum); each was frozen in git before the detector changes it judges were
 made or read (issue #13, session 4). `report --chance` gives each run its chance loss
 (`watch(chance_loss=...)`), as a user who knows it would.
+
+By default `report` gives each record the chance level gradwatch infers from the criterion's targets
+(`StepStats.chance_loss`, session 6), as a user who passes nothing gets it. Runs cached before that
+field existed are completed without training: their batches are drawn again from `Task(spec)` and each
+step's criterion call is made on a stand-in prediction under gradwatch's own `CriterionTargets`
+(`inferred_chances`); `check-chance` trains runs live and checks the reconstruction equals what the live
+runs recorded. `--no-inferred-chance` replays the records as cached (the old defaults).
 """
 
 from __future__ import annotations
@@ -81,7 +90,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -95,10 +104,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import gradwatch  # noqa: E402
+from gradwatch.capture.criteria import CriterionTargets  # noqa: E402
 from gradwatch.detectors import DetectorConfig, DetectorSuite  # noqa: E402
+from gradwatch.monitor import CHANCE_EVERY  # noqa: E402
 from gradwatch.records import Alert  # noqa: E402
 
-__all__ = ["Spec", "make_specs", "record_run", "label_run", "run_label", "replay", "evaluate", "markdown", "main"]
+__all__ = ["Spec", "make_specs", "record_run", "label_run", "run_label", "replay", "inferred_chances", "with_chances",
+           "evaluate", "markdown", "main"]
 
 CACHE = ROOT / ".cache" / "corpus"
 TASKS = ("adding", "first_token", "char_lm", "packed_last", "packed_first", "regression")
@@ -472,6 +484,67 @@ def healthy_warned_bound(stuck: int, stuck_not_yet: int, healthy_ambiguous: int,
     return healthy_ambiguous * needed / ambiguous_stuck
 
 
+# ---------------------------------------------------------------------------------------- inferred chance levels
+def _prediction_shape(task: Task, x: torch.Tensor) -> tuple[int, ...]:
+    """The shape of the model's output for a batch `x` (B, T, F): what the criterion's input looks like."""
+    return (x.shape[0], x.shape[1], task.outputs) if task.dense else (x.shape[0], task.outputs)
+
+
+def inferred_chances(run: dict[str, Any]) -> list[float | None]:
+    """The chance level the live run would have recorded at each step (`StepStats.chance_loss`), reconstructed
+    without training: the run's batches are drawn again from `Task(spec)` (its generator is used by nothing else),
+    and each step's criterion call is made on a stand-in prediction while gradwatch's own `CriterionTargets` watches
+    it, exactly as in `record_run` (one `task.loss` call per step; the fed loss is its output), the estimate computed
+    every `CHANCE_EVERY` steps and carried in between as the monitor does."""
+    task = Task(Spec(**run["spec"]))
+    steps = len(run["records"])
+    errors: list[Any] = []
+    criteria = CriterionTargets(lambda *args, **kwargs: errors.append(args))
+    chances: list[float | None] = []
+    level: float | None = None
+    try:
+        for step in range(steps):
+            x, y, _lengths = task.batch()
+            prediction = torch.zeros(_prediction_shape(task, x), requires_grad=True)
+            task.loss(prediction, y)
+            if step % CHANCE_EVERY == 0 or criteria.switched():
+                estimate = criteria.estimate()
+                value = float(estimate) if estimate is not None else -1.0
+                level = value if value > 0 and math.isfinite(value) else None
+            chances.append(level)
+    finally:
+        criteria.close()
+    if errors:
+        raise RuntimeError(f"chance inference failed while replaying {Spec(**run['spec']).name}: {errors[0]}")
+    return chances
+
+
+def with_chances(run: dict[str, Any], inferred: bool = True) -> list[Any]:
+    """The run's records with `chance_loss` as the live estimator would have given it (`inferred_chances`), or
+    with none (`inferred=False`: the records as gradwatch gave them before the chance level was inferred)."""
+    chances = inferred_chances(run) if inferred else [None] * len(run["records"])
+    return [replace(r, chance_loss=c) for r, c in zip(run["records"], chances)]
+
+
+def check_inferred(specs: list[Spec], *, log: Callable[[str], None] = print) -> float:
+    """Train each spec live (`record_run`) and compare the chance levels its records got from the live estimator with
+    `inferred_chances`' reconstruction; returns the largest relative difference (raises if a step has one and not the
+    other)."""
+    worst = 0.0
+    for spec in specs:
+        run = record_run(spec)
+        live = [r.chance_loss for r in run["records"]]
+        rebuilt = inferred_chances(run)
+        if [c is None for c in live] != [c is None for c in rebuilt]:
+            raise AssertionError(f"{spec.name}: steps with an estimate differ (live {live[:5]}..., rebuilt {rebuilt[:5]}...)")
+        diff = max((abs(a - b) / b for a, b in zip(live, rebuilt) if a is not None and b is not None), default=0.0)
+        worst = max(worst, diff)
+        known = [c for c in live if c is not None]
+        log(f"{spec.name}: {len(live)} steps, {len(known)} with an estimate (last {known[-1] if known else None!r}, "
+            f"task's chance {run['chance']:.4g}); largest relative difference live/rebuilt {diff:.1e}")
+    return worst
+
+
 # ---------------------------------------------------------------------------------------- replay and judging
 def replay(records: list[Any], options: dict[str, Any] | None = None) -> list[Alert]:
     """Every alert the default detector suite (with `options`) raises over the saved records."""
@@ -742,11 +815,15 @@ def generate(cache: Path, specs: list[Spec], *, budget_s: float = math.inf, log:
 
 
 def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | None = None, labels: str = "session5",
-           chance: bool = False, out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+           chance: bool = False, inferred: bool = True,
+           out_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     """Judge the runs of `half` under the label rules `labels` (`LABEL_SETS`); `chance=True` gives each run's chance
-    loss to the detectors (`chance_loss=`), as a user who knows their task's input-blind loss would."""
+    loss to the detectors (`chance_loss=`), as a user who knows their task's input-blind loss would. `inferred`: each
+    record carries the chance level gradwatch infers from the targets (`with_chances`), as a user who passes nothing
+    gets it (issue #13, session 6); False: none (the records of runs cached before it, as recorded)."""
     chosen = [r for r in runs if half == "all" or Spec(**r["spec"]).half == half]
-    verdicts = [judge(r, replay(r["records"], dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
+    verdicts = [judge(r, replay(with_chances(r, inferred),
+                                dict(options or {}, **({"chance_loss": r["chance"]} if chance else {}))),
                       labels=labels) for r in chosen]
     result = evaluate(verdicts)
     text = markdown(result, half=half)
@@ -759,7 +836,7 @@ def report(runs: list[dict[str, Any]], *, half: str, options: dict[str, Any] | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("generate", "report"))
+    parser.add_argument("command", choices=("generate", "report", "check-chance"))
     parser.add_argument("--n", type=int, default=330, help=f"runs in the corpus (default 330; fresh split {FRESH_N})")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--budget", type=float, default=math.inf, help="generate: stop after this many seconds")
@@ -775,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="report: label as in session 4 (no one-step 'recovered' rule), for before/after comparisons")
     parser.add_argument("--chance", action="store_true",
                         help="report: give each run's chance-level loss to the detectors (watch(chance_loss=...))")
+    parser.add_argument("--no-inferred-chance", action="store_true",
+                        help="report: records without the chance level inferred from the targets (gradwatch before "
+                             "session 6); by default each run's records carry it, reconstructed from its batches")
     parser.add_argument("--quick", action="store_true", help="a dozen tiny runs in a temporary cache, for tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -792,9 +872,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         generate(args.cache, specs[::-1] if args.reverse else specs, budget_s=args.budget)
         return 0
+    if args.command == "check-chance":  # live runs of every task at batch 1 and 32 (short: T <= 30, <= 120 steps)
+        picked: dict[tuple[str, int], Spec] = {}
+        for spec in specs:
+            if spec.batch in (1, 32) and spec.timesteps <= 30 and (spec.task, spec.batch) not in picked:
+                picked[(spec.task, spec.batch)] = spec
+        worst = check_inferred(list(picked.values()))
+        print(f"{len(picked)} live runs: largest relative difference live/rebuilt {worst:.1e}")
+        return 0 if worst < 1e-6 else 1
     runs = [r for r in load_runs(args.cache) if Spec(**r["spec"]) in set(specs)]
     labels = "round1" if args.round1_labels else "session4" if args.session4_labels else "session5"
-    _, _, text = report(runs, half=args.half, labels=labels, chance=args.chance,
+    _, _, text = report(runs, half=args.half, labels=labels, chance=args.chance, inferred=not args.no_inferred_chance,
                         out_dir=args.out or (ROOT / "docs" / "bench"))
     print(text)
     return 0

@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gradwatch  # noqa: E402
 import gradwatch.monitor as monitor_module  # noqa: E402
 from gradwatch.capture import probe, stack  # noqa: E402
+try:  # session 6: the chance level inferred from the criterion's targets (older code: not there)
+    from gradwatch.capture.criteria import CriterionTargets  # noqa: E402
+except ImportError:
+    CriterionTargets = None
 from gradwatch.capture.params import ParameterMap  # noqa: E402
 from gradwatch.stream import accumulator  # noqa: E402
 from gradwatch.stream.accumulator import StepAccumulator  # noqa: E402
@@ -44,6 +48,8 @@ PARTS = [
     (monitor_module, "build_step_stats", "  record build"),
     (probe, "timestep_norms", "backward probes (probe steps: per-layer gradient norms)"),
     (accumulator, "host_all_finite", "finite-sum checks (forward; pack: one-token inputs)"),
+    (CriterionTargets, "_observe", "criterion targets (in the loss call)"),
+    (CriterionTargets, "estimate", "  chance estimate (in the post-hook, every 10 steps)"),
 ]
 BACKWARD = "backward hooks (output-gradient norms)"
 
@@ -84,7 +90,8 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10, per_token: bool = 
     spent: dict[str, list[int]] = {label: [] for _, _, label in PARTS}
     adapter_total: list[int] = []
     module_forward: list[int] = []
-    parts = [(owner, name, label) for owner, name, label in PARTS if hasattr(owner, name)]  # older code: fewer parts
+    parts = [(owner, name, label) for owner, name, label in PARTS
+             if owner is not None and hasattr(owner, name)]  # older code: fewer parts
     spent = {label: spent[label] for _, _, label in parts}
     originals = [(owner, name, _timed(owner, name, spent[label])) for owner, name, label in parts]
     originals.append((stack.StackForward, "__call__", _timed(stack.StackForward, "__call__", adapter_total)))
@@ -118,7 +125,8 @@ def main(steps: int = 300, warmup: int = 50, every: int = 10, per_token: bool = 
     print(f"torch {torch.__version__}, 1 thread, {shape}, every={every}: CPU µs per step")
     top = ["end of step: optimizer pre-hook", "end of step: optimizer post-hook", "end of step: monitor.step(loss)",
            BACKWARD, "forward adapter (own)"]
-    spent["total (pre + post + step + backward + forward)"] = [sum(v) for v in zip(*(spent[k] for k in top))]
+    top += [k for k in ("criterion targets (in the loss call)",) if k in spent]
+    spent["total (pre + post + step + backward + forward + criterion)"] = [sum(v) for v in zip(*(spent[k] for k in top))]
     for label, values in spent.items():
         values = values[warmup:]
         plain_steps = [v for i, v in enumerate(values) if (i + warmup) % every != 0]

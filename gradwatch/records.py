@@ -119,6 +119,12 @@ class StepStats:
     """True when `skip_nonfinite=True` skipped this step's update."""
     timestep_output_grad_norms: dict[str, list[float]] = field(default_factory=dict)
     """Every step, per module: entry t is ‖∂L/∂y_t‖₂ over batch and features of the module's output y (top layer)."""
+    chance_loss: float | None = None
+    """The chance-level loss inferred from the targets the criterion saw so far (the loss of the best input-blind
+    constant predictor: the Miller–Madow entropy of the class frequencies for cross-entropy/NLL, the mean per-element
+    target variance for MSE, the binary entropy of the mean target for BCE-with-logits; `gradwatch.stats.chance`), computed every 10 steps and carried in between; None when the
+    fed loss is not the very output of a watched criterion call (a sum of terms, a scaled loss, a float), the targets
+    are still too few (classes seen once hold > 1 % of them), or with `watch(infer_chance=False)`."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; layer keys become "module:layer" strings."""

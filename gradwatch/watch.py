@@ -97,6 +97,7 @@ def watch(
     tensorboard: Any = None,
     sinks: Sequence[Sink] = (),
     external_steps: bool = False,
+    infer_chance: bool = True,
     **detector_options: Any,
 ) -> Monitor:
     """Attach gradwatch to every recurrent module of `model` and return the `Monitor`.
@@ -126,6 +127,10 @@ def watch(
             `monitor.before_update()` (after backward, before the update) and `monitor.end_step(loss)`;
             the optimizers' step hooks then end nothing (fixed for the monitor's life; see
             `gradwatch.stream.step_boundaries`).
+        infer_chance: infer the chance-level loss from the targets of `F.cross_entropy`, `F.nll_loss`,
+            `F.mse_loss` and `F.binary_cross_entropy_with_logits` calls (and the `nn` losses that call them) while the monitor is attached, for
+            steps whose fed loss is such a call's output (`StepStats.chance_loss`; see
+            `gradwatch.capture.criteria`); a `chance_loss=` given always wins. False: no wrapping.
         **detector_options: detector thresholds.
     """
     inner = unwrap_model(model)
@@ -143,4 +148,5 @@ def watch(
     reducer = distributed.reducer_for_current_group()
     return Monitor(inner, optimizers, every=every, history=history, strict=bool(strict),
                    detectors=detectors, sinks=all_sinks, actions=actions, reducer=reducer,
-                   external_steps=_flag("external_steps", external_steps))
+                   external_steps=_flag("external_steps", external_steps),
+                   infer_chance=_flag("infer_chance", infer_chance))

@@ -32,9 +32,9 @@ def captured_steps(monkeypatch: pytest.MonkeyPatch, every: int) -> list[tuple[Pe
     monkeypatch.setattr("gradwatch.stream.accumulator._host_checkable", lambda x: False)
     seen: list[tuple[PendingStep, list[float], float | None]] = []
 
-    def capture(p: PendingStep, flat: list[float], loss: float | None) -> object:
+    def capture(p: PendingStep, flat: list[float], loss: float | None, **carried: float | None) -> object:
         seen.append((p, list(flat), loss))
-        return build_step_stats(p, flat, loss)
+        return build_step_stats(p, flat, loss, **carried)
 
     monkeypatch.setattr(monitor_module, "build_step_stats", capture)
     torch.manual_seed(0)

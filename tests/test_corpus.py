@@ -177,3 +177,14 @@ def test_report_counts_ambiguous_runs_and_names_the_false_alarms_they_do_not_exp
     assert result["healthy_warned_bound_flat"] == pytest.approx(1 * (2 - 1) / 1)
     assert "stuck runs not yet stuck by that rule at step 40" in text and "| 2.0 / 1.0 vs 2 of 3 |" in text
     assert f"not ambiguous at step 40 (not stuck by the label rule on steps 0-40): {spec.name}." in text
+
+
+def test_the_rebuilt_chance_levels_equal_what_live_runs_recorded():
+    # issue #13 session 6: cached runs predate StepStats.chance_loss; `report` rebuilds it from the runs' batches
+    specs = corpus.make_specs(12, quick=True)
+    picked = list({s.task: s for s in specs}.values())[:3]
+    assert len({s.task for s in picked}) == 3
+    assert corpus.check_inferred(picked, log=lambda line: None) < 1e-6
+    run = corpus.record_run(picked[0])
+    assert corpus.inferred_chances(run) == [r.chance_loss for r in run["records"]]
+    assert [r.chance_loss for r in corpus.with_chances(run, inferred=False)] == [None] * len(run["records"])

@@ -771,6 +771,29 @@ def test_drop_to_chance_and_stop_is_slow_progress_when_the_chance_loss_is_given(
     assert "stuck at the chance level" in alerts[0].message and "chance loss 0.167 you gave" in alerts[0].message
 
 
+def test_drop_to_chance_and_stop_is_slow_progress_with_the_chance_level_inferred_from_the_targets():
+    # issue #13: the records carry the level inferred from the criterion's targets (`StepStats.chance_loss`): no
+    # chance_loss option needed, and the message says where the level came from
+    inferred = [dataclasses.replace(r, chance_loss=1 / 6) for r in at_chance_run()]
+    alerts = feed(SlowProgressDetector(CFG), inferred)
+    assert alerts and alerts[0].step == CFG.progress_unexplained_steps - 1 and alerts[0].severity == "warning"
+    assert "chance loss 0.167 inferred from the targets" in alerts[0].message
+    suite = DetectorSuite(CFG)  # the suite feeds its shared tracker the same way
+    assert [a.sign for r in inferred for a in suite.update(r)][:1] == ["slow_progress"]
+
+
+def test_a_chance_loss_given_by_the_user_wins_over_the_inferred_one():
+    inferred_high = [dataclasses.replace(r, chance_loss=1.0) for r in at_chance_run()]
+    assert feed(SlowProgressDetector(CFG), inferred_high) == []  # the plateau is far below it: learned, as inferred
+    alerts = feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), inferred_high)
+    assert alerts and "chance loss 0.167 you gave" in alerts[0].message
+
+
+def test_an_inferred_chance_level_is_kept_over_records_without_one():
+    records = [dataclasses.replace(r, chance_loss=1 / 6 if i < 5 else None) for i, r in enumerate(at_chance_run())]
+    assert feed(SlowProgressDetector(CFG), records)
+
+
 def at_chance_loss(i: int) -> float:
     """A fast drop to the chance level 0.168, then batch noise of ±20 % around it (deterministic)."""
     return max(0.168, 1.28 * 0.75**i) * (1 + 0.2 * math.sin(2.7 * i * i))
@@ -847,6 +870,8 @@ def test_decay_on_a_plateau_without_chance_loss_says_how_to_tell_it_from_converg
     assert "gradwatch run --chance-loss LOSS" in cli.message and "chance_loss=" not in cli.message
     given = feed(TemporalDecayDetector(DetectorConfig(chance_loss=1 / 6)), records)[-1]
     assert "chance" not in given.message  # given: slow_progress judges the plateau against it
+    inferred = feed(TemporalDecayDetector(CFG), [dataclasses.replace(r, chance_loss=1 / 6) for r in records])[-1]
+    assert "chance" not in inferred.message  # inferred from the targets (issue #13): no hint to give it either
 
 
 def test_decay_with_a_loss_stuck_at_its_start_names_no_chance_option():

@@ -90,3 +90,28 @@ def test_a_cpu_loss_is_recorded_as_the_float32_value_of_its_copy(dtype):
     mon.close()
     assert [r.loss for r in mon.history] == expected
     assert (host_loss(loss) is not None) == (dtype == torch.float32)
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_inferring_the_chance_level_converts_no_tensor_to_python(forbid_conversions_in_gradwatch, device_path,
+                                                                  monkeypatch):
+    """Issue #13: counting the criterion's targets (cross-entropy with padding, MSE) and the estimate packed every
+    10 steps stay on the device; the record still gets its level."""
+    if device_path:
+        monkeypatch.setattr("gradwatch.capture.params._on_cpu", lambda tensors: False)
+        monkeypatch.setattr("gradwatch.stream.accumulator._host_checkable", lambda x: False)
+        monkeypatch.setattr("gradwatch.monitor.host_loss", lambda loss: None)
+    torch.manual_seed(0)
+    m = SeqClassifier(nn.GRU)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mon = gradwatch.watch(m, opt, console=False, strict=True)
+    for i in range(22):
+        out = m(torch.randint(0, 20, (9, 3)))
+        y = torch.randint(0, out.shape[-1], out.shape[:-1])
+        y[0] = -100
+        loss = (nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)) if i < 12
+                else nn.functional.mse_loss(out, torch.randn_like(out)))
+        opt.zero_grad(); loss.backward(); opt.step()
+        mon.step(loss)
+    mon.close()
+    assert mon.history[11].chance_loss is not None and mon.history[-1].chance_loss is not None

@@ -120,3 +120,13 @@ def test_alerts_are_written_with_the_step_that_raised_them(tmp_path):
 def test_unwritable_path_is_an_actionable_error(tmp_path):
     with pytest.raises(GradwatchError, match="existing, writable directory"):
         JsonlSink(tmp_path / "no" / "such" / "dir" / "run.jsonl")
+
+
+def test_the_inferred_chance_level_is_written_and_read_back(tmp_path):
+    # issue #13: `StepStats.chance_loss`, inferred from the cross-entropy targets, is one more field of each step
+    path = tmp_path / "run.jsonl"
+    monitor = train_lm({"jsonl": str(path)}, steps=30)
+    monitor.close()
+    steps = [r for r in strict_lines(path) if r["type"] == "step"]
+    assert [r["chance_loss"] for r in steps] == [s.chance_loss for s in monitor.history]
+    assert steps[-1]["chance_loss"] is not None and 2.0 < steps[-1]["chance_loss"] < math.log(20) + 0.1

@@ -70,7 +70,8 @@ class Scenario:
     tell_chance: bool = True
     """Pass the task's `chance_loss` to watch() (as a user who knows it would). Off for `exploding`: the mean
     of its last 30 losses stays above chance after the step-3 spike, so slow_progress would add a warning
-    about the explosion's aftermath to a demo meant to show the explosion."""
+    about the explosion's aftermath to a demo meant to show the explosion; for the same reason that demo
+    also turns off the inference of the chance level from the targets (`watch(infer_chance=False)`)."""
 
     @property
     def chance_loss(self) -> float | None:
@@ -165,7 +166,8 @@ def run_demo(name: str, *, steps: int = 150, every: int = 5, console: Any = "aut
     optimizer = (torch.optim.Adam(model.parameters(), lr=scenario.lr) if scenario.adam
                  else torch.optim.SGD(model.parameters(), lr=scenario.lr, momentum=0.9))
     monitor = gradwatch.watch(model, optimizer, every=every, console=console, jsonl=jsonl, tensorboard=tensorboard,
-                              chance_loss=scenario.chance_loss if scenario.tell_chance else None)
+                              chance_loss=scenario.chance_loss if scenario.tell_chance else None,
+                              infer_chance=scenario.tell_chance)
     with monitor:
         for step in range(steps):
             x, y = adding_batch(scenario.timesteps, scenario.batch, generator)

@@ -13,7 +13,8 @@ watch through temporary, process-wide hooks that are all removed when the script
 * without an optimizer (parameters updated by hand, `p.data.add_(p.grad, alpha=-lr)`), the step
   boundary comes from the backward pass: gradients are read when `backward()` returns, and the
   step ends when the next training forward of the model begins (or when the script ends);
-* the loss is the tensor `backward()` was called on (summed over the backward calls of a step);
+* the loss is the tensor `backward()` was called on (summed over the backward calls of a step; with one
+  backward call, that very tensor, so that a criterion's output keeps its inferred chance level);
   inside `optimizer.step(closure)` (LBFGS) only the closure's first evaluation counts: the loss at
   the parameters the step started from, the one LBFGS returns.
 """
@@ -377,12 +378,13 @@ class ScriptWatcher:
             if not m.forwarded:
                 continue
             m.backward_done = True
+            # the step's only backward keeps its own tensor: the monitor recognises a criterion's output by
+            # identity (its inferred chance level, `capture.criteria`); a sum over backward calls is a new tensor
             if loss is not None and self._closure_steps:
                 if not m.closure_loss_taken:  # LBFGS evaluates the closure again and again
-                    m.loss, m.closure_loss_taken = loss.detach().reshape(()).float(), True
+                    m.loss, m.closure_loss_taken = loss, True
             elif loss is not None:
-                value = loss.detach().reshape(()).float()
-                m.loss = value if m.loss is None else m.loss + value
+                m.loss = loss if m.loss is None else m.loss.detach().reshape(()).float() + loss.detach().reshape(()).float()
             if m.monitor.step_mode is Mode.MANUAL:  # no optimizer: this run ends the steps
                 m.monitor.before_update()  # measures the gradients as backward left them, then:
                 if m.clip_by_hand is not None:

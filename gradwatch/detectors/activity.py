@@ -59,7 +59,7 @@ class DeadNeuronsDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         if not stats.probed:
             return []
         alerts = []

@@ -187,7 +187,7 @@ class LossProgress:
                  flat_t: float = 0.0, chance: float | None = None, chance_share: float = 0.9,
                  long_window: int = 0) -> None:
         self.steps, self.window, self.min_improvement, self.trend = steps, window, min_improvement, trend
-        self.flat_t, self.chance, self.chance_share = flat_t, chance, chance_share
+        self.flat_t, self.given_chance, self.chance_share = flat_t, chance, chance_share
         self.long_blocks = long_window // window
         """Most blocks of `window` losses the long-run trend looks at (`falling_long`; 0: none)."""
         self.reset()
@@ -199,7 +199,20 @@ class LossProgress:
                    trend=config.progress_trend, flat_t=config.plateau_flat_t, chance=config.chance_loss,
                    chance_share=config.chance_share, long_window=config.progress_long_window)
 
+    @property
+    def chance(self) -> float | None:
+        """The chance-level loss the rules compare with: the one the user gave (`chance_loss`), else the latest
+        inferred from the criterion's targets (`StepStats.chance_loss`), else None."""
+        return self.given_chance if self.given_chance is not None else self.inferred_chance
+
+    @property
+    def chance_source(self) -> str:
+        """Where `chance` comes from, for messages: 'you gave' or 'inferred from the targets'."""
+        return "you gave" if self.given_chance is not None else "inferred from the targets"
+
     def reset(self) -> None:
+        self.inferred_chance: float | None = None
+        """The latest chance level inferred from the targets (kept over steps that come without one)."""
         self.count = 0
         self.first: list[float] = []
         self.last: collections.deque[float] = collections.deque(maxlen=3 * self.window)
@@ -213,7 +226,10 @@ class LossProgress:
         """What the properties below derived from the losses fed so far (cleared by `update`): several
         detectors ask for the same state on every step, and it changes only when a loss comes."""
 
-    def update(self, loss: float | None) -> None:
+    def update(self, loss: float | None, inferred_chance: float | None = None) -> None:
+        """Feed one step's loss and, if the record has one, its inferred chance level (`StepStats.chance_loss`)."""
+        if inferred_chance is not None:
+            self.inferred_chance = inferred_chance
         if loss is None or not math.isfinite(loss):
             return
         self.count += 1

@@ -124,8 +124,9 @@ class DetectorConfig:
     chance_loss: float | None = None
     """The loss of the best input-blind predictor of your task, if you know it: log K for K
     balanced classes with cross-entropy, the variance of the target for a mean-squared-error
-    regression, the unigram entropy of the text for a character model. gradwatch cannot infer it
-    from the gradients. Given, for a loss that started above it (first `progress_window` losses ≥
+    regression, the unigram entropy of the text for a character model. Not given, gradwatch uses
+    the level it infers from the criterion's targets when it can (`StepStats.chance_loss`; see
+    `watch(infer_chance=...)`); given, it always wins. Known, for a loss that started above it (first `progress_window` losses ≥
     this / `chance_share`), `slow_progress` also warns (1) when the loss fell to the chance level
     and stopped there — which otherwise looks like convergence: its recent level is still at least
     `chance_share` × this and it is not falling steadily (least-squares slope of the last
@@ -135,7 +136,7 @@ class DetectorConfig:
     after `progress_unexplained_steps` steps its recent level is still above this, however it
     falls. A loss that starts at the chance level is judged as without it. Corpus calibration
     half, chance given: stuck runs warned within 40 steps 87 → 96 of 96, healthy runs warned 2 of
-    28 as without it. None (default): not used."""
+    28 as without it. None (default): the inferred level, where there is one."""
     chance_share: float = 0.9
     """A loss whose recent level (mean of the last 3 × `progress_window` losses, which a
     single-sample loss needs: its median sits below its mean) is at least this fraction of

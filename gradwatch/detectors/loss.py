@@ -99,7 +99,7 @@ class SlowProgressDetector:
 
     def update(self, stats: StepStats) -> list[Alert]:
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         self._collect(stats)
         state = self.progress.state
         if self.progress.fell_to_chance:
@@ -136,16 +136,16 @@ class SlowProgressDetector:
         p = self.progress
         if p.fell_to_chance and self._far_above_chance():
             level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
-                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} you gave, and it is "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} {p.chance_source}, and it is "
                      f"not falling steadily (slope t = {p.slope_t():.1f}): the model does worse than ignoring its inputs")
         elif p.fell_to_chance:
             level = (f"its level over the last {len(p.last)} steps, {fmt(p.level)}, is "
-                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} you gave (threshold "
+                     f"{fmt((p.level or 0.0) / (p.chance or 1.0))}× the chance loss {fmt(p.chance)} {p.chance_source} (threshold "
                      f"{fmt(p.chance_share)}×), and it is not falling steadily (slope t = {p.slope_t():.1f}): the model "
                      "does no better than ignoring its inputs")
         else:
             level = (f"after {p.count} steps its level over the last {len(p.last)} steps, {fmt(p.level)}, is still "
-                     f"above the chance loss {fmt(p.chance)} you gave (slope t = {p.slope_t():.1f}): the model does not "
+                     f"above the chance loss {fmt(p.chance)} {p.chance_source} (slope t = {p.slope_t():.1f}): the model does not "
                      "yet do as well as ignoring its inputs")
         if found is None:
             return next(iter(self._kinds), None), "unexplained", (
@@ -377,7 +377,7 @@ class OscillationDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         loss = stats.loss
         if loss is None or not math.isfinite(loss):
             return []

@@ -63,9 +63,12 @@ def auto_clip_option() -> str:
 def chance_loss_hint() -> str:
     """How to tell gradwatch the chance level: `chance_loss=<...>`, or `--chance-loss LOSS` under `gradwatch run`."""
     option = "gradwatch run --chance-loss LOSS" if _FOR_CLI.get() else "gradwatch.watch(..., chance_loss=LOSS)"
+    inferred = ("backward() is called once per step on the output of" if _FOR_CLI.get() else
+                "monitor.step(loss) gets the very tensor returned by")
     return (f"if you know the loss of a model that ignores its inputs (ln K for K balanced classes with "
             f"cross-entropy, the target's variance for MSE), {option} makes slow_progress warn when the loss "
-            "stops there")
+            f"stops there (gradwatch infers it itself when {inferred} nn.CrossEntropyLoss, NLLLoss, MSELoss or "
+            "BCEWithLogitsLoss)")
 
 
 def _clip() -> str:

@@ -186,7 +186,7 @@ class DetectorSuite:
     def update(self, stats: StepStats) -> list[Alert]:
         self._steps += 1
         if self._progress is not None:
-            self._progress.update(stats.loss)
+            self._progress.update(stats.loss, stats.chance_loss)
         found: dict[AlertKey, Alert] = {}
         for detector in self.detectors:
             for alert in detector.update(stats):

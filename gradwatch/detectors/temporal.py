@@ -175,7 +175,7 @@ class TemporalDecayDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         if not stats.probed:
             return []
         decays = {k: p for k, p in self.profiles.of(stats, min_steps=c.temporal_min_steps).items() if p.ratio <= c.temporal_decay_ratio}
@@ -196,7 +196,7 @@ class TemporalDecayDetector:
                 evidence += f"; and it hurts: {self.progress.describe()}"
             elif state == "plateau":
                 evidence += f"; {self.progress.describe()}, so the missing long-range signal may be what holds it back"
-                if c.chance_loss is None:  # a plateau at chance looks like convergence: only the chance level tells
+                if self.progress.chance is None:  # a plateau at chance looks like convergence: only the chance level tells
                     evidence += f" ({remedies.chance_loss_hint()})"
             elif state == "worse":
                 evidence += f"; {self.progress.describe()} (it got worse and stays there; slow_progress says whether it is stuck)"
@@ -204,7 +204,7 @@ class TemporalDecayDetector:
                 evidence += f"; the loss is improving ({self.progress.describe()}), so the task may need only short memory"
             else:
                 evidence += "; not yet known whether it hurts (the loss has not been seen to stall)"
-                if c.chance_loss is None:  # said once (cooldown): the first decay alert comes before any plateau
+                if self.progress.chance is None:  # said once (cooldown): the first decay alert comes before any plateau
                     evidence += f"; {remedies.chance_loss_hint()}"
             alerts.append(
                 make_alert(
@@ -241,7 +241,7 @@ class TemporalGrowthDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         if not stats.probed:
             return []
         grows = {

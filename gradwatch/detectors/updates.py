@@ -76,7 +76,7 @@ class TinyUpdatesDetector:
     def update(self, stats: StepStats) -> list[Alert]:
         c = self.config
         if self._feeds:
-            self.progress.update(stats.loss)
+            self.progress.update(stats.loss, stats.chance_loss)
         ratios = self._ratios
         for key, ls in stats.layers.items():
             if ls.has_grad and math.isfinite(ls.update_ratio):

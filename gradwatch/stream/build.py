@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..records import ClipEvent, DirectionStats, LayerStats, NonFinite, StepStats
 from .groups import GroupKey
-from .schema import CLIP, GRAD_SQ, OUTSIDE_WEIGHT_SQ, TOTAL_SQ, UPDATE_SQ, WEIGHT_SQ, Segments, StepLayout
+from .schema import CHANCE, CLIP, GRAD_SQ, OUTSIDE_WEIGHT_SQ, TOTAL_SQ, UPDATE_SQ, WEIGHT_SQ, Segments, StepLayout
 
 __all__ = ["ModuleInfo", "PendingStep", "split_values", "build_step_stats", "locate_nonfinite"]
 
@@ -52,6 +52,12 @@ class PendingStep:
     buffer holds the rest."""
     outside_params: tuple[str, ...] = ()
     """Names of the model's parameters outside the watched modules, in the order of `OUTSIDE_WEIGHT_SQ`."""
+    chance_source: object | None = None
+    """A weak reference to the criterion output whose inferred chance level was packed (`CHANCE`), or None."""
+    chance_measured: bool = False
+    """The chance level was computed and packed this step (`CHANCE`); otherwise the record carries the latest."""
+    chance_claimed: bool = False
+    """The loss fed for this step is that output: the record keeps the chance level."""
 
 
 Values = Sequence["list[float] | None"]
@@ -195,8 +201,10 @@ def locate_nonfinite(
     return None
 
 
-def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> StepStats:
-    """The record for one step from its read-back values."""
+def build_step_stats(p: PendingStep, flat: list[float], loss: float | None, *,
+                     chance: float | None = None) -> StepStats:
+    """The record for one step from its read-back values; `chance`: the latest inferred chance level read back,
+    for a step that did not compute it."""
     lay = p.layout
     v = split_values(lay, p.segments, flat)
     layers = _layers(p, v)
@@ -216,7 +224,21 @@ def build_step_stats(p: PendingStep, flat: list[float], loss: float | None) -> S
         clip=clip,
         skipped=p.skipped,
         timestep_output_grad_norms=_output_grad_norms(p, v),
+        chance_loss=_chance(p, v, chance),
     )
+
+
+def _chance(p: PendingStep, v: Values, carried: float | None) -> float | None:
+    """The inferred chance level when the fed loss is its criterion's output: measured this step (an estimate > 0,
+    else None), or `carried` from an earlier step."""
+    if not p.chance_claimed:
+        return None
+    if not p.chance_measured:
+        return carried
+    values = v[p.layout.slot(CHANCE)]
+    if not values or not (values[0] > 0 and math.isfinite(values[0])):
+        return None
+    return values[0]
 
 
 def _output_grad_norms(p: PendingStep, v: Values) -> dict[str, list[float]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 __all__ = ["Scope", "Shape", "Reduce", "Channel", "CHANNELS", "ModuleShape", "ModuleSlots", "StepLayout", "Segments",
-           "GRAD_SQ", "WEIGHT_SQ", "UPDATE_SQ", "TOTAL_SQ", "OUTSIDE_WEIGHT_SQ", "CLIP",
+           "GRAD_SQ", "WEIGHT_SQ", "UPDATE_SQ", "TOTAL_SQ", "OUTSIDE_WEIGHT_SQ", "CLIP", "CHANCE",
            "IN_ACT", "OUT_ACT", "OUT_GRAD", "FINAL_STATE", "XGRAD", "ACT", "ACTIVITY"]
 
 
@@ -87,6 +87,8 @@ TOTAL_SQ = Channel("total", Scope.STEP, Shape.SCALAR, Reduce.MEAN,
 OUTSIDE_WEIGHT_SQ = Channel("outside_wsq", Scope.STEP, Shape.PER_OUTSIDE, Reduce.MEAN,
                             "StepStats.nonfinite (where='weights' outside the watched modules)", locates_only=True)
 CLIP = Channel("clip", Scope.STEP, Shape.CLIP, Reduce.MEAN, "StepStats.clip")
+CHANCE = Channel("chance", Scope.STEP, Shape.SCALAR, Reduce.MEAN,
+                 "StepStats.chance_loss (inferred from the criterion's targets; NaN: no estimate)")
 IN_ACT = Channel("in_act", Scope.MODULE, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
                  "StepStats.nonfinite (where='input')", locates_only=True)
 OUT_ACT = Channel("out_act", Scope.MODULE, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
@@ -102,7 +104,7 @@ ACT = Channel("act", Scope.LAYER, Shape.PER_TIMESTEP, Reduce.ROOT_SUM_SQUARE,
 ACTIVITY = Channel("activity", Scope.LAYER, Shape.UNIT_SHARES, Reduce.MEAN,
                    "LayerStats.dead_fraction, LayerStats.saturated_fraction (probe steps)")
 
-CHANNELS: tuple[Channel, ...] = (GRAD_SQ, WEIGHT_SQ, UPDATE_SQ, TOTAL_SQ, OUTSIDE_WEIGHT_SQ, CLIP,
+CHANNELS: tuple[Channel, ...] = (GRAD_SQ, WEIGHT_SQ, UPDATE_SQ, TOTAL_SQ, OUTSIDE_WEIGHT_SQ, CLIP, CHANCE,
                                  IN_ACT, OUT_ACT, OUT_GRAD, FINAL_STATE, XGRAD, ACT, ACTIVITY)
 """Every channel, in slot order within its scope."""
 
