@@ -362,3 +362,20 @@ def test_a_compiled_criterion_is_not_counted_and_does_not_switch_inference_off(c
                                else (F.cross_entropy(p, y := skewed_labels(6, i)), y), steps=31)
     assert not [r for r in caplog.records if "chance-level inference" in r.message]
     assert monitor.history[-1].chance_loss is not None
+
+
+def test_class_counting_stops_after_the_first_CLASS_TARGETS_targets_so_later_calls_cost_nothing():
+    # counting is four tensor operations per call; after 10,000 targets the estimate is as good as it gets
+    from gradwatch.stats.chance import CLASS_TARGETS
+
+    rng = np.random.default_rng(3)
+    counts, seen = ClassCounts(4), []
+    while counts.offered < CLASS_TARGETS:
+        labels = rng.choice(4, size=700, p=[0.7, 0.1, 0.1, 0.1])
+        seen.append(labels)
+        counts.add(torch.from_numpy(labels))
+    before = counts.counts.clone()
+    counts.add(torch.zeros(5000, dtype=torch.long))  # would pull the entropy down if it were counted
+    assert torch.equal(counts.counts, before)
+    assert float(counts.chance()) == pytest.approx(entropy_reference(np.concatenate(seen)), rel=1e-6)
+    assert sum(len(s) for s in seen) == counts.offered >= CLASS_TARGETS
