@@ -29,8 +29,8 @@ near 1e-3 per step.
   The consecutive-steps and runaway rules judge only a step that moved the layer further than
   its first step did (‖Δθ‖ above the first one seen). An adaptive optimizer's first step is
   sign-like, the largest it takes: RMSprop moves every element by lr/√(1 − α) = 10·lr at step 0
-  (its squared-gradient average starts at 0) and can never move one further, however large the
-  gradient (Adam: lr per element). Later large ratios under that ceiling come from small weights
+  (its squared-gradient average starts at 0) and, without momentum, can never move one further,
+  however large the gradient (Adam: lr per element at step 0). Later large ratios under that ceiling come from small weights
   or a brief gradient rise against its running average, not from a step size that grows; only a
   learning rate that grows (a warm-up) or a plain gradient that explodes takes a step past it.
   (Attached mid-run, the first step seen is an ordinary one, and the rules judge nearly every
