@@ -6,7 +6,7 @@
     $ python benchmarks/corpus.py report --quick      # a dozen tiny runs, generated and judged in seconds
     $ python benchmarks/corpus.py report --round1-labels --out /tmp/x   # round 1's labels (no 'recovered')
     $ python benchmarks/corpus.py report --session4-labels --out /tmp/x # session 4's (no one-step 'recovered')
-    $ python benchmarks/corpus.py generate --split fresh7     # a fresh split (160 runs; also fresh..fresh6)
+    $ python benchmarks/corpus.py generate --split fresh8     # a fresh split (160 runs; also fresh..fresh7)
     $ python benchmarks/corpus.py report --half fresh3 --chance --out /tmp/f3   # each run given its chance loss
     $ python benchmarks/corpus.py report --no-inferred-chance      # records without the inferred chance level
     $ python benchmarks/corpus.py check-chance --split fresh6       # live runs: recorded chance == reconstruction
@@ -119,13 +119,15 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRESH_OPTIMIZERS = ("rmsprop", "nesterov")  # only in the fresh split: families nobody has seen
 FRESH_SEED = 2026
 FRESH_SPLITS = {"fresh": (FRESH_SEED, "F"), "fresh2": (2027, "G"), "fresh3": (2028, "H"), "fresh4": (2029, "J"),
-               "fresh5": (2030, "K"), "fresh6": (2031, "L"), "fresh7": (2032, "M")}
+               "fresh5": (2030, "K"), "fresh6": (2031, "L"), "fresh7": (2032, "M"),
+               "fresh8": (2033, "N")}
 """Fresh splits: seed and run-name prefix. `fresh` was frozen before round 3's tuning and judged once at its end;
 `fresh2` was frozen (generated) before anyone looked at round 3's misses, for round 4; `fresh3` before anyone looked
 at round 4's misses (and judged round 4 once); `fresh4` before round 5, for round 5; `fresh5` (session 5) before any
 detector or label change of session 5, to be read once when that code is final; `fresh6` (session 5, round 3) before
 round 3's detector changes, to be read once when that code is final; `fresh7` (session 6) before any detector change
-of session 6, to be read once when that code is final."""
+of session 6, to be read once when that code is final; `fresh8` (session 6, round 2) before round 2's detector changes,
+to be read once when that code is final."""
 FRESH_N = 160
 LR_LEVELS = ("too_low", "good", "good", "good", "too_high", "warmup_high")
 INITS = ("default", "default", "orthogonal", "identity", "scaled_up", "scaled_down")

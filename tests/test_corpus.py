@@ -59,7 +59,7 @@ def test_families_split_into_two_stable_halves():
     assert {s.batch for s in specs} >= {1, 64} and max(s.timesteps for s in specs) == 500
 
 
-@pytest.mark.parametrize("split", ["fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7"])
+@pytest.mark.parametrize("split", ["fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8"])
 def test_fresh_splits_hold_no_calibration_family_and_new_seeds(split):
     # issue #13 session 4: a fresh split judges the detectors on runs nobody tuned on: no family of the calibration
     # half, no (family, seed) of the main corpus, some families the main corpus never ran

@@ -425,6 +425,36 @@ def test_large_step_streak_warns_when_the_loss_responds_or_after_the_first_steps
     assert [(a.step, a.severity) for a in alerts] == [(step, "warning")]
 
 
+@pytest.mark.parametrize("ratios, weights, losses", [
+    # fresh7 M008 (character LSTM cell, RMSprop 30x too fast): step 0 moved every element by 10 lr (||dθ|| 52.4 on
+    # weights of 10.7), then 0.43, 0.51, 0.52 of the growing weights with ||dθ|| 22.8, 29.3, 33.5, while the loss rose
+    # 3.66 -> 7.10 and fell back below its start by step 6; it converged. The streak rule warned at step 3.
+    ([4.9, 0.426, 0.509, 0.516, 0.189, 0.164], [10.7, 53.5, 57.5, 65.0, 73.7, 75.0],
+     [3.664, 6.788, 7.096, 5.891, 4.682, 3.53]),
+    # fresh7 M089 (packed GRU, RMSprop at its usual rate): a gradient briefly above its running average took the ratio
+    # 0.032 -> 0.049 -> 0.077 -> 0.128 (x1.5 per step), ||dθ|| at most 0.62x the first step's 3.41; it converged. The
+    # runaway rule warned at step 25 (here 5).
+    ([0.242, 0.0336, 0.0322, 0.0316, 0.0493, 0.0768, 0.128, 0.106], [14.1, 15.9, 16.0, 16.0, 16.1, 16.3, 16.4, 16.7],
+     [1.39, 1.369, 1.389, 1.355, 1.341, 1.267, 1.393, 1.408]),
+], ids=["M008-streak", "M089-runaway"])
+def test_rmsprop_steps_no_larger_than_its_first_are_not_large_updates_fresh7_M008_M089(ratios, weights, losses):
+    # issue #13 session 6 round 2: RMSprop's first step is its largest possible one (10 lr per element: its squared-
+    # gradient average starts at 0), so a large ratio under that ceiling is not a step size that grows
+    assert feed(LargeUpdatesDetector(CFG), update_records(ratios, weights, losses)) == []
+
+
+def test_rmsprop_warm_up_steps_past_the_first_one_still_warn():
+    # the same shapes once the step outgrows the first one (a warm-up raising lr: fresh F154 ||dθ|| 2.4x its first,
+    # diverged at 7) keep their warning: the streak at the second large step, the runaway when it reaches 0.1
+    ratios = [0.3, 0.55, 0.62, 0.3]
+    weights = [1.0, 1.0, 1.0, 1.0]  # ||dθ|| 0.3, 0.55, 0.62: past the first step's
+    alerts = feed(LargeUpdatesDetector(CFG), update_records(ratios, weights, [1.0, 1.1, 1.3, 1.2]))
+    assert [(a.step, a.severity) for a in alerts][:1] == [(2, "warning")] and "consecutive" in alerts[0].message
+    ratios = [0.02, 0.0316, 0.0493, 0.0768, 0.128]
+    alerts = feed(LargeUpdatesDetector(CFG), update_records(ratios, [16.0] * 5, [1.39] * 5))
+    assert [(a.step, a.severity) for a in alerts] == [(4, "warning")] and "running away" in alerts[0].message
+
+
 def test_inflating_window_counts_every_step_not_only_steps_with_an_update():
     # review of issue #13's rule: the weight norm was recorded only on steps with an update ratio, so a
     # step without gradients (norm 0.2 here) dropped out of the window and "rose on each of the last 3

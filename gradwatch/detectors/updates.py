@@ -26,6 +26,15 @@ near 1e-3 per step.
   that overshoots), or the loss is at ≥ `large_update_loss_factor` × the first loss. Adam
   too fast on small weights moves them by about the same ‖Δθ‖ each step, so they grow
   linearly and the ratio falls as 1/t: the run can still converge.
+  The consecutive-steps and runaway rules judge only a step that moved the layer further than
+  its first step did (‖Δθ‖ above the first one seen). An adaptive optimizer's first step is
+  sign-like, the largest it takes: RMSprop moves every element by lr/√(1 − α) = 10·lr at step 0
+  (its squared-gradient average starts at 0) and, without momentum, can never move one further,
+  however large the gradient (Adam: lr per element at step 0). Later large ratios under that ceiling come from small weights
+  or a brief gradient rise against its running average, not from a step size that grows; only a
+  learning rate that grows (a warm-up) or a plain gradient that explodes takes a step past it.
+  (Attached mid-run, the first step seen is an ordinary one, and the rules judge nearly every
+  large step, as before.)
 
 Frozen layers (no gradient) and steps without a finite ratio are left out. Each module
 reports its most affected layer; the message names the others.
@@ -143,6 +152,8 @@ class LargeUpdatesDetector:
         """Weight norm of each layer over the last `weight_growth_steps` + 1 steps."""
         self._moves: dict[LayerKey, collections.deque[float]] = {}
         """‖Δθ‖ of each layer over the last `weight_growth_steps` + 1 steps (the inflating window)."""
+        self._first_move: dict[LayerKey, float] = {}
+        """‖Δθ‖ of each layer's first step with a finite ratio: for an adaptive optimizer, its largest possible step."""
         self._first_loss: float | None = None
         """The first finite loss: where the run started."""
         self._seen = 0
@@ -169,6 +180,7 @@ class LargeUpdatesDetector:
                 continue
             prev = trail[-1] if trail else None
             trail.append(r)
+            further = self._further_than_first(key, stats.layers[key].update_norm)
             # Adam moves every weight by about lr at first, so on small weights its first steps are large
             # by design and shrink step after step as the weights grow: only a large step that is not
             # falling is a sign of a step size that is too large.
@@ -179,9 +191,9 @@ class LargeUpdatesDetector:
                 self._streak[key] = self._streak.get(key, 0) + 1
             if r >= c.large_update_critical and rising:
                 flagged[key] = (r, "critical")
-            elif self._streak[key] >= c.large_update_steps and (not early or self._loss_responds(loss)):
+            elif self._streak[key] >= c.large_update_steps and (not early or self._loss_responds(loss)) and further:
                 flagged[key] = (r, "streak")
-            elif self._growing(trail):
+            elif further and self._growing(trail):
                 flagged[key] = (r, "growing")
             elif prev is not None and prev >= c.large_update_ratio and self._damaged(loss):
                 flagged[key] = (prev, "damage")
@@ -192,6 +204,14 @@ class LargeUpdatesDetector:
         if loss is not None:
             self._losses.append(loss)
         return alerts
+
+    def _further_than_first(self, key: LayerKey, move: float) -> bool:
+        """This step's ‖Δθ‖ is larger than the layer's first one (non-finite: yes). RMSprop's first step moves every
+        element by 10·lr, the most it ever can; its large ratios below that ceiling are small weights or a gradient
+        briefly above its running average (fresh7 M008: RMSprop 30× too fast, ratios 4.9, 0.43, 0.51, 0.52 with
+        ‖Δθ‖ 52 → 23-34, and M089: ratio 0.032 → 0.13 in 3 steps at ‖Δθ‖ ≤ 0.62× the first; both converged)."""
+        first = self._first_move.setdefault(key, move)
+        return not (math.isfinite(move) and math.isfinite(first)) or move > first
 
     def _growing(self, trail: collections.deque[float]) -> bool:
         """The ratio grew by `large_update_growth` or more on each of the last 3 steps, to ≥ `large_update_growth_ratio`."""
