@@ -71,7 +71,7 @@ def test_default_demo_says_its_loss_sits_at_the_chance_level():
     # the demo passes its task's chance loss: the vanishing warning says the loss it is stuck at is the chance level
     monitor = run_demo("vanishing", steps=30, console=False)
     (stuck,) = [a for a in monitor.alerts if a.sign == "slow_progress"]
-    assert "stuck at its starting level, the chance level (chance loss 0.167)" in stuck.message
+    assert "stuck at its starting level, the chance level (chance loss 0.167 you gave)" in stuck.message
     assert "Remedy:" in stuck.message and "LSTM" in stuck.message
 
 

@@ -917,9 +917,12 @@ def test_loss_stuck_at_a_start_that_is_the_given_chance_level_says_so():
     records = stalled_run(60, lambda i: layer(ts=geometric(1e-2, 0.6, 60) if i % 10 == 0 else None), loss=flat)
     (given, *_) = feed(SlowProgressDetector(DetectorConfig(chance_loss=1 / 6)), records)
     assert given.step == CFG.progress_steps - 1
-    assert given.message.startswith("the loss is stuck at its starting level, the chance level (chance loss 0.167): ")
+    assert given.message.startswith("the loss is stuck at its starting level, the chance level (chance loss 0.167 you gave): ")
     (plain, *_) = feed(SlowProgressDetector(CFG), records)
     assert plain.message.startswith("the loss is stuck at its starting level: ")
+    (inferred, *_) = feed(SlowProgressDetector(CFG), [dataclasses.replace(r, chance_loss=1 / 6) for r in records])
+    assert inferred.message.startswith(
+        "the loss is stuck at its starting level, the chance level (chance loss 0.167 inferred from the targets): ")
 
 
 def test_loss_stuck_far_above_the_given_chance_level_is_not_called_at_chance():

@@ -190,7 +190,7 @@ class SlowProgressDetector:
         elif self.progress.above_chance and self.progress.count >= self.config.progress_unexplained_steps:
             lead = "the loss is still above the chance level"
         elif self.progress.state == "stalled" and self.progress.at_chance:
-            lead = f"the loss is stuck at its starting level, the chance level (chance loss {fmt(self.progress.chance)})"
+            lead = f"the loss is stuck at its starting level, the chance level (chance loss {fmt(self.progress.chance)} {self.progress.chance_source})"
         return make_alert(
             "slow_progress",
             "warning",
