@@ -92,23 +92,6 @@ of two thresholds:
    fixed threshold, loosening beyond the plain bound (k up to 4 on the bound itself) took the tanh
    warm-up overshoot from 0.94× to 1.46×.
 
-   **Past the plain bound** (`loss_beyond` = 16, `loss_beyond_loosen` = 2.5): where P does not
-   tighten the bound (P ≤ free_propagation, or no P), a second factor c ≥ 1 multiplies it,
-
-       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂ · min(1, k · min(1, 3 / P)) · (c if P ≤ 3 else 1),
-
-   c × 2.5 after each mostly-clipped block with a new best mean loss *run at the full learning rate*
-   (every param group at the rate the bound uses: not in a warm-up or a decay), c × 0.7 (not below 1)
-   after a mostly-clipped block without one. Why: counting momentum as lr / (1 − μ) assumes the
-   gradients of a momentum lifetime line up; a default-initialised ReLU RNN at lr 0.1 m 0.9 (held-out
-   r3) trains only with gradients ~10× the plain bound (fixed threshold 3: lr_eff · ‖g‖ of 5-44% of
-   ‖θ‖ while it learns; its momentum buffer is 0.07-0.3 of the aligned sum), and sat at 7.1× the best
-   fixed threshold. Neither P (≈ 1.3) nor the momentum buffer's alignment tells it from the tanh
-   warm-up and the adding problem, which need the plain bound (their alignment is as low); progress
-   under the bound does. Progress in a warm-up earns nothing: the evidence was gathered at a smaller
-   step than the bound allows at the peak (that is what overshot at 1.46×). An IRNN (P ≫ 3) is
-   untouched: its bound protects a recurrence that compounds a change of its weights over P steps.
-
 2. **Spike bound, from step 1** (every optimizer). m and s², the exponential moving mean and
    variance of log(clipped norm) (decay `alpha` = 0.97 as in ZClip, ~33 steps; a plain mean
    over the first steps), give the threshold exp(m + `spike` · s) with spike = 3. Working on
@@ -242,18 +225,11 @@ class Auto:
     """Smallest factor the loss feedback may put on the update bound."""
     loss_highest: float = 4.0
     """Largest factor the loss feedback may put on the update bound."""
-    loss_beyond: float = 16.0
-    """Most the loss feedback may loosen the plain bound itself by, where P does not tighten it (P ≤
-    free_propagation); earned only by mostly-clipped blocks with a new best loss run at the full
-    learning rate (not in a warm-up or a decay). 1: never past the plain bound."""
-    loss_beyond_loosen: float = 2.5
-    """That loosening's factor per such block (it falls back by loss_tighten per block without progress)."""
     name: ClassVar[str] = "auto"
 
     def __post_init__(self) -> None:
         for field_name in ("max_update", "gated_max_update", "free_propagation", "spike", "min_std", "max_std",
-                           "scale_invariant_min_std", "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest",
-                           "loss_beyond", "loss_beyond_loosen"):
+                           "scale_invariant_min_std", "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive finite number, got {value!r}.")
@@ -266,9 +242,6 @@ class Auto:
         if not self.loss_lowest <= 1.0 <= self.loss_highest:
             raise GradwatchError(f"gradwatch.actions.Auto: loss_lowest ({self.loss_lowest}) must be at most 1 and "
                                  f"loss_highest ({self.loss_highest}) at least 1 (the feedback starts at 1).")
-        if self.loss_beyond < 1.0:
-            raise GradwatchError(f"gradwatch.actions.Auto(loss_beyond=...) must be at least 1 (1: never past the "
-                                 f"plain bound), got {self.loss_beyond!r}.")
         for field_name in ("warmup", "refresh", "loss_window"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -350,9 +323,6 @@ class _UpdateBound:
         self.weights: Tensor | None = None
         self.scale_invariant = False
         """Every param group belongs to a scale-invariant optimizer (Adam, RMSprop, …; not: no optimizer at all)."""
-        self.at_full_rate = True
-        """Every param group runs at the rate the bound uses (its planned peak): not in a warm-up or a decay.
-        The loss feedback loosens past the plain bound only on what it saw at the full rate."""
 
     @property
     def active(self) -> bool:
@@ -396,8 +366,6 @@ class _UpdateBound:
         else:  # a decaying learning rate keeps the gradient threshold its peak gave (see `peak_lrs`)
             self.peak_lrs = tuple(max(peak, lr) for peak, lr in zip(self.peak_lrs, current))
         group_lrs = self.peak_lrs
-        self.at_full_rate = all(effective_lr(opt, g) >= peak * (1.0 - 1e-6)
-                                for peak, (opt, g) in zip(group_lrs, ((o, g) for o in batch.optimizers for g in o.param_groups)))
         if self.age == 0:
             self._measure(batch, group_lrs, device)
             self.lrs_key = ()
@@ -513,8 +481,7 @@ class _AutoClipper:
     def _new_feedback(self) -> LossFeedback:
         cfg = self.cfg
         return LossFeedback(window=cfg.loss_window, tighten=cfg.loss_tighten, loosen=cfg.loss_loosen,
-                            lowest=cfg.loss_lowest, highest=cfg.loss_highest, beyond=cfg.loss_beyond,
-                            beyond_loosen=cfg.loss_beyond_loosen)
+                            lowest=cfg.loss_lowest, highest=cfg.loss_highest)
 
     def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]]) -> None:
         """Take the classes of the recurrent modules the monitor watches (on `watch()` and whenever
@@ -550,7 +517,6 @@ class _AutoClipper:
             self.stats = _HostLogStats(self.cfg) if on_host else _DeviceLogStats(self.cfg, norm.device)
             self.bound = _UpdateBound(self.max_update, self.cfg.refresh)
         self.bound.update(batch, norm.device)
-        self.feedback.full_rate = self.bound.at_full_rate
         assert self.stats is not None
         self.stats.min_std = self.cfg.scale_invariant_min_std if self.bound.scale_invariant else self.cfg.min_std
         if isinstance(self.stats, _HostLogStats):
@@ -573,13 +539,10 @@ class _AutoClipper:
         limit = stats.limit
         if bound is not None:
             p = self.propagation
-            k, past = self.feedback.factor, self.feedback.past
-            # min(1, k · min(1, free / P)) · c: the loss feedback tightens and loosens at most what P
-            # tightened (k); where P did not tighten (P ≤ free), progress at the full rate loosens the
-            # plain bound itself (c ≥ 1, 1 at first)
-            free = self.cfg.free_propagation
-            factor = 1.0 if p is None else min(1.0, free / float(p))  # CPU: no sync
-            limit = min(limit, float(bound) * min(1.0, k * factor) * (past if p is None or float(p) <= free else 1.0))
+            k = self.feedback.factor
+            # min(1, k · min(1, free / P)): the loss feedback tightens, and loosens at most what P tightened
+            factor = 1.0 if p is None else min(1.0, self.cfg.free_propagation / float(p))  # CPU: no sync
+            limit = min(limit, float(bound) * min(1.0, k * factor))
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
             foreach_mul_(group, coef)
@@ -589,21 +552,18 @@ class _AutoClipper:
     def _clip_on_device(self, batch: GradBatch, norm: Tensor, stats: _DeviceLogStats) -> Tensor:
         n = norm.float()
         bound = self._bound_threshold(batch, n)
-        # k, c: host floats (the loss feedback), no sync
-        p, k, past, free = self.propagation, self.feedback.factor, self.feedback.past, self.cfg.free_propagation
+        p, k = self.propagation, self.feedback.factor  # k: a host float (the loss feedback), no sync
         if bound is not None and p is not None:
-            # min(1, k · min(1, free / P)) · (c where P ≤ free), as on the host
+            # min(1, k · min(1, free / P)), as on the host; k > 1 only undoes what P tightened
             if isinstance(p, float):
-                bound = bound * (min(1.0, k * min(1.0, free / p)) * (past if p <= free else 1.0))
+                bound = bound * min(1.0, k * min(1.0, self.cfg.free_propagation / p))
             else:
                 if p.device != bound.device:
                     p = self.propagation = p.to(bound.device)
-                # a clamp and a where, not a branch: P stays on the device (the branches are on host floats)
-                bound = bound * torch.clamp((k * free) / p, max=min(k, 1.0))
-                if past != 1.0:
-                    bound = bound * torch.where(p <= free, past, 1.0)
-        elif bound is not None and min(k, 1.0) * past != 1.0:
-            bound = bound * (min(k, 1.0) * past)
+                # a clamp, not a branch: P stays on the device (the branch on k is on a host float)
+                bound = bound * torch.clamp((k * self.cfg.free_propagation) / p, max=min(k, 1.0))
+        elif bound is not None and k < 1.0:
+            bound = bound * k
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))

@@ -15,11 +15,6 @@ block mean so far (the first block only sets it):
 - no new best (large clipped steps that do not help, or a loss rising after them):
   factor ← max(factor · tighten, lowest).
 
-A second factor, `past` (≥ 1, at most `beyond`), loosens the plain bound itself (the clipper applies
-it only where the propagation factor P does not tighten the bound): × beyond_loosen after a block
-with a new best *run at the full learning rate* (`full_rate`, set by the clipper: not in a warm-up
-or a decay), × tighten (not below 1) after a block without one.
-
 Blocks where the clipper mostly stayed out of the way change nothing: a healthy run is clipped on
 almost none of its steps, so the feedback never touches it, and a slow starter takes small steps
 that the bound does not reach. A block with a non-finite loss counts as no progress. Without a
@@ -49,22 +44,10 @@ class LossFeedback:
     """A multiplicative factor on the update bound, driven by block means of the loss (module docstring)."""
 
     def __init__(self, *, window: int, tighten: float, loosen: float, lowest: float, highest: float,
-                 beyond: float = 1.0, beyond_loosen: float = 2.0, binding: float = 0.5) -> None:
+                 binding: float = 0.5) -> None:
         self.window, self.tighten, self.loosen = window, tighten, loosen
         self.lowest, self.highest, self.binding = lowest, highest, binding
-        self.beyond, self.beyond_loosen = beyond, beyond_loosen
-        """The most `past` may reach (1: never past the plain bound) and its factor per block of progress."""
         self.factor = 1.0
-        self.past = 1.0
-        """A second factor, ≥ 1, that loosens the plain bound itself (the clipper applies it only where P
-        did not tighten the bound: P ≤ free_propagation). It rises (× beyond_loosen, up to `beyond`) only
-        after mostly-clipped blocks run at the full learning rate (`full_rate`) with a new best loss, and
-        falls back towards 1 (× tighten) after mostly-clipped blocks without one."""
-        self.full_rate = True
-        """Set by the clipper every step: the optimizer runs at the learning rate the bound is computed
-        for (not below it, as in a warm-up or a decay). Progress made at a lower rate is no evidence
-        that larger steps at the full rate would help."""
-        self._at_full_rate = True
         self.best = math.inf
         self._sum = 0.0
         self._finite = True
@@ -77,7 +60,6 @@ class LossFeedback:
             return
         self._count += 1
         self._clipped += bool(clipped)
-        self._at_full_rate = self._at_full_rate and self.full_rate
         if math.isfinite(loss):
             self._sum += loss
         else:
@@ -90,14 +72,10 @@ class LossFeedback:
         if self._clipped >= self.binding * self._count and self.best < math.inf:  # the first block only sets `best`
             if mean < self.best:
                 self.factor = min(self.factor * self.loosen, self.highest)
-                if self._at_full_rate:
-                    self.past = min(self.past * self.beyond_loosen, self.beyond)
             else:
                 self.factor = max(self.factor * self.tighten, self.lowest)
-                self.past = max(self.past * self.tighten, 1.0)
         self.best = min(self.best, mean)
         self._sum, self._finite, self._clipped, self._count = 0.0, True, 0, 0
-        self._at_full_rate = True
 
 
 def feed_loss(clipper: Any, loss: float | None, clip_coefficient: float | None) -> None:
