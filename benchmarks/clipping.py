@@ -1,6 +1,6 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run: 20 exploding + 9 healthy tasks, 100 steps, 10 seeds per cell
+    python benchmarks/clipping.py            # full run: 24 exploding + 9 healthy tasks, 100 steps, 10 seeds per cell
                                              # (~22 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
@@ -12,8 +12,9 @@
 Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on which auto's
 constants may be chosen, "held-out" ones are only reported; "development" tasks were held out
 until their results had been read (sessions 3-5), so they may be tuned on now; each round froze
-new held-out tasks before changing auto (session 6: split "held-out r3"; session 5 round 2's
-"held-out" tasks have been read and count as development since).
+new held-out tasks before changing auto (session 6: split "held-out r3", read once and tuned on since
+by the second half of session 6, which froze "held-out r4"; session 5 round 2's "held-out" tasks have
+been read and count as development since).
 
     python benchmarks/clipping.py --tasks "IRNN T=300,warm-up overshoot" --policies auto --seeds 4
                                              # a subset: tasks and policy labels by name
@@ -222,7 +223,9 @@ class Task:
     sessions 3-4 whose results were read, so that tuning on them since session 5 is development, not
     a held-out judgement (and session 5 round 1's held-out tasks, read in that round); "held-out": added
     in session 5 round 2 before auto changed, judged once at its end (development since session 6);
-    "held-out r3": added in session 6 before auto changed, judged once at its end."""
+    "held-out r3": added in session 6 before auto changed, judged once at its end (read since: the second
+    half of session 6 tuned on it, so it is no longer clean); "held-out r4": added in the second half of
+    session 6 before auto changed again, judged once at its end."""
     steps: int = 100
     held_out: Callable[[torch.Generator], Batch] | None = None
     """Draws the held-out batches from another part of the data (default: the training distribution)."""
@@ -403,6 +406,30 @@ def _healthy_rnn_batch_one_momentum(seed: int):
     return model, _sgd(model, 0.003, 0.9), _delayed_copy(gen, T=40, batch=1), _mse
 
 
+def _tanh_rnn_wide_lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 128), 128, 1)
+    return model, _sgd(model, 0.3, 0.9), _delayed_copy(gen, T=30, delay=3), _mse
+
+
+def _relu_rnn_wide_sgd_lr_too_high(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 128, nonlinearity="relu"), 128, 1)
+    return model, _sgd(model, 0.5, 0.0), _delayed_copy(gen, T=20, delay=3), _mse
+
+
+def _relu_rnn_long_copy_momentum(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.RNN(1, 96, nonlinearity="relu"), 96, 1)
+    return model, _sgd(model, 0.05, 0.9), _delayed_copy(gen, T=40, delay=4), _mse
+
+
+def _gru_lm_sgd30(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, _sgd(model, 30.0, 0.0), _markov_text(gen), _cross_entropy
+
+
 def _warmup_then_step(peak_at: int, drop_at: int) -> Callable[[int], float]:
     """Linear warm-up to the optimizer's lr at `peak_at`, constant, then ×0.1 from `drop_at` on (a step decay)."""
     return lambda t: ((t + 1) / peak_at if t < peak_at else 1.0) * (0.1 if t >= drop_at else 1.0)
@@ -463,6 +490,17 @@ EXPLODING = [
          _relu_rnn_lr_too_high, split="held-out r3"),
     Task("adding + Nesterov", "Pascanu et al. adding problem, tanh RNN H 32, T=50, SGD Nesterov lr 0.3 m 0.9",
          _adding_nesterov, split="held-out r3"),
+    # session 6 (#14 second half) held-out tasks (round 4): frozen before auto was changed, designed with the
+    # unclipped and fixed-threshold policies only (3 seeds); three of the family held-out r3 failed on
+    # (default-initialised ReLU/tanh RNNs with a too-high learning rate) and one of another kind
+    Task("tanh RNN H128 lr too high", "tanh RNN (default init) H 128, delayed copy T=30 (delay 3), SGD lr 0.3 m 0.9",
+         _tanh_rnn_wide_lr_too_high, split="held-out r4"),
+    Task("ReLU RNN H128 SGD lr too high", "ReLU RNN (default init) H 128, delayed copy T=20 (delay 3), plain SGD lr 0.5",
+         _relu_rnn_wide_sgd_lr_too_high, split="held-out r4"),
+    Task("ReLU RNN H96 T=40 + momentum", "ReLU RNN (default init) H 96, delayed copy T=40 (delay 4), SGD lr 0.05 m 0.9",
+         _relu_rnn_long_copy_momentum, split="held-out r4"),
+    Task("GRU LM SGD lr 30", "GRU language model on a Markov chain, plain SGD lr 30", _gru_lm_sgd30,
+         split="held-out r4"),
 ]
 HEALTHY = [
     Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,
