@@ -1,6 +1,6 @@
 """Clipping efficacy benchmark: exploding recurrent tasks × clipping policies × 10 seeds.
 
-    python benchmarks/clipping.py            # full run: 24 exploding + 9 healthy tasks, 100 steps, 10 seeds per cell
+    python benchmarks/clipping.py            # full run: 27 exploding + 9 healthy tasks, 100 steps, 10 seeds per cell
                                              # (~22 min of CPU on one thread of a 2-core Xeon VM)
     python benchmarks/clipping.py --quick    # 40 steps, 3 seeds, fewer policies: a smoke test (~75 s of CPU)
     python benchmarks/clipping.py --ratios   # lr_eff·‖g‖/‖θ‖ per task: what auto's update bound sees
@@ -13,7 +13,8 @@ Tasks (`EXPLODING`, `HEALTHY`) carry a split: "calibration" tasks are those on w
 constants may be chosen, "held-out" ones are only reported; "development" tasks were held out
 until their results had been read (sessions 3-5), so they may be tuned on now; each round froze
 new held-out tasks before changing auto (session 6: split "held-out r3", read once and tuned on since
-by the second half of session 6, which froze "held-out r4"; session 5 round 2's "held-out" tasks have
+by the second half of session 6, which froze "held-out r4", read in the third round, which froze
+"held-out r5"; session 5 round 2's "held-out" tasks have
 been read and count as development since).
 
     python benchmarks/clipping.py --tasks "IRNN T=300,warm-up overshoot" --policies auto --seeds 4
@@ -225,7 +226,8 @@ class Task:
     in session 5 round 2 before auto changed, judged once at its end (development since session 6);
     "held-out r3": added in session 6 before auto changed, judged once at its end (read since: the second
     half of session 6 tuned on it, so it is no longer clean); "held-out r4": added in the second half of
-    session 6 before auto changed again, judged once at its end."""
+    session 6 before auto changed again, judged once at its end (read since: session 6's third round
+    tuned on it); "held-out r5": added in session 6's third round before auto changed, judged once at its end."""
     steps: int = 100
     held_out: Callable[[torch.Generator], Batch] | None = None
     """Draws the held-out batches from another part of the data (default: the training distribution)."""
@@ -430,6 +432,24 @@ def _gru_lm_sgd30(seed: int):
     return model, _sgd(model, 30.0, 0.0), _markov_text(gen), _cross_entropy
 
 
+def _lstm_lm_sgd50(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.LSTM)
+    return model, _sgd(model, 50.0, 0.0), _markov_text(gen), _cross_entropy
+
+
+def _gru_copy_sgd5(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = Recurrent(nn.GRU(1, 64), 64, 1)
+    return model, _sgd(model, 5.0, 0.0), _delayed_copy(gen, T=30, delay=3), _mse
+
+
+def _gru_lm_momentum12(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    model = LM(16, nn.GRU)
+    return model, _sgd(model, 12.0, 0.5), _markov_text(gen), _cross_entropy
+
+
 def _warmup_then_step(peak_at: int, drop_at: int) -> Callable[[int], float]:
     """Linear warm-up to the optimizer's lr at `peak_at`, constant, then ×0.1 from `drop_at` on (a step decay)."""
     return lambda t: ((t + 1) / peak_at if t < peak_at else 1.0) * (0.1 if t >= drop_at else 1.0)
@@ -501,6 +521,15 @@ EXPLODING = [
          _relu_rnn_long_copy_momentum, split="held-out r4"),
     Task("GRU LM SGD lr 30", "GRU language model on a Markov chain, plain SGD lr 30", _gru_lm_sgd30,
          split="held-out r4"),
+    # session 6 (#14 third round) held-out tasks (round 5): frozen before auto was changed, designed with the
+    # unclipped and fixed-threshold policies only (3 seeds, 100 steps); gated networks whose plain-SGD steps
+    # are far too large, the kind auto's gated bound (30% of ‖θ‖) failed on in r4
+    Task("LSTM LM SGD lr 50", "LSTM language model on a Markov chain, plain SGD lr 50", _lstm_lm_sgd50,
+         split="held-out r5"),
+    Task("GRU copy SGD lr 5", "GRU H 64, delayed copy T=30 (delay 3), plain SGD lr 5", _gru_copy_sgd5,
+         split="held-out r5"),
+    Task("GRU LM momentum lr 12", "GRU language model on a Markov chain, SGD lr 12 m 0.5", _gru_lm_momentum12,
+         split="held-out r5"),
 ]
 HEALTHY = [
     Task("tanh RNN + momentum", "tanh RNN, delayed copy T=40, SGD lr 0.01 m 0.9", _healthy_rnn_sgd,

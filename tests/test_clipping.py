@@ -1263,7 +1263,7 @@ def test_every_clipping_benchmark_task_builds_and_trains_a_few_steps():
     from benchmarks import clipping as bench
 
     assert len(bench.EXPLODING) >= 8 and len(bench.HEALTHY) >= 4
-    assert {t.split for t in bench.EXPLODING} == {"calibration", "development", "held-out r3", "held-out r4"}
+    assert {t.split for t in bench.EXPLODING} == {"calibration", "development", "held-out r3", "held-out r4", "held-out r5"}
     for task in bench.EXPLODING + bench.HEALTHY:
         run = bench.train(task, "auto", seed=0, steps=3)
         assert math.isfinite(run.initial) and 0 <= run.clipped_share <= 1, task.name
