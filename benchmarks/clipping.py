@@ -921,6 +921,19 @@ def run_benchmark(*, quick: bool = False, seeds: int | None = None,
     return results
 
 
+def _split_names(text: str, known: set[str]) -> list[str]:
+    """Comma-separated names, where a known name may itself hold a comma ("GRU LM + momentum, warm-up and
+    cosine"): fragments are joined until they spell a known name; what never does is returned as is."""
+    names: list[str] = []
+    pending = ""
+    for part in text.split(","):
+        pending = f"{pending},{part}" if pending else part
+        if pending.strip() in known:
+            names.append(pending.strip())
+            pending = ""
+    return names + ([pending.strip()] if pending.strip() else [])
+
+
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -1021,7 +1034,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    names = [n.strip() for n in args.tasks.split(",")] if args.tasks else None
+    names = _split_names(args.tasks, {t.name for t in EXPLODING + HEALTHY}) if args.tasks else None
     labels = [n.strip() for n in args.policies.split(",")] if args.policies else None
     unknown = sorted(set(names or ()) - {t.name for t in EXPLODING + HEALTHY})
     unknown += sorted(set(labels or ()) - {label for label, _ in policies(quick=args.quick)})
