@@ -1357,3 +1357,63 @@ def test_auto_takes_no_propagation_under_several_distributed_ranks(monkeypatch):
     set_grads(params, 1.0, 0)
     actions.before_step([opt], _profile(torch.rand(30), torch.rand(30)))
     assert actions.clipper.propagation is None
+
+
+
+def floored_theta(params) -> float:
+    """‖θ‖ as auto's update bound counts it: each matrix at least √(rows/3) (independent reference)."""
+    return math.sqrt(sum(max(float(p.detach().norm()), math.sqrt(p.shape[0] / 3) if p.ndim >= 2 else 0) ** 2
+                         for p in params))
+
+
+def thresholds_while_the_weights_scale(cell: type[nn.Module], factors, *, host: bool):
+    """auto's threshold on steps 0, 1 and 3 (those re-measure ‖θ‖) for `cell`'s parameters under plain SGD
+    lr 30 and gradients far above the bound, told (as the monitor tells it) that the watched recurrence
+    is `cell`; before step i the weights are multiplied by factors[i]. Also ‖θ‖ (floored) on those steps."""
+    torch.manual_seed(0)
+    model = EveryStepRNN(cell(2, 16), 16)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=30.0)
+    actions = build_actions("auto", False)
+    actions.clipper.host = host
+    actions.clipper.observe_recurrent([cell])
+    thresholds, thetas = [], []
+    for step, factor in enumerate(factors):
+        with torch.no_grad():
+            for p in params:
+                p.mul_(factor)
+        set_grads(params, 100.0, step)
+        threshold = float(actions.before_step([opt]).clip[3])
+        if step in (0, 1, 3):
+            thresholds.append(threshold)
+            thetas.append(floored_theta(params))
+    return thresholds, thetas
+
+
+@pytest.mark.parametrize("host", [True, False])
+@pytest.mark.parametrize("factors", [[1.0, 3.0, 1.0, 1.0], [3.0, 1.0, 1.0, 0.5]])
+def test_gru_lm_sgd_lr_30_gated_bound_does_not_loosen_as_the_weights_inflate(host, factors):
+    """Held-out r4's GRU LM at plain SGD lr 30 diverged on 10/10 seeds under auto: each bounded step
+    moved 20-30% of ‖θ‖, ‖θ‖ grew 19 → 54 in 90 steps and the gated bound (30% of ‖θ‖) grew with it.
+    The gated bound now uses the running minimum of the measured ‖θ‖: weights inflated 3× keep the
+    threshold of step 0 (it was 3× looser, less the floors), weights that shrink still tighten it."""
+    thresholds, thetas = thresholds_while_the_weights_scale(nn.GRU, factors, host=host)
+    reference = [min(thetas[:i + 1]) for i in range(len(thetas))]
+    assert thresholds == pytest.approx([0.3 * theta / 30.0 for theta in reference], rel=1e-5)
+
+
+def test_the_ungated_update_bound_still_follows_the_weight_norm():
+    """Ungated recurrences keep ‖θ‖ as measured (4%, with the loss feedback): no anchor."""
+    thresholds, thetas = thresholds_while_the_weights_scale(nn.RNN, [1.0, 3.0, 1.0, 1.0], host=True)
+    assert thetas[1] > 2 * thetas[0]
+    assert thresholds == pytest.approx([0.04 * theta / 30.0 for theta in thetas], rel=1e-5)
+
+
+def test_benchmark_task_names_holding_a_comma_can_be_selected():
+    """`--tasks` is comma-separated, and one healthy task's name holds a comma: it was rejected as unknown."""
+    from benchmarks import clipping as bench
+
+    known = {t.name for t in bench.EXPLODING + bench.HEALTHY}
+    assert bench._split_names("GRU LM + momentum, warm-up and cosine,IRNN T=150", known) == [
+        "GRU LM + momentum, warm-up and cosine", "IRNN T=150"]
+    assert bench._split_names("IRNN T=150, no such task", known) == ["IRNN T=150", "no such task"]

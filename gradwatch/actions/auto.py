@@ -306,6 +306,10 @@ class _UpdateBound:
     def __init__(self, max_update: float, refresh: int) -> None:
         self.max_update, self.refresh = max_update, refresh
         """max_update can change (`set_max_update`) when the monitor tells which recurrent modules it watches."""
+        self.anchored = False
+        """Gated networks (`set_max_update(..., anchored=True)`): ‖θ‖ is the smallest measured so far (`reference`)."""
+        self.reference: Tensor | None = None
+        """The running minimum of the measured ‖θ‖ since the parameters last changed (anchored bounds only)."""
         self.structure: tuple[object, ...] = ()
         self.lrs_key: tuple[float, ...] = ()
         self.peak_lrs: tuple[float, ...] = ()
@@ -328,10 +332,13 @@ class _UpdateBound:
     def active(self) -> bool:
         return self.limit is not None or self.weights is not None
 
-    def set_max_update(self, max_update: float) -> None:
-        """Use this bound from the next `update` on (the limits are recomputed then, on the host)."""
+    def set_max_update(self, max_update: float, *, anchored: bool = False) -> None:
+        """Use this bound from the next `update` on (the limits are recomputed then, on the host);
+        `anchored`: from the next weight measurement on, ‖θ‖ is the running minimum of the measured norms."""
         if max_update != self.max_update:
             self.max_update, self.lrs_key = max_update, ()
+        if anchored != self.anchored:
+            self.anchored, self.reference = anchored, None
 
     def _measure(self, batch: GradBatch, group_lrs: tuple[float, ...], device: torch.device) -> None:
         if not any(lr > 0 for lr in group_lrs):  # scale-invariant optimizers, or none (updates by hand)
@@ -353,7 +360,12 @@ class _UpdateBound:
             return
         w_norms = stack_scalars(foreach_norm(bounded), dtype=torch.float32, device=device)
         floors = _on_device([_floor(p) for p in bounded], device)
-        self.theta = torch.maximum(w_norms, floors).square().sum().sqrt()
+        theta = torch.maximum(w_norms, floors).square().sum().sqrt()
+        if self.anchored:  # a weight norm inflating under too-large steps must not loosen the bound with it
+            same = self.reference is not None and self.reference.device == theta.device
+            self.reference = torch.minimum(self.reference, theta) if same and self.reference is not None else theta
+            theta = self.reference
+        self.theta = theta
 
     def update(self, batch: GradBatch, device: torch.device) -> None:
         """Called once per step before `threshold`; host-side bookkeeping plus, when due, one weight pass."""
@@ -362,6 +374,7 @@ class _UpdateBound:
         structure = (tuple(lr > 0 for lr in current), len(batch.params), id(batch.params[0]), id(batch.params[-1]))
         if structure != self.structure:
             self.structure, self.age, self.interval = structure, 0, 1
+            self.reference = None
             self.peak_lrs = current
         else:  # a decaying learning rate keeps the gradient threshold its peak gave (see `peak_lrs`)
             self.peak_lrs = tuple(max(peak, lr) for peak, lr in zip(self.peak_lrs, current))
@@ -490,7 +503,7 @@ class _AutoClipper:
         known and `max_update` applies."""
         gated = bool(modules) and all(issubclass(m, GATED) for m in modules)
         self.max_update = self.cfg.gated_max_update if gated else self.cfg.max_update
-        self.bound.set_max_update(self.max_update)
+        self.bound.set_max_update(self.max_update, anchored=gated)
         if gated != self.gated:
             self.gated, self.feedback = gated, self._new_feedback()
 
@@ -516,6 +529,7 @@ class _AutoClipper:
             on_host = self.host if self.host is not None else norm.device.type == "cpu"
             self.stats = _HostLogStats(self.cfg) if on_host else _DeviceLogStats(self.cfg, norm.device)
             self.bound = _UpdateBound(self.max_update, self.cfg.refresh)
+            self.bound.set_max_update(self.max_update, anchored=self.gated)
         self.bound.update(batch, norm.device)
         assert self.stats is not None
         self.stats.min_std = self.cfg.scale_invariant_min_std if self.bound.scale_invariant else self.cfg.min_std
