@@ -197,6 +197,11 @@ class Auto:
     gated_max_update: float = 0.3
     """The same when every recurrent module gradwatch watches is gated (LSTM, GRU and their cells):
     their state cannot be blown up by the weights, so only optimisation overshoot is bounded."""
+    gated_max_step: float = 0.05
+    """For gated networks, also the largest ‖lr · g‖ / ‖θ‖ of one step (5%): momentum adds up the steps
+    of a steady descent (lr_eff) but cancels those that oscillate across a valley, so an overshoot is
+    set by the single step. Binds only when lr_eff < lr · gated_max_update / gated_max_step (momentum
+    below 0.83, plain SGD included)."""
     free_propagation: float = 3.0
     """Timesteps the gradient may travel back per timestep where the loss injected it before the
     update bound shrinks: the bound is max_update · min(1, free_propagation / P) (`actions.propagation`)."""
@@ -228,7 +233,7 @@ class Auto:
     name: ClassVar[str] = "auto"
 
     def __post_init__(self) -> None:
-        for field_name in ("max_update", "gated_max_update", "free_propagation", "spike", "min_std", "max_std",
+        for field_name in ("max_update", "gated_max_update", "gated_max_step", "free_propagation", "spike", "min_std", "max_std",
                            "scale_invariant_min_std", "loss_tighten", "loss_loosen", "loss_lowest", "loss_highest"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
@@ -307,6 +312,8 @@ class _UpdateBound:
         self.max_update, self.refresh = max_update, refresh
         """max_update can change (`set_max_update`) when the monitor tells which recurrent modules it watches."""
         self.anchored = False
+        self.max_step: float | None = None
+        """Gated networks: the largest ‖lr · g‖ / ‖θ‖ of one step (`Auto.gated_max_step`); None: no such cap."""
         """Gated networks (`set_max_update(..., anchored=True)`): ‖θ‖ is the smallest measured so far (`reference`)."""
         self.reference: Tensor | None = None
         """The running minimum of the measured ‖θ‖ since the parameters last changed (anchored bounds only)."""
@@ -332,11 +339,12 @@ class _UpdateBound:
     def active(self) -> bool:
         return self.limit is not None or self.weights is not None
 
-    def set_max_update(self, max_update: float, *, anchored: bool = False) -> None:
+    def set_max_update(self, max_update: float, *, anchored: bool = False, max_step: float | None = None) -> None:
         """Use this bound from the next `update` on (the limits are recomputed then, on the host);
-        `anchored`: from the next weight measurement on, ‖θ‖ is the running minimum of the measured norms."""
-        if max_update != self.max_update:
-            self.max_update, self.lrs_key = max_update, ()
+        `anchored`: from the next weight measurement on, ‖θ‖ is the running minimum of the measured norms;
+        `max_step`: also bound a single step, ‖lr · g‖ ≤ max_step · ‖θ‖."""
+        if max_update != self.max_update or max_step != self.max_step:
+            self.max_update, self.max_step, self.lrs_key = max_update, max_step, ()
         if anchored != self.anchored:
             self.anchored, self.reference = anchored, None
 
@@ -367,9 +375,17 @@ class _UpdateBound:
             theta = self.reference
         self.theta = theta
 
+    def _bounding_lr(self, optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> float:
+        """lr_eff (planned), or where a single-step cap is set and tighter, lr · max_update / max_step:
+        ‖lr_b · g‖ ≤ max_update · ‖θ‖ then bounds both the effective update and the single step."""
+        lr_eff = effective_lr(optimizer, group, planned=True)
+        if lr_eff > 0 and self.max_step is not None:
+            lr_eff = max(lr_eff, scheduled_lr(group) * self.max_update / self.max_step)
+        return lr_eff
+
     def update(self, batch: GradBatch, device: torch.device) -> None:
         """Called once per step before `threshold`; host-side bookkeeping plus, when due, one weight pass."""
-        current = tuple(effective_lr(opt, g, planned=True) for opt in batch.optimizers for g in opt.param_groups)
+        current = tuple(self._bounding_lr(opt, g) for opt in batch.optimizers for g in opt.param_groups)
         self.scale_invariant = bool(current) and not any(lr > 0 for lr in current)
         structure = (tuple(lr > 0 for lr in current), len(batch.params), id(batch.params[0]), id(batch.params[-1]))
         if structure != self.structure:
@@ -503,7 +519,7 @@ class _AutoClipper:
         known and `max_update` applies."""
         gated = bool(modules) and all(issubclass(m, GATED) for m in modules)
         self.max_update = self.cfg.gated_max_update if gated else self.cfg.max_update
-        self.bound.set_max_update(self.max_update, anchored=gated)
+        self.bound.set_max_update(self.max_update, anchored=gated, max_step=self.cfg.gated_max_step if gated else None)
         if gated != self.gated:
             self.gated, self.feedback = gated, self._new_feedback()
 
@@ -529,7 +545,8 @@ class _AutoClipper:
             on_host = self.host if self.host is not None else norm.device.type == "cpu"
             self.stats = _HostLogStats(self.cfg) if on_host else _DeviceLogStats(self.cfg, norm.device)
             self.bound = _UpdateBound(self.max_update, self.cfg.refresh)
-            self.bound.set_max_update(self.max_update, anchored=self.gated)
+            self.bound.set_max_update(self.max_update, anchored=self.gated,
+                                      max_step=self.cfg.gated_max_step if self.gated else None)
         self.bound.update(batch, norm.device)
         assert self.stats is not None
         self.stats.min_std = self.cfg.scale_invariant_min_std if self.bound.scale_invariant else self.cfg.min_std
