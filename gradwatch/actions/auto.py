@@ -61,6 +61,14 @@ of two thresholds:
    1.010 / 1.034 / 1.047 / 1.056 / 1.060 / 1.066× and the word LM ≤ 1.008×: 30% is the smallest
    that trains the warm-up. An ungated RNN cannot take that: the tanh warm-up overshoot and the
    adding problem need ≤ 4-10%.
+   Two more limits for gated networks (session 6, third round): ‖θ‖ is the running minimum of the
+   measured norms (reset when the parameters change), so weights that inflate under too-large steps
+   do not loosen the bound with them; and a single step is capped at `gated_max_step` = 5% of ‖θ‖
+   (‖lr · g‖, binding below momentum 0.83, plain SGD included): momentum adds up the steps of a
+   steady descent but cancels those that oscillate, so an overshoot is set by the single step. A GRU
+   LM at plain SGD lr 30 (held-out r4) took steps of 20-30% of ‖θ‖ while ‖θ‖ grew 19 → 54 and
+   diverged on 10/10 seeds; with the anchor alone it plateaued at 1.81 (a sawtooth loss), with both
+   it reaches 1.27. The Nesterov GRU warm-up (m 0.9) is untouched by the cap.
    ‖θ‖ is re-measured on steps 0, 1, 3, 7, 15, 31, then every `refresh` steps (weights change
    slowly: at most 4% per momentum lifetime under this bound). Each weight matrix counts as at least the
    norm of PyTorch's default `nn.Linear` init of its shape, √(rows/3), so that zero-initialised
