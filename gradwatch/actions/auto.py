@@ -320,9 +320,9 @@ class _UpdateBound:
         self.max_update, self.refresh = max_update, refresh
         """max_update can change (`set_max_update`) when the monitor tells which recurrent modules it watches."""
         self.anchored = False
+        """Gated networks (`set_max_update(..., anchored=True)`): ‖θ‖ is the smallest measured so far (`reference`)."""
         self.max_step: float | None = None
         """Gated networks: the largest ‖lr · g‖ / ‖θ‖ of one step (`Auto.gated_max_step`); None: no such cap."""
-        """Gated networks (`set_max_update(..., anchored=True)`): ‖θ‖ is the smallest measured so far (`reference`)."""
         self.reference: Tensor | None = None
         """The running minimum of the measured ‖θ‖ since the parameters last changed (anchored bounds only)."""
         self.structure: tuple[object, ...] = ()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .propagation import _several_ranks
+from ..distributed import is_distributed
 
 __all__ = ["LossFeedback", "feed_loss", "CLIPPED"]
 
@@ -82,7 +82,7 @@ def feed_loss(clipper: Any, loss: float | None, clip_coefficient: float | None) 
     """Give a clipper that takes it (`observe_loss`: "auto") one step's loss, as read back on the host.
     Best effort: a failure here stops the feeding for good, never the clipping or the training."""
     observe = getattr(clipper, "observe_loss", None)
-    if observe is None or getattr(clipper, "loss_feedback_failed", False) or _several_ranks():
+    if observe is None or getattr(clipper, "loss_feedback_failed", False) or is_distributed():
         return
     try:
         observe(loss, clip_coefficient is not None and clip_coefficient < CLIPPED)

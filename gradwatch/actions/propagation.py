@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..distributed import is_distributed
+
 __all__ = ["Profiles", "propagation_on_host", "propagation_on_device", "feed_propagation", "takes_profiles"]
 
 Profiles = Sequence[tuple[Tensor, Tensor]]
@@ -80,7 +82,7 @@ def feed_propagation(clipper: Any, pairs: Profiles) -> None:
     observe = getattr(clipper, "observe_profiles", None)
     if not pairs or observe is None or getattr(clipper, "propagation_failed", False):
         return
-    if _several_ranks():
+    if is_distributed():
         return  # each rank's profiles come from its own batch: a per-rank P would clip ranks differently
     try:
         observe(pairs)
@@ -91,10 +93,3 @@ def feed_propagation(clipper: Any, pairs: Profiles) -> None:
 def takes_profiles(clipper: Any) -> bool:
     """Whether `clipper` uses the profiles (so that the monitor measures them for it)."""
     return callable(getattr(clipper, "observe_profiles", None)) and not getattr(clipper, "propagation_failed", False)
-
-
-def _several_ranks() -> bool:
-    """Under torch.distributed with more than one rank, P is not used (the ranks' gradients are
-    all-reduced and must be clipped alike; agreeing on P would need one more collective)."""
-    dist = torch.distributed
-    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
