@@ -1128,6 +1128,34 @@ def run_benchmark(*, quick: bool = False, seeds: int | None = None,
     return results
 
 
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several runs of the same settings (e.g. the fixed policies once, then `auto` alone after
+    changing it): cells are merged per task and policy, a later part winning; verdicts and table are recomputed."""
+    keys = ("steps", "seeds", "torch", "threads", "quick")
+    first = parts[0]["settings"]
+    for part in parts[1:]:
+        differ = [k for k in keys if part["settings"].get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"cannot combine runs whose settings differ in {', '.join(differ)}: "
+                             f"{[first.get(k) for k in differ]} vs {[part['settings'].get(k) for k in differ]}")
+    out: dict[str, Any] = {"settings": dict(first), "tasks": {}, "exploding": {}, "healthy": {}, "timing_us": {}}
+    for part in parts:
+        out["tasks"].update(part["tasks"])
+        for section in ("exploding", "healthy"):
+            for task, by_policy in part[section].items():
+                out[section].setdefault(task, {}).update(by_policy)
+        out["timing_us"] = part.get("timing_us") or out["timing_us"]
+    order = [t.name for t in EXPLODING + HEALTHY]  # the benchmark's own task order, whatever the parts' order
+    for section in ("exploding", "healthy"):
+        out[section] = dict(sorted(out[section].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    out["verdict"] = verdict(out["exploding"])
+    out["healthy_verdict"] = healthy_verdict(out["healthy"])
+    out["rows"] = [{"task": task, "policy": label, **summary}
+                   for task, by_policy in out["exploding"].items() for label, summary in by_policy.items()]
+    out["table"] = to_markdown(out)
+    return out
+
+
 def _split_names(text: str, known: set[str]) -> list[str]:
     """Comma-separated names, where a known name may itself hold a comma ("GRU LM + momentum, warm-up and
     cosine"): fragments are joined until they spell a known name; what never does is returned as is."""
@@ -1220,7 +1248,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="only print how far the gradient travels back in time (growth and reach of "
                              "‖∂L/∂x_t‖ over the sequence) per task while training under CLIP "
                              "('auto', the default, 'none' or a threshold)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="only merge these --json results of the same settings (a later file wins per task and "
+                             "policy: the fixed policies once, `--policies auto` after each change) and print the tables")
     args = parser.parse_args(argv)
+    if args.combine:
+        import json
+        try:
+            results = combine([json.loads(path.read_text()) for path in args.combine])
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(f"--combine: {e}")
+        print(results["table"])
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return results
     if args.profile is not None:
         torch.set_num_threads(1)
         clip = None if args.profile == "none" else args.profile if args.profile == "auto" else float(args.profile)

@@ -1455,3 +1455,25 @@ def test_gru_lm_sgd_lr_30_gated_single_step_is_capped_below_momentums_lifetime_b
     0.83, the lifetime bound above (the GRU warm-up with Nesterov m 0.9 keeps its 30%)."""
     thresholds, thetas = thresholds_while_the_weights_scale(nn.GRU, [1.0], host=True, momentum=momentum)
     assert thresholds[0] == pytest.approx(share * thetas[0], rel=1e-5)
+
+
+def test_clipping_benchmark_combine_equals_one_run_of_every_policy(tmp_path):
+    """`--combine`: the fixed policies run once and `auto` alone (after each change to it) give the same
+    tables as one run of all of them; runs of different settings are refused with what differs."""
+    import json
+
+    bench = load_benchmark("clipping")
+    task = "adding T=50"
+    common = ["--tasks", task, "--seeds", "2", "--quick"]
+    whole = bench.main([*common, "--policies", "none,norm 0.1,auto"])
+    (tmp_path / "fixed.json").write_text(json.dumps(bench.main([*common, "--policies", "none,norm 0.1"])))
+    (tmp_path / "auto.json").write_text(json.dumps(bench.main([*common, "--policies", "auto"])))
+    merged = bench.main(["--combine", str(tmp_path / "fixed.json"), str(tmp_path / "auto.json")])
+    same = lambda x: json.dumps(x, sort_keys=True)  # noqa: E731 (a diverged run's NaN loss is never == itself)
+    assert same(merged["exploding"]) == same(whole["exploding"]) and same(merged["verdict"]) == same(whole["verdict"])
+    assert merged["table"] == whole["table"] and merged["verdict"][task]["auto_over_best"] is not None
+    other = json.loads((tmp_path / "auto.json").read_text())
+    other["settings"]["seeds"] = 3
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        bench.main(["--combine", str(tmp_path / "fixed.json"), str(tmp_path / "other.json")])
