@@ -647,6 +647,36 @@ def test_auto_loosens_what_the_propagation_factor_tightened_while_clipped_steps_
                                    rel=1e-6)
 
 
+def test_auto_loss_feedback_judges_progress_against_recent_blocks_not_a_best_an_overshoot_lost():
+    """Issue #14, "IRNN T=100 + momentum" seed 4 (development): momentum carried ten bounded steps past
+    a stable recurrence (σ(W_hh) 1.00 → 1.07), the training loss rose from 0.3 to ~3, then fell back
+    slowly. Against the best block ever (0.5, before the overshoot) no later block counted as progress:
+    k ratcheted down to 1/16 and the run ended at a held-out loss of 1.25 (initial 0.71). A block is now
+    progress when it beats the best of the 3 blocks before it (`Auto.loss_memory`): the falling loss
+    after the overshoot loosens the bound again (×1.5 per block, up to the plain bound)."""
+    overshoot = [0.5] * 10 + [5.0] * 30 + [4.0] * 10 + [3.0] * 10 + [2.0] * 10
+    ratios = feedback_ratios("irnn-last-state", overshoot, clip=Auto(spike=20.0))
+    assert ratios == pytest.approx([1.0] * 20 + [0.7] * 10 + [0.49] * 10 + [0.343] * 10 + [0.5145] * 10
+                                   + [0.77175] * 10, rel=1e-6)
+
+
+def test_loss_feedback_memory_keeps_the_last_blocks_only():
+    from gradwatch.actions.loss_feedback import LossFeedback
+
+    def factors(memory):
+        fb = LossFeedback(window=1, tighten=0.5, loosen=2.0, lowest=1 / 64, highest=4.0, memory=memory)
+        seen = []
+        for loss in (1.0, 3.0, 3.0, 2.0, 1.5):
+            fb.observe(loss, True)
+            seen.append(fb.factor)
+        return seen, fb.best
+
+    assert factors(None) == ([1.0, 0.5, 0.25, 0.125, 0.0625], 1.0)  # every block: 2.0 and 1.5 lose to 1.0
+    assert factors(2) == ([1.0, 0.5, 0.25, 0.5, 1.0], 1.5)        # 2.0 beats the last two (3, 3)
+    with pytest.raises(GradwatchError, match="loss_memory"):
+        Auto(loss_memory=0)
+
+
 def test_auto_loss_feedback_never_loosens_beyond_the_plain_update_bound():
     """With P ≈ 1 (a loss at every step) there is no propagation factor to undo: progress keeps the bound."""
     falling = [1.0 / (1 + step // 10) for step in range(60)]

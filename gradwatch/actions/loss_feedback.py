@@ -1,6 +1,6 @@
 """The loss as feedback for `clip="auto"`'s update bound: tighten while clipped steps make no progress.
 
-    >>> feedback = LossFeedback(window=10, tighten=0.5, loosen=1.5, lowest=1 / 16, highest=4.0)
+    >>> feedback = LossFeedback(window=10, tighten=0.7, loosen=1.5, lowest=1 / 16, highest=4.0, memory=3)
     >>> feedback.observe(loss=0.69, clipped=True)     # once per step, as the losses arrive on the host
     >>> feedback.factor                               # multiplies auto's update bound (1.0 at first)
 
@@ -9,11 +9,18 @@
 loss and whether the step was clipped to the clipper (`feed_loss`). The losses are grouped in
 blocks of `window` consecutive steps; after each block in which the clipper clipped at least half
 the steps (the bound is what sets the step size), the block's mean loss is compared with the best
-block mean so far (the first block only sets it):
+mean of the `memory` blocks before it (the first block only sets it):
 
 - a new best (progress under the bound): factor ← min(factor · loosen, highest);
 - no new best (large clipped steps that do not help, or a loss rising after them):
   factor ← max(factor · tighten, lowest).
+
+Why the recent blocks and not the best block ever: progress is a loss falling now. Against an
+all-time best, one overshoot that lost it (an IRNN whose momentum carried a few bounded steps past
+a stable recurrence, `benchmarks/clipping.py`'s "IRNN T=100 + momentum" seed 4) made every later
+block "no progress", whatever the loss did: the factor ratcheted down to `lowest` and the steps
+left were too small to climb back (held-out loss 1.25 against 0.71 at the start, where the best
+fixed threshold ends at 0.03).
 
 Blocks where the clipper mostly stayed out of the way change nothing: a healthy run is clipped on
 almost none of its steps, so the feedback never touches it, and a slow starter takes small steps
@@ -30,6 +37,7 @@ a per-rank factor would clip the all-reduced gradients differently).
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from ..distributed import is_distributed
@@ -44,15 +52,21 @@ class LossFeedback:
     """A multiplicative factor on the update bound, driven by block means of the loss (module docstring)."""
 
     def __init__(self, *, window: int, tighten: float, loosen: float, lowest: float, highest: float,
-                 binding: float = 0.5) -> None:
+                 memory: int | None = None, binding: float = 0.5) -> None:
         self.window, self.tighten, self.loosen = window, tighten, loosen
         self.lowest, self.highest, self.binding = lowest, highest, binding
         self.factor = 1.0
-        self.best = math.inf
+        self.recent: deque[float] = deque(maxlen=memory)
+        """The mean losses of the last `memory` blocks (None: of every block), the yardstick of progress."""
         self._sum = 0.0
         self._finite = True
         self._clipped = 0
         self._count = 0
+
+    @property
+    def best(self) -> float:
+        """The best mean loss of the remembered blocks (inf before the first block ends)."""
+        return min(self.recent, default=math.inf)
 
     def observe(self, loss: float | None, clipped: bool) -> None:
         """One step's loss (None: none fed, the step is not counted) and whether it was clipped."""
@@ -69,12 +83,12 @@ class LossFeedback:
 
     def _end_block(self) -> None:
         mean = self._sum / self._count if self._finite else math.inf
-        if self._clipped >= self.binding * self._count and self.best < math.inf:  # the first block only sets `best`
+        if self._clipped >= self.binding * self._count and self.recent:  # the first block only sets `best`
             if mean < self.best:
                 self.factor = min(self.factor * self.loosen, self.highest)
             else:
                 self.factor = max(self.factor * self.tighten, self.lowest)
-        self.best = min(self.best, mean)
+        self.recent.append(mean)
         self._sum, self._finite, self._clipped, self._count = 0.0, True, 0, 0
 
 
