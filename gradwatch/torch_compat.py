@@ -143,15 +143,6 @@ def foreach_sub_(targets: Sequence[Tensor], others: Sequence[Tensor]) -> None:
         t.sub_(o)
 
 
-def foreach_add_(targets: Sequence[Tensor], others: Sequence[Tensor]) -> None:
-    """Add each of `others` to its target in place."""
-    if hasattr(torch, "_foreach_add_"):
-        torch._foreach_add_(targets, others)  # type: ignore[call-overload]
-        return
-    for t, o in zip(targets, others):
-        t.add_(o)
-
-
 # -- nn.RNNBase internals: the replay runs the module's own fused kernel one layer at a time --
 
 def refresh_flat_weights(module: nn.RNNBase) -> None:

@@ -68,16 +68,13 @@ def test_auto_tightens_the_update_bound_of_an_ungated_run_whose_bounded_steps_ov
     assert ratio == pytest.approx(expected, rel=0.05)  # ‖θ‖ moves a little differently under the two bounds
 
 
-def test_auto_loosens_the_alignment_factor_again_when_the_steps_keep_their_direction_never_past_the_plain_bound():
-    """Blocks whose gradient keeps pointing where the last update went (cosine above 0.3) give the
-    bound back ×1.5 per block, up to the plain bound (`Auto.align_highest` = 1)."""
-    _, factors = _run(ALTERNATING[:40] + [1.0] * 60)
-    assert factors[40] == pytest.approx(0.7 ** 3)
+def test_auto_alignment_factor_only_tightens():
+    """Blocks whose gradient keeps pointing where the last update went do not give the bound back:
+    the factor is a decay on detected overshoot (giving it back ×1.5 per block above +0.3 did worse on
+    held-out r4 and r3, docs/clipping.md "Session 7")."""
+    _, factors = _run(ALTERNATING[:40] + [1.0] * 80)
     assert factors[50] == pytest.approx(0.7 ** 4)  # step 40's sample compares with step 39's update: still a reversal
-    assert factors[60] == pytest.approx(0.7 ** 4 * 1.5)
-    assert factors[70] == pytest.approx(0.7 ** 4 * 1.5 ** 2)
-    assert factors[80] == pytest.approx(0.7 ** 4 * 1.5 ** 3)
-    assert factors[-1] == 1.0
+    assert factors[50:] == pytest.approx([0.7 ** 4] * 70)
 
 
 def test_auto_alignment_leaves_runs_it_does_not_clip_alone():
@@ -121,7 +118,7 @@ def test_auto_alignment_factor_does_not_apply_where_the_propagation_factor_tight
 
 
 def test_auto_alignment_on_host_floats_and_device_tensors_agree():
-    signs = ALTERNATING[:50] + [1.0] * 30 + ALTERNATING[:40]
+    signs = ALTERNATING[:50] + [1.0] * 30 + ALTERNATING[:40]  # tighten, hold, tighten
     host, host_f = _run(signs, host=True)
     device, device_f = _run(signs, host=False)
     torch.testing.assert_close(host, device, rtol=1e-5, atol=0)
@@ -190,7 +187,7 @@ def test_watch_tells_auto_the_recurrent_weights_of_the_watched_modules():
 
 def test_alignment_feedback_ignores_steps_with_no_update_and_non_finite_gradients():
     """A zero update (weights put back, a skipped step) or a NaN gradient gives no sample: the factor stays."""
-    fb = AlignmentFeedback(window=2, every=1, below=-0.3, above=0.3, tighten=0.5, loosen=2.0, lowest=0.25, highest=1.0)
+    fb = AlignmentFeedback(window=2, every=1, below=-0.3, tighten=0.5, lowest=0.25)
     fb.use([w := nn.Parameter(torch.ones(3))])
     batch = type("B", (), {})()
     batch.params = [w]
@@ -208,9 +205,9 @@ def test_alignment_feedback_ignores_steps_with_no_update_and_non_finite_gradient
     assert fb.factor == 1.0
 
 
-@pytest.mark.parametrize("kw", [{"align_every": 0}, {"align_window": 0}, {"align_below": 0.5, "align_above": 0.3},
-                                {"align_below": -1.5}, {"align_tighten": 1.5}, {"align_loosen": 0.5},
-                                {"align_lowest": 2.0}, {"align_highest": 0.5}])
+@pytest.mark.parametrize("kw", [{"align_every": 0}, {"align_window": 0}, {"align_below": 1.0}, {"align_below": -1.5},
+                                {"align_tighten": 1.5}, {"align_tighten": 0.0}, {"align_lowest": 2.0},
+                                {"align_every": 2.5}])
 def test_auto_rejects_alignment_settings_that_cannot_work(kw):
     with pytest.raises(GradwatchError, match="align_"):
         Auto(**kw)
