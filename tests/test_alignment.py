@@ -211,3 +211,27 @@ def test_alignment_feedback_ignores_steps_with_no_update_and_non_finite_gradient
 def test_auto_rejects_alignment_settings_that_cannot_work(kw):
     with pytest.raises(GradwatchError, match="align_"):
         Auto(**kw)
+
+
+def test_a_failing_alignment_measurement_stops_the_feedback_not_the_clipping():
+    """An internal failure must never kill training: the alignment factor is switched off (back to 1)."""
+    torch.manual_seed(0)
+    model = Tiny()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=50.0)
+    actions = build_actions(Auto(spike=20.0), False)
+    actions.observe_recurrent([nn.RNN], [model.rnn.weight_hh_l0])
+
+    def broken(*args, **kw):
+        raise RuntimeError("boom")
+
+    actions.clipper.alignment._measure = broken
+    for step in range(30):
+        for p in params:
+            p.grad = (-1.0) ** step * torch.ones_like(p)
+        record = actions.before_step([opt]).clip
+        opt.step()
+        assert record[2].item() <= 1.0
+    assert actions.clipper.alignment_failed and actions.clipper.alignment.factor is None
+    actions.observe_recurrent([nn.RNN], [model.rnn.weight_hh_l0])  # the monitor re-telling its modules
+    assert not actions.clipper.alignment._ids

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..stats.tensor_stats import stack_scalars
 from ..torch_compat import foreach_copy_, foreach_sub_
 from .batch import GradBatch
 
@@ -124,8 +125,10 @@ class AlignmentFeedback:
         dot = [torch.dot(g, d.to(g.dtype)) for g, d in pairs]
         gg = [torch.dot(g, g) for g, _ in pairs]
         dd = [torch.dot(d, d) for _, d in pairs]
-        num_t = torch.stack(dot).float().sum()
-        den_t = (torch.stack(gg).float().sum() * torch.stack(dd).float().sum()).sqrt()
+        device = self._sum.device if isinstance(self._sum, Tensor) else None
+        num_t = stack_scalars(dot, dtype=torch.float32, device=device).sum()
+        den_t = (stack_scalars(gg, dtype=torch.float32, device=device).sum()
+                 * stack_scalars(dd, dtype=torch.float32, device=device).sum()).sqrt()
         ok = (den_t > 0) & torch.isfinite(num_t) & torch.isfinite(den_t)
         cos_t = torch.where(ok, num_t / torch.where(ok, den_t, 1.0), 0.0).clamp(-1.0, 1.0)
         self.last = cos_t

@@ -557,6 +557,8 @@ class _AutoClipper:
         self.loss_feedback_failed = False
         """Set when feeding the loss failed once (`actions.loss_feedback.feed_loss`): the factor stays where it is."""
         self.alignment = self._new_alignment()
+        self.alignment_failed = False
+        """Set when the alignment feedback failed once (`_observe_alignment`): it stays off (factor 1)."""
 
     def _new_alignment(self) -> AlignmentFeedback:
         cfg = self.cfg
@@ -579,7 +581,7 @@ class _AutoClipper:
         self.bound.set_max_update(self.max_update, anchored=gated, max_step=self.cfg.gated_max_step if gated else None)
         if gated != self.gated:
             self.gated, self.feedback, self.alignment = gated, self._new_feedback(), self._new_alignment()
-        self.alignment.use(() if gated else weights)
+        self.alignment.use(() if gated or self.alignment_failed else weights)
 
     def observe_loss(self, loss: float | None, clipped: bool) -> None:
         """Take one step's loss, already on the host (the monitor's read-back), and whether that step
@@ -613,6 +615,15 @@ class _AutoClipper:
         assert isinstance(self.stats, _DeviceLogStats)
         return self._clip_on_device(batch, norm, self.stats)
 
+    def _observe_alignment(self, batch: GradBatch, clipped: Tensor | bool) -> None:
+        """Feed the alignment feedback this step (`actions.alignment`). Best effort: a failure there
+        switches it off for good (the factor back to 1), never the clipping or the training."""
+        try:
+            self.alignment.step(batch, clipped)
+        except Exception:
+            self.alignment = self._new_alignment()  # measures nothing: no weights to watch
+            self.alignment_failed = True
+
     def _bound_threshold(self, batch: GradBatch, n: Tensor) -> Tensor | None:
         if self.bound.limit is not None or not self.bound.active:
             bound = self.bound.limit
@@ -639,7 +650,7 @@ class _AutoClipper:
         for group in batch.groups:
             foreach_mul_(group, coef)
         if bound is not None and not self.gated:
-            self.alignment.step(batch, coef < CLIPPED)
+            self._observe_alignment(batch, coef < CLIPPED)
         stats.feed(n * coef)
         return torch.tensor([n, n * coef, coef, limit], dtype=torch.float32)
 
@@ -670,7 +681,7 @@ class _AutoClipper:
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
         if bound is not None and not self.gated:
-            self.alignment.step(batch, coef < CLIPPED)
+            self._observe_alignment(batch, coef < CLIPPED)
         after = norm * coef
         stats.feed(after if after.dtype == torch.float32 else after.float())
         return clip_record(norm, after, coef, limit)
