@@ -329,7 +329,8 @@ class Monitor:
         self._map_parameters()
         observe = getattr(self._actions, "observe_recurrent", None)
         if observe is not None:  # clip="auto": a looser update bound when every watched module is gated
-            self._act(lambda _: observe([w.base for w in found]))
+            recurrent = [p for w in found for name, p in w.module.named_parameters() if name.startswith("weight_hh")]
+            self._act(lambda _: observe([w.base for w in found], recurrent))
 
     def _map_parameters(self) -> None:
         """(Re)build the parameter map of the watched modules, saying once what it cannot attribute."""

@@ -101,12 +101,13 @@ class Actions:
         """True when the clipper uses the per-timestep gradient profiles ("auto")."""
         return self.clipper is not None and takes_profiles(self.clipper)
 
-    def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]]) -> None:
+    def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]], weights: Sequence[torch.Tensor] = ()) -> None:
         """The classes of the recurrent modules the monitor watches, for a clipper that uses them
-        ("auto": a looser update bound when all are gated)."""
+        ("auto": a looser update bound when all are gated), and their hidden-to-hidden weights
+        ("auto": the alignment feedback measures on them)."""
         observe = getattr(self.clipper, "observe_recurrent", None)
         if observe is not None:
-            observe(modules)
+            observe(modules, weights) if weights else observe(modules)
 
     def observe_loss(self, loss: float | None, clip_coefficient: float | None) -> None:
         """One step's loss and clip coefficient as read back on the host (the monitor's step record),

@@ -103,6 +103,25 @@ of two thresholds:
    (development, "IRNN T=100 + momentum" seed 4) could not beat its pre-overshoot best again, k
    ratcheted to 1/16 and the run ended at a held-out loss of 1.25 (0.71 at the start); now 0.125.
 
+   **The alignment as feedback** (`actions.alignment`; ungated networks, SGD-like optimizers, under a
+   monitor, which tells auto the watched modules' hidden-to-hidden weights; session 7): one more
+   factor c on the bound where P does not tighten it (P ≤ 3 or unknown),
+
+       ‖lr_eff · g‖₂ ≤ max_update · ‖θ‖₂ · min(1, k · min(1, 3 / P)) · c,
+
+   driven by a = cos(g_t, −Δθ_{t−1}) on the recurrent weights, the sign of the hypergradient of the
+   loss with respect to the step size (Baydin et al. 2018; Jacobs 1988's delta-bar-delta): a < 0, the
+   new gradient points back along the last update, the step overshot. Measured on one step in
+   `align_every` = 10 (the weights copied on the step before), so that the call stays near
+   clip_grad_norm_'s cost; after each block of `align_window` = 10 steps that auto mostly clipped,
+   c × `align_tighten` = 0.7 when the block's a is below `align_below` = −0.3, down to
+   `align_lowest` = 1/16. c only tightens (a decay on detected overshoot, as Chee & Toulis 2018 decay
+   the rate on a detected stationary phase; giving it back ×1.5 on blocks above +0.3 did worse). The default-
+   initialised vanilla RNNs with a too-high learning rate (held-out r4) bounce across a valley under
+   the plain bound (a of −0.2 to −0.95 once clipped) where their best fixed thresholds take 2-7× smaller
+   steps; the IRNN rows (P > 3) and every gated network are untouched. Without a monitor (no weights)
+   c stays 1. Figures: docs/clipping.md, "Session 7".
+
 2. **Spike bound, from step 1** (every optimizer). m and s², the exponential moving mean and
    variance of log(clipped norm) (decay `alpha` = 0.97 as in ZClip, ~33 steps; a plain mean
    over the first steps), give the threshold exp(m + `spike` · s) with spike = 3. Working on
@@ -183,7 +202,8 @@ from ..errors import GradwatchError
 from ..stats.tensor_stats import stack_scalars
 from ..torch_compat import foreach_mul_, foreach_norm
 from .batch import GradBatch, clip_record, scale_
-from .loss_feedback import LossFeedback
+from .alignment import AlignmentFeedback
+from .loss_feedback import CLIPPED, LossFeedback
 from .propagation import Profiles, propagation_on_device, propagation_on_host
 
 __all__ = ["Auto", "effective_lr", "SGD_LIKE", "GATED"]
@@ -244,6 +264,17 @@ class Auto:
     loss_memory: int = 3
     """Blocks of the loss feedback whose best mean a block must beat to count as progress (the last 3,
     not every block so far: a best that an overshoot lost must not hold the bound down for good)."""
+    align_window: int = 10
+    """Steps per block of the alignment feedback."""
+    align_every: int = 10
+    """The alignment feedback (`actions.alignment`; ungated networks, SGD-like optimizers) measures
+    cos(g_t, −Δθ_{t−1}) on one step in this many."""
+    align_below: float = -0.3
+    """A mostly-clipped block whose mean alignment is below this tightens the update bound."""
+    align_tighten: float = 0.7
+    """Factor on the update bound after a mostly-clipped block that overshot (mean alignment below `align_below`)."""
+    align_lowest: float = 1 / 16
+    """Smallest factor the alignment feedback may put on the update bound."""
     name: ClassVar[str] = "auto"
 
     def __post_init__(self) -> None:
@@ -261,10 +292,21 @@ class Auto:
         if not self.loss_lowest <= 1.0 <= self.loss_highest:
             raise GradwatchError(f"gradwatch.actions.Auto: loss_lowest ({self.loss_lowest}) must be at most 1 and "
                                  f"loss_highest ({self.loss_highest}) at least 1 (the feedback starts at 1).")
-        for field_name in ("warmup", "refresh", "loss_window", "loss_memory"):
+        self._check_alignment()
+        for field_name in ("warmup", "refresh", "loss_window", "loss_memory", "align_window", "align_every"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive integer, got {value!r}.")
+
+    def _check_alignment(self) -> None:
+        if not -1.0 < self.align_below < 1.0:
+            raise GradwatchError(f"gradwatch.actions.Auto(align_below=...) is a cosine: it must be in (-1, 1), "
+                                 f"got {self.align_below!r}.")
+        for field_name in ("align_tighten", "align_lowest"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1.0:
+                raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be in (0, 1] (the alignment "
+                                     f"factor starts at 1 and only tightens), got {value!r}.")
 
     def make(self) -> "_AutoClipper":
         return _AutoClipper(self)
@@ -520,22 +562,32 @@ class _AutoClipper:
         self.feedback = self._new_feedback()
         self.loss_feedback_failed = False
         """Set when feeding the loss failed once (`actions.loss_feedback.feed_loss`): the factor stays where it is."""
+        self.alignment = self._new_alignment()
+        self.alignment_failed = False
+        """Set when the alignment feedback failed once (`_observe_alignment`): it stays off (factor 1)."""
+
+    def _new_alignment(self) -> AlignmentFeedback:
+        cfg = self.cfg
+        return AlignmentFeedback(window=cfg.align_window, every=cfg.align_every, below=cfg.align_below,
+                                 tighten=cfg.align_tighten, lowest=cfg.align_lowest)
 
     def _new_feedback(self) -> LossFeedback:
         cfg = self.cfg
         return LossFeedback(window=cfg.loss_window, tighten=cfg.loss_tighten, loosen=cfg.loss_loosen,
                             lowest=cfg.loss_lowest, highest=cfg.loss_highest, memory=cfg.loss_memory)
 
-    def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]]) -> None:
+    def observe_recurrent(self, modules: Sequence[type[torch.nn.Module]], weights: Sequence[Tensor] = ()) -> None:
         """Take the classes of the recurrent modules the monitor watches (on `watch()` and whenever
         the set changes): the looser `gated_max_update` applies when there are some and all are gated.
         Without a monitor (actions built alone, `gradwatch run` on a hand-written update) nothing is
-        known and `max_update` applies."""
+        known and `max_update` applies. `weights`: their hidden-to-hidden matrices, on which the
+        alignment feedback measures (`actions.alignment`; ungated networks only)."""
         gated = bool(modules) and all(issubclass(m, GATED) for m in modules)
         self.max_update = self.cfg.gated_max_update if gated else self.cfg.max_update
         self.bound.set_max_update(self.max_update, anchored=gated, max_step=self.cfg.gated_max_step if gated else None)
         if gated != self.gated:
-            self.gated, self.feedback = gated, self._new_feedback()
+            self.gated, self.feedback, self.alignment = gated, self._new_feedback(), self._new_alignment()
+        self.alignment.use(() if gated or self.alignment_failed else weights)
 
     def observe_loss(self, loss: float | None, clipped: bool) -> None:
         """Take one step's loss, already on the host (the monitor's read-back), and whether that step
@@ -569,6 +621,15 @@ class _AutoClipper:
         assert isinstance(self.stats, _DeviceLogStats)
         return self._clip_on_device(batch, norm, self.stats)
 
+    def _observe_alignment(self, batch: GradBatch, clipped: Tensor | bool) -> None:
+        """Feed the alignment feedback this step (`actions.alignment`). Best effort: a failure there
+        switches it off for good (the factor back to 1), never the clipping or the training."""
+        try:
+            self.alignment.step(batch, clipped)
+        except Exception:
+            self.alignment = self._new_alignment()  # measures nothing: no weights to watch
+            self.alignment_failed = True
+
     def _bound_threshold(self, batch: GradBatch, n: Tensor) -> Tensor | None:
         if self.bound.limit is not None or not self.bound.active:
             bound = self.bound.limit
@@ -587,10 +648,15 @@ class _AutoClipper:
             k = self.feedback.factor
             # min(1, k · min(1, free / P)): the loss feedback tightens, and loosens at most what P tightened
             factor = 1.0 if p is None else min(1.0, self.cfg.free_propagation / float(p))  # CPU: no sync
-            limit = min(limit, float(bound) * min(1.0, k * factor))
+            c = self.alignment.factor
+            # the alignment feedback acts where P does not tighten the bound (an IRNN's P is 100-6,000)
+            align = c if isinstance(c, float) and not self.gated and factor >= 1.0 else 1.0
+            limit = min(limit, float(bound) * min(1.0, k * factor) * align)
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
             foreach_mul_(group, coef)
+        if bound is not None and not self.gated:
+            self._observe_alignment(batch, coef < CLIPPED)
         stats.feed(n * coef)
         return torch.tensor([n, n * coef, coef, limit], dtype=torch.float32)
 
@@ -609,9 +675,19 @@ class _AutoClipper:
                 bound = bound * torch.clamp((k * self.cfg.free_propagation) / p, max=min(k, 1.0))
         elif bound is not None and k < 1.0:
             bound = bound * k
+        c = self.alignment.factor
+        if bound is not None and isinstance(c, Tensor) and not self.gated:
+            c = c if c.device == bound.device else c.to(bound.device)
+            if isinstance(p, Tensor):  # where P tightens the bound (an IRNN), no alignment factor: a where, not a branch
+                c = torch.where(p.to(c.device) > self.cfg.free_propagation, torch.ones_like(c), c)
+            elif isinstance(p, float) and p > self.cfg.free_propagation:
+                c = torch.ones_like(c)
+            bound = bound * c
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
         scale_(batch.groups, coef if coef.dtype == norm.dtype else coef.to(norm.dtype))
+        if bound is not None and not self.gated:
+            self._observe_alignment(batch, coef < CLIPPED)
         after = norm * coef
         stats.feed(after if after.dtype == torch.float32 else after.float())
         return clip_record(norm, after, coef, limit)
