@@ -1188,11 +1188,14 @@ def to_markdown(results: dict[str, Any]) -> str:
             continue
         lines += [f"### {title}: final held-out loss (divergences / {s['seeds']}), share of steps clipped", "",
                   "| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        labels = list(next(iter(results[section].values())))
+        labels = list(dict.fromkeys(label for by_policy in results[section].values() for label in by_policy))
         for label in labels:
             cells = []
             for task in tasks:
-                r = results[section][task][label]
+                r = results[section][task].get(label)
+                if r is None:  # a combined result where this policy did not run on this task
+                    cells.append("—")
+                    continue
                 cells.append(f"{_fmt(r['final_loss'])} ({r['divergences']}/{r['seeds']}), "
                              f"{100 * r['clipped_share']:.0f}% clipped"
                              + (f" ×{r['clipped_coefficient']:.2g}" if r["clipped_coefficient"] is not None else ""))

@@ -1502,6 +1502,11 @@ def test_clipping_benchmark_combine_equals_one_run_of_every_policy(tmp_path):
     same = lambda x: json.dumps(x, sort_keys=True)  # noqa: E731 (a diverged run's NaN loss is never == itself)
     assert same(merged["exploding"]) == same(whole["exploding"]) and same(merged["verdict"]) == same(whole["verdict"])
     assert merged["table"] == whole["table"] and merged["verdict"][task]["auto_over_best"] is not None
+    alone = bench.main([*common[:1], "IRNN T=150", *common[2:], "--policies", "none"])  # a task without auto
+    (tmp_path / "alone.json").write_text(json.dumps(alone))
+    both = bench.main(["--combine", str(tmp_path / "fixed.json"), str(tmp_path / "auto.json"), str(tmp_path / "alone.json")])
+    assert list(both["exploding"]) == ["IRNN T=150", task] and both["verdict"]["IRNN T=150"]["auto_loss"] is None
+    assert "| auto | — | " in both["table"]  # every policy has its row, "—" where it did not run
     other = json.loads((tmp_path / "auto.json").read_text())
     other["settings"]["seeds"] = 3
     (tmp_path / "other.json").write_text(json.dumps(other))
