@@ -1208,12 +1208,13 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {task} | {v.get('split')} | {v['best_fixed']} | {_pm(v['best_fixed_loss'], v.get('best_fixed_sem'))} | "
                      f"{_pm(v['auto_loss'], v.get('auto_sem'))} | "
                      f"{_pm(v['auto_over_best'], v.get('auto_over_best_sem'))} | "
-                     f"{v['auto_divergences']}/{s['seeds']} | {v.get('none_divergences')}/{s['seeds']} |")
+                     f"{_fmt(v['auto_divergences'], 'd')}/{s['seeds']} | {_fmt(v.get('none_divergences'), 'd')}/{s['seeds']} |")
     lines += ["", "### Healthy runs: does 'auto' stay out of the way?", "",
               "| task | split | steps clipped by auto | unclipped loss | auto loss | auto / unclipped |",
               "|---|---|---|---|---|---|"]
     for task, v in results.get("healthy_verdict", {}).items():
-        lines.append(f"| {task} | {v.get('split')} | {100 * (v['clipped_share'] or 0):.1f}% | "
+        share = "—" if v["clipped_share"] is None else f"{100 * v['clipped_share']:.1f}%"  # "—": auto did not run
+        lines.append(f"| {task} | {v.get('split')} | {share} | "
                      f"{_pm(v['none_loss'], v.get('none_sem'))} | {_pm(v['auto_loss'], v.get('auto_sem'))} | "
                      f"{_fmt(v['auto_over_none'], '.3f')} |")
     lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks; a probe step "

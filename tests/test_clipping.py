@@ -1506,7 +1506,8 @@ def test_clipping_benchmark_combine_equals_one_run_of_every_policy(tmp_path):
     (tmp_path / "alone.json").write_text(json.dumps(alone))
     both = bench.main(["--combine", str(tmp_path / "fixed.json"), str(tmp_path / "auto.json"), str(tmp_path / "alone.json")])
     assert list(both["exploding"]) == ["IRNN T=150", task] and both["verdict"]["IRNN T=150"]["auto_loss"] is None
-    assert "| auto | — | " in both["table"]  # every policy has its row, "—" where it did not run
+    assert "| auto | — | " in both["table"]
+    assert "| IRNN T=150 | calibration | None | — | — | — | —/2 | 0/2 |" in both["table"]  # was "None/2"  # every policy has its row, "—" where it did not run
     other = json.loads((tmp_path / "auto.json").read_text())
     other["settings"]["seeds"] = 3
     (tmp_path / "other.json").write_text(json.dumps(other))
