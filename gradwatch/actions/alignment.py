@@ -19,7 +19,11 @@ t ≡ −1 (mod every) those weights are copied; on the next step the copy becom
 with a few dot products (on the gradients' device, no host-device sync; for CPU gradients as
 floats). After each block of `window` steps that the clipper mostly clipped (the bound sets the step
 size), a block mean below `below` multiplies the factor by `tighten` (not below `lowest`); other
-blocks change nothing, so a healthy run that is not clipped is untouched. The factor only tightens,
+blocks change nothing, so a healthy run that is not clipped is untouched. A second factor,
+`strong_factor`, is tightened the same way but only by blocks below `strong_below` (strong
+anti-alignment, a period-2 bounce across a valley: cos ≈ −1); auto applies it where its propagation
+factor P already tightens the bound (IRNNs), where the ordinary −0.3 cut would undo what the loss
+feedback gave long-memory tasks. The factor only tightens,
 as a learning-rate decay on a detected stationary phase does (Chee & Toulis): giving it back ×1.5
 after blocks with a mean above 0.3 (up to 1) was tried and did worse on every task it was meant for. Without recurrent weights to watch (`use` never called: actions without a
 monitor) the factor stays None (1).
@@ -45,8 +49,12 @@ class AlignmentFeedback:
     """A multiplicative factor on the update bound, driven by cos(g_t, −Δθ_{t−1}) (module docstring)."""
 
     def __init__(self, *, window: int, every: int, below: float, tighten: float, lowest: float,
-                 binding: float = 0.5) -> None:
+                 binding: float = 0.5, strong_below: float | None = None) -> None:
         self.window, self.every, self.below = window, every, below
+        self.strong_below = strong_below
+        self.strong_factor: Tensor | float | None = None
+        """The same as `factor`, tightened only by the blocks below `strong_below` (never when None);
+        auto uses it where P tightens the bound (an IRNN), `factor` elsewhere."""
         self.tighten, self.lowest, self.binding = tighten, lowest, binding
         self.factor: Tensor | float | None = None
         """A float for CPU gradients, a 0-d float32 tensor on the gradients' device otherwise; None: 1."""
@@ -104,9 +112,11 @@ class AlignmentFeedback:
     def _start(self, on_host: bool, device: torch.device | None) -> None:
         if on_host:
             self.factor, self._sum, self._samples, self._clipped = 1.0, 0.0, 0.0, 0.0
+            self.strong_factor = 1.0
         else:
             zero = torch.zeros((), dtype=torch.float32, device=device)
             self.factor, self._sum, self._samples, self._clipped = zero + 1.0, zero, zero, zero
+            self.strong_factor = zero + 1.0
 
     def _measure(self, weights: list[Tensor], grads: list[Tensor], on_host: bool) -> None:
         minus_delta = self._copy  # becomes θ_{t−1} − θ_t = −Δθ_{t−1}, in place
@@ -148,6 +158,9 @@ class AlignmentFeedback:
                 mean = self._sum / self._samples
                 if mean < self.below:
                     self.factor = max(self.factor * self.tighten, self.lowest)
+                if self.strong_below is not None and mean < self.strong_below:
+                    assert isinstance(self.strong_factor, float)
+                    self.strong_factor = max(self.strong_factor * self.tighten, self.lowest)
             self._sum = self._samples = self._clipped = 0.0
             return
         assert isinstance(self.factor, Tensor) and isinstance(self._sum, Tensor) and isinstance(self._samples, Tensor)
@@ -155,6 +168,10 @@ class AlignmentFeedback:
         binding = (self._samples > 0) & (self._clipped >= self.binding * self.window)
         tightened = (self.factor * self.tighten).clamp(min=self.lowest)
         self.factor = torch.where(binding & (mean_t < self.below), tightened, self.factor)
+        if self.strong_below is not None:
+            assert isinstance(self.strong_factor, Tensor)
+            strong = (self.strong_factor * self.tighten).clamp(min=self.lowest)
+            self.strong_factor = torch.where(binding & (mean_t < self.strong_below), strong, self.strong_factor)
         self._sum, self._samples, self._clipped = self._sum * 0.0, self._samples * 0.0, self._clipped * 0.0
 
 

@@ -119,8 +119,11 @@ of two thresholds:
    the rate on a detected stationary phase; giving it back ×1.5 on blocks above +0.3 did worse). The default-
    initialised vanilla RNNs with a too-high learning rate (held-out r4) bounce across a valley under
    the plain bound (a of −0.2 to −0.95 once clipped) where their best fixed thresholds take 2-7× smaller
-   steps; the IRNN rows (P > 3) and every gated network are untouched. Without a monitor (no weights)
-   c stays 1. Figures: docs/clipping.md, "Session 7".
+   steps; every gated network is untouched. Where P > 3 (the IRNN rows) c is a second factor, tightened
+   only by blocks below `align_below_propagating` = −0.8 (branch tune): a strong anti-alignment is the
+   period-2 bounce of "IRNN adding T=200" seeds 8 and 9 under a bound that binds every step, which only a
+   shrinking bound damps (2/10 diverged → 0/10); −0.3 there cost IRNN T=300 what the loss feedback gave
+   it. Without a monitor (no weights) c stays 1. Figures: docs/clipping.md, "Session 7".
 
 2. **Spike bound, from step 1** (every optimizer). m and s², the exponential moving mean and
    variance of log(clipped norm) (decay `alpha` = 0.97 as in ZClip, ~33 steps; a plain mean
@@ -271,6 +274,12 @@ class Auto:
     cos(g_t, −Δθ_{t−1}) on one step in this many."""
     align_below: float = -0.3
     """A mostly-clipped block whose mean alignment is below this tightens the update bound."""
+    align_below_propagating: float | None = -0.8
+    """Where P tightens the bound (P > `free_propagation`: an IRNN), only a mostly-clipped block whose
+    mean alignment is below this tightens it, with its own factor (None: no alignment factor there).
+    Strong anti-alignment is a period-2 bounce across a valley under a bound that binds every step
+    ("IRNN adding T=200", seeds 8 and 9: blocks of −0.9 to −1), which a bound that does not shrink
+    cannot damp; −0.3 there cost IRNN T=300 what the loss feedback gave it."""
     align_tighten: float = 0.7
     """Factor on the update bound after a mostly-clipped block that overshot (mean alignment below `align_below`)."""
     align_lowest: float = 1 / 16
@@ -299,9 +308,13 @@ class Auto:
                 raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) must be a positive integer, got {value!r}.")
 
     def _check_alignment(self) -> None:
-        if not -1.0 < self.align_below < 1.0:
-            raise GradwatchError(f"gradwatch.actions.Auto(align_below=...) is a cosine: it must be in (-1, 1), "
-                                 f"got {self.align_below!r}.")
+        for field_name in ("align_below", "align_below_propagating"):
+            value = getattr(self, field_name)
+            if value is None and field_name == "align_below_propagating":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 < value < 1.0:
+                raise GradwatchError(f"gradwatch.actions.Auto({field_name}=...) is a cosine: it must be in (-1, 1), "
+                                     f"got {value!r}.")
         for field_name in ("align_tighten", "align_lowest"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1.0:
@@ -569,7 +582,8 @@ class _AutoClipper:
     def _new_alignment(self) -> AlignmentFeedback:
         cfg = self.cfg
         return AlignmentFeedback(window=cfg.align_window, every=cfg.align_every, below=cfg.align_below,
-                                 tighten=cfg.align_tighten, lowest=cfg.align_lowest)
+                                 tighten=cfg.align_tighten, lowest=cfg.align_lowest,
+                                 strong_below=cfg.align_below_propagating)
 
     def _new_feedback(self) -> LossFeedback:
         cfg = self.cfg
@@ -648,9 +662,9 @@ class _AutoClipper:
             k = self.feedback.factor
             # min(1, k · min(1, free / P)): the loss feedback tightens, and loosens at most what P tightened
             factor = 1.0 if p is None else min(1.0, self.cfg.free_propagation / float(p))  # CPU: no sync
-            c = self.alignment.factor
-            # the alignment feedback acts where P does not tighten the bound (an IRNN's P is 100-6,000)
-            align = c if isinstance(c, float) and not self.gated and factor >= 1.0 else 1.0
+            # where P tightens the bound (an IRNN's P is 100-6,000) only strong anti-alignment tightens it
+            c = self.alignment.factor if factor >= 1.0 else self.alignment.strong_factor
+            align = c if isinstance(c, float) and not self.gated else 1.0
             limit = min(limit, float(bound) * min(1.0, k * factor) * align)
         coef = min(limit / (n + 1e-6), 1.0)  # min(nan, 1.0) is nan: a NaN norm gives NaN, as in clip_grad_norm_
         for group in batch.groups:
@@ -678,10 +692,13 @@ class _AutoClipper:
         c = self.alignment.factor
         if bound is not None and isinstance(c, Tensor) and not self.gated:
             c = c if c.device == bound.device else c.to(bound.device)
-            if isinstance(p, Tensor):  # where P tightens the bound (an IRNN), no alignment factor: a where, not a branch
-                c = torch.where(p.to(c.device) > self.cfg.free_propagation, torch.ones_like(c), c)
+            # where P tightens the bound (an IRNN), the factor of strong anti-alignment only: a where, not a branch
+            strong = self.alignment.strong_factor
+            strong = strong.to(c.device) if isinstance(strong, Tensor) else torch.ones_like(c)
+            if isinstance(p, Tensor):
+                c = torch.where(p.to(c.device) > self.cfg.free_propagation, strong, c)
             elif isinstance(p, float) and p > self.cfg.free_propagation:
-                c = torch.ones_like(c)
+                c = strong
             bound = bound * c
         limit = stats.limit if bound is None else torch.minimum(stats.limit, bound)
         coef = torch.clamp(limit / (n + 1e-6), max=1.0)
