@@ -314,3 +314,14 @@ def test_alignment_feedback_matches_a_plain_reference_computation_step_by_step(w
         assert [c is None for c in lasts] == [c is None for c in ref_lasts]
         assert [c for c in lasts if c is not None] == pytest.approx([c for c in ref_lasts if c is not None], abs=1e-5)
         assert factors == pytest.approx(ref_factors, rel=1e-6)
+
+
+def test_auto_host_record_has_the_bits_torch_tensor_gives():
+    """The host path's record is built from an array of C floats (cheaper than torch.tensor): same bits,
+    overflow, subnormals and NaN included."""
+    from gradwatch.actions.auto import _host_record
+
+    values = [1.2345678901234, 1e300, -1e300, 3.4028235e38, 3.4028236e38, 1e-45, 7e-46, -0.0, math.nan, math.inf, 0.1]
+    got, want = _host_record(*values), torch.tensor(values, dtype=torch.float32)
+    assert got.dtype == torch.float32 and got.shape == (len(values),)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
