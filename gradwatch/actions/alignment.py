@@ -53,13 +53,13 @@ class AlignmentFeedback:
         self.last: Tensor | float | None = None
         """The last measured alignment (diagnostics, tests)."""
         self._ids: frozenset[int] = frozenset()
-        self._key: tuple[object, ...] = ()
+        self._key: tuple[object, ...] = (-1, None, None)
         self._chosen: list[int] = []
         self._copy: list[Tensor] = []
         self._views: list[np.ndarray] = []
         """Numpy views of `_copy` (CPU float32/float64 weights; `_numpy_views`)."""
         self._weight_views: list[np.ndarray] = []
-        self._view_key: list[object] = []
+        self._view_key: list[tuple[int, torch.Size, tuple[int, ...], torch.dtype]] = []
         self._taken = False
         self.t = 0
         self._sum: Tensor | float = 0.0
@@ -70,7 +70,7 @@ class AlignmentFeedback:
         """The parameters to measure on (the watched modules' hidden-to-hidden matrices)."""
         ids = frozenset(id(w) for w in weights)
         if ids != self._ids:
-            self._ids, self._key, self._copy, self._taken, self._views = ids, (), [], False, []
+            self._ids, self._key, self._copy, self._taken, self._views = ids, (-1, None, None), [], False, []
 
     def step(self, batch: GradBatch, clipped: Tensor | bool) -> None:
         """One clipping call; `clipped`: whether it clipped (a host bool, or a 0-d device tensor).
@@ -79,23 +79,29 @@ class AlignmentFeedback:
         if not self._ids:
             return
         params = batch.params
-        key = (len(params), id(params[0]), id(params[-1]))
-        if key != self._key:
-            self._key, self._copy, self._taken, self._views = key, [], False, []
+        if len(params) != self._key[0] or id(params[0]) != self._key[1] or id(params[-1]) != self._key[2]:
+            self._key, self._copy, self._taken, self._views = (len(params), id(params[0]), id(params[-1])), [], False, []
             self._chosen = [i for i, p in enumerate(params) if id(p) in self._ids and not p.grad.is_sparse]  # type: ignore[union-attr]
         if not self._chosen:
             return
-        on_host = not isinstance(clipped, Tensor)
-        if self.factor is None or isinstance(self.factor, float) != on_host:
-            self._start(on_host, None if on_host else clipped.device)  # type: ignore[union-attr]
-        phase = self.t % self.every
+        t = self.t
+        if isinstance(clipped, Tensor):
+            if not isinstance(self.factor, Tensor):
+                self._start(False, clipped.device)
+            self._clipped = self._clipped + clipped.to(torch.float32)
+            on_host = False
+        else:
+            if not isinstance(self.factor, float):
+                self._start(True, None)
+            self._clipped = self._clipped + clipped
+            on_host = True
+        phase = t % self.every
         if phase == 0 and self._taken:
             self._measure([params[i] for i in self._chosen], [batch.grads[i] for i in self._chosen], on_host)
         if phase == self.every - 1:
             self._take([params[i] for i in self._chosen], on_host)
-        self._clipped = self._clipped + (clipped if on_host else clipped.to(torch.float32))  # type: ignore[union-attr]
-        self.t += 1
-        if self.t % self.window == 0:
+        self.t = t = t + 1
+        if t % self.window == 0:
             self._end_block(on_host)
 
     def _take(self, params: list[Tensor], on_host: bool) -> None:
