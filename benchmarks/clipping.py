@@ -1066,6 +1066,11 @@ def _interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, blocks:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+UNGATED = "auto (SGD, ungated)"
+"""The timing contender of auto on an ungated network with its monitor-fed recurrent weights (the
+alignment feedback on), per call, averaged over whole cycles of `Auto.align_every` calls."""
+
+
 def timing(*, quick: bool) -> dict[str, dict[str, float]]:
     """Microseconds per clipping call on the same gradients: clip_grad_norm_ vs gradwatch's policies."""
     out = {}
@@ -1089,8 +1094,23 @@ def timing(*, quick: bool) -> dict[str, dict[str, float]]:
             for _ in range(64):  # past auto's early weight re-measurements (steps 0, 1, 3, …, 63): steady state
                 actions.before_step(optimizers, profiles)
             contenders[label] = lambda a=actions, o=optimizers, pr=profiles: a.before_step(o, pr)
+        # what an ungated network pays under `watch(clip="auto")`: the monitor hands auto the recurrent
+        # weights, on which the alignment feedback samples one call in `align_every` (a copy, then a measure);
+        # one contender call is a whole cycle of calls, so that the sample steps count as often as in training
+        # (the medium and large LSTMs' weight_hh are handed over as an ungated RNN's would be)
+        actions = build_actions("auto", False)
+        assert actions is not None
+        optimizers = [torch.optim.SGD(params, lr=1e-9)]
+        recurrent = [p for name, p in model.named_parameters() if "weight_hh" in name]
+        actions.observe_recurrent([nn.RNN], recurrent)
+        cycle = Auto().align_every
+        for _ in range(64):
+            actions.before_step(optimizers, [])
+        contenders[UNGATED] = lambda a=actions, o=optimizers: [a.before_step(o, []) for _ in range(cycle)]
         repeats = {"small": 100, "medium": 5, "large": 2}[size] // (2 if quick else 1) or 1
-        out[size] = {"parameters": float(sum(p.numel() for p in params)), **_interleaved(contenders, repeats)}
+        row = _interleaved(contenders, repeats)
+        row[UNGATED] /= cycle  # per call
+        out[size] = {"parameters": float(sum(p.numel() for p in params)), **row}
     return out
 
 
@@ -1218,17 +1238,22 @@ def to_markdown(results: dict[str, Any]) -> str:
                      f"{_pm(v['none_loss'], v.get('none_sem'))} | {_pm(v['auto_loss'], v.get('auto_sem'))} | "
                      f"{_fmt(v['auto_over_none'], '.3f')} |")
     lines += ["", "### CPU time per clipping call (µs, same gradients, median of interleaved blocks; a probe step "
-              "(every 10th by default) also computes P from the per-timestep profiles)", "",
+              "(every 10th by default) also computes P from the per-timestep profiles; 'ungated': the monitor's "
+              "recurrent weights handed over as an ungated RNN's, the alignment feedback on, mean over cycles of "
+              "10 calls, its sample steps included)", "",
               "| model | parameters | clip_grad_norm_ | norm | auto (SGD) | auto (Adam) | auto (SGD, probe step) "
-              "| auto (SGD) / cgn | auto (Adam) / cgn | probe step / cgn |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| auto (SGD, ungated) | auto (SGD) / cgn | auto (Adam) / cgn | probe step / cgn | ungated / cgn |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, row in results["timing_us"].items():
         base = row["clip_grad_norm_"]
         probe = row.get("auto (SGD, probe step)")
+        ungated = row.get(UNGATED)  # absent from results of before session 7
         lines.append(f"| {size} | {row['parameters']:.3g} | {base:.1f} | {row['norm']:.1f} | "
                      f"{row['auto (SGD)']:.1f} | {row['auto (Adam)']:.1f} | {_fmt(probe, '.1f')} | "
+                     f"{_fmt(ungated, '.1f')} | "
                      f"{row['auto (SGD)'] / base:.2f} | {row['auto (Adam)'] / base:.2f} | "
-                     f"{_fmt(probe / base if probe else None, '.2f')} |")
+                     f"{_fmt(probe / base if probe else None, '.2f')} | "
+                     f"{_fmt(ungated / base if ungated else None, '.2f')} |")
     lines.append("")
     lines.append("Legend: '×c' is the median clip coefficient on clipped steps (1 = untouched). A run diverged when "
                  f"its loss became NaN/Inf or its final held-out loss ended above {BLEW_UP:g}× the initial one; a threshold "

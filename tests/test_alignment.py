@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -264,3 +266,91 @@ def test_a_failing_alignment_measurement_stops_the_feedback_not_the_clipping():
     assert actions.clipper.alignment_failed and actions.clipper.alignment.factor is None
     actions.observe_recurrent([nn.RNN], [model.rnn.weight_hh_l0])  # the monitor re-telling its modules
     assert not actions.clipper.alignment._ids
+
+
+def _reference_alignment(weights, grads, clipped, *, window, every, below, tighten, lowest, binding=0.5):
+    """The alignment feedback written out plainly (module docstring of `actions.alignment`): per step the
+    cosine sampled (or NaN) and the factor after the step. Host floats: float32 dot products per tensor
+    (numpy, as BLAS computes them), summed in double."""
+    factor, total, samples, n_clipped, copy = 1.0, 0.0, 0.0, 0.0, None
+    lasts, factors = [], []
+    last = None
+    for t, (ws, gs, c) in enumerate(zip(weights, grads, clipped)):
+        if t % every == 0 and copy is not None:
+            num = gg = dd = 0.0
+            for g, prev, w in zip(gs, copy, ws):
+                d = np.subtract(prev, w).reshape(-1)
+                g = g.reshape(-1)
+                num, gg, dd = num + float(np.dot(g, d)), gg + float(np.dot(g, g)), dd + float(np.dot(d, d))
+            den = math.sqrt(gg * dd)
+            last = num / den if den > 0 and math.isfinite(num / den) else math.nan
+            if math.isfinite(last):
+                total, samples = total + max(-1.0, min(1.0, last)), samples + 1.0
+            copy = None
+        if t % every == every - 1:
+            copy = [w.copy() for w in ws]
+        n_clipped += float(c)
+        if (t + 1) % window == 0:
+            if samples > 0 and n_clipped >= binding * window and total / samples < below:
+                factor = max(factor * tighten, lowest)
+            total = samples = n_clipped = 0.0
+        lasts.append(last)
+        factors.append(factor)
+    return lasts, factors
+
+
+@pytest.mark.parametrize("window,every", [(10, 10), (4, 2), (3, 1), (6, 4)])
+@pytest.mark.parametrize("host", [True, False], ids=["host-floats", "device-tensors"])
+def test_alignment_feedback_matches_a_plain_reference_computation_step_by_step(window, every, host):
+    """Pins the measurement mechanics (session 7, branch cost: the bookkeeping was made cheaper, the
+    results must not move): on random weight moves, gradients partly pointing back along the last move
+    and random clipped flags, every sampled cosine and every factor equal a plain recomputation: to the
+    bit for host floats, to float32 rounding for device tensors (whose decisions are the same)."""
+    gen = np.random.default_rng(0)
+    steps = 120
+    shapes = [(6, 6), (5,), (4, 3)]  # the second is not a recurrent weight: never measured
+    ws = [nn.Parameter(torch.from_numpy(gen.standard_normal(s).astype(np.float32))) for s in shapes]
+    chosen = [ws[0], ws[2]]
+    fb = AlignmentFeedback(window=window, every=every, below=-0.3, tighten=0.7, lowest=1 / 16)
+    fb.use(chosen)
+    batch = type("B", (), {})()
+    batch.params = ws
+    seen_w, seen_g, flags, lasts, factors = [], [], [], [], []
+    previous = [w.detach().numpy().copy() for w in ws]
+    for t in range(steps):
+        back = gen.uniform(-0.5, 2.0)  # how strongly this gradient points back along the last move
+        for w, prev in zip(ws, previous):
+            move = w.detach().numpy() - prev
+            w.grad = torch.from_numpy((back * move + 0.05 * gen.standard_normal(w.shape)).astype(np.float32))
+        batch.grads = [w.grad for w in ws]
+        clipped = bool(gen.uniform() < 0.8)
+        seen_w.append([w.detach().numpy().copy() for w in chosen])
+        seen_g.append([w.grad.numpy().copy() for w in chosen])
+        flags.append(clipped)
+        fb.step(batch, clipped if host else torch.tensor(clipped))
+        lasts.append(None if fb.last is None else float(fb.last))
+        factors.append(float(fb.factor))
+        previous = [w.detach().numpy().copy() for w in ws]
+        with torch.no_grad():
+            for w in ws:
+                w.add_(torch.from_numpy(gen.standard_normal(w.shape).astype(np.float32)) * 0.1)
+    ref_lasts, ref_factors = _reference_alignment(seen_w, seen_g, flags, window=window, every=every,
+                                                  below=-0.3, tighten=0.7, lowest=1 / 16)
+    assert min(ref_factors) < 0.7 ** 2 and sum(1 for c in ref_lasts if c is not None and c > -0.3) > 3  # both ways
+    if host:
+        assert lasts == ref_lasts and factors == ref_factors
+    else:
+        assert [c is None for c in lasts] == [c is None for c in ref_lasts]
+        assert [c for c in lasts if c is not None] == pytest.approx([c for c in ref_lasts if c is not None], abs=1e-5)
+        assert factors == pytest.approx(ref_factors, rel=1e-6)
+
+
+def test_auto_host_record_has_the_bits_torch_tensor_gives():
+    """The host path's record is built from an array of C floats (cheaper than torch.tensor): same bits,
+    overflow, subnormals and NaN included."""
+    from gradwatch.actions.auto import _host_record
+
+    values = [1.2345678901234, 1e300, -1e300, 3.4028235e38, 3.4028236e38, 1e-45, 7e-46, -0.0, math.nan, math.inf, 0.1]
+    got, want = _host_record(*values), torch.tensor(values, dtype=torch.float32)
+    assert got.dtype == torch.float32 and got.shape == (len(values),)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

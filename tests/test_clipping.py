@@ -1513,3 +1513,38 @@ def test_clipping_benchmark_combine_equals_one_run_of_every_policy(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit):
         bench.main(["--combine", str(tmp_path / "fixed.json"), str(tmp_path / "other.json")])
+
+
+def test_clipping_benchmark_timing_counts_the_alignment_samples_of_an_ungated_network(monkeypatch):
+    """Session 7 (branch cost): the timing table ran `Actions` without a monitor, where the alignment
+    feedback is off, so it left out what an ungated network pays (its sample steps, one call in 10).
+    The "auto (SGD, ungated)" contender gets the recurrent weights as the monitor hands them over and
+    one of its calls is a whole cycle of 10 clipping calls: one measure and one copy per cycle."""
+    from gradwatch.actions.alignment import AlignmentFeedback
+
+    bench = load_benchmark("clipping")
+    model = nn.RNN(3, 4)
+    monkeypatch.setattr(bench, "_timing_model", lambda size: (model, lambda: model(torch.ones(5, 2, 3))[0].sum()))
+    measures = []
+    real = AlignmentFeedback._measure
+    monkeypatch.setattr(AlignmentFeedback, "_measure", lambda self, *a: measures.append(1) or real(self, *a))
+
+    def measures_per_call(contenders, repeats):  # in place of the timing: alignment measures per contender call
+        counts = {}
+        for name, fn in contenders.items():
+            measures.clear()
+            for _ in range(3):
+                fn()
+            counts[name] = float(len(measures)) / 3
+        return counts
+
+    monkeypatch.setattr(bench, "_interleaved", measures_per_call)
+    timing = bench.timing(quick=True)
+    for size, row in timing.items():
+        assert row[bench.UNGATED] == pytest.approx(1 / Auto().align_every), size  # per call, sample steps included
+        assert row["auto (SGD)"] == row["norm"] == row["clip_grad_norm_"] == 0.0, size
+    table = bench.to_markdown({"exploding": {}, "healthy": {}, "verdict": {}, "healthy_verdict": {},
+                               "timing_us": {s: {k: v + 1.0 for k, v in r.items()} for s, r in timing.items()},
+                               "settings": {"seeds": 1, "steps": 1, "quick": True, "torch": "x", "threads": 1},
+                               "tasks": {}})
+    assert "ungated / cgn" in table

@@ -61,9 +61,13 @@ class AlignmentFeedback:
         self.last: Tensor | float | None = None
         """The last measured alignment (diagnostics, tests)."""
         self._ids: frozenset[int] = frozenset()
-        self._key: tuple[object, ...] = ()
+        self._key: tuple[object, ...] = (-1, None, None)
         self._chosen: list[int] = []
         self._copy: list[Tensor] = []
+        self._views: list[np.ndarray] = []
+        """Numpy views of `_copy` (CPU float32/float64 weights; `_numpy_views`)."""
+        self._weight_views: list[np.ndarray] = []
+        self._view_key: list[tuple[int, torch.Size, tuple[int, ...], torch.dtype]] = []
         self._taken = False
         self.t = 0
         self._sum: Tensor | float = 0.0
@@ -74,40 +78,65 @@ class AlignmentFeedback:
         """The parameters to measure on (the watched modules' hidden-to-hidden matrices)."""
         ids = frozenset(id(w) for w in weights)
         if ids != self._ids:
-            self._ids, self._key, self._copy, self._taken = ids, (), [], False
+            self._ids, self._key, self._copy, self._taken, self._views = ids, (-1, None, None), [], False, []
 
     def step(self, batch: GradBatch, clipped: Tensor | bool) -> None:
-        """One clipping call; `clipped`: whether it clipped (a host bool, or a 0-d device tensor)."""
+        """One clipping call; `clipped`: whether it clipped (a host bool, or a 0-d device tensor).
+        Only the calls of a sample (a copy on t ≡ −1, the measure on t ≡ 0 (mod every)) touch the
+        weights; the others count and return (a few attribute reads: part of every call's cost)."""
         if not self._ids:
             return
         params = batch.params
-        key = (len(params), id(params[0]), id(params[-1]))
-        if key != self._key:
-            self._key, self._copy, self._taken = key, [], False
+        if len(params) != self._key[0] or id(params[0]) != self._key[1] or id(params[-1]) != self._key[2]:
+            self._key, self._copy, self._taken, self._views = (len(params), id(params[0]), id(params[-1])), [], False, []
             self._chosen = [i for i, p in enumerate(params) if id(p) in self._ids and not p.grad.is_sparse]  # type: ignore[union-attr]
         if not self._chosen:
             return
-        on_host = not isinstance(clipped, Tensor)
-        if self.factor is None or isinstance(self.factor, float) != on_host:
-            self._start(on_host, None if on_host else clipped.device)  # type: ignore[union-attr]
-        chosen = [params[i] for i in self._chosen]
-        phase = self.t % self.every
-        if self._taken and phase == 0:
-            self._measure(chosen, [batch.grads[i] for i in self._chosen], on_host)
+        t = self.t
+        if isinstance(clipped, Tensor):
+            if not isinstance(self.factor, Tensor):
+                self._start(False, clipped.device)
+            self._clipped = self._clipped + clipped.to(torch.float32)
+            on_host = False
+        else:
+            if not isinstance(self.factor, float):
+                self._start(True, None)
+            self._clipped = self._clipped + clipped
+            on_host = True
+        phase = t % self.every
+        if phase == 0 and self._taken:
+            self._measure([params[i] for i in self._chosen], [batch.grads[i] for i in self._chosen], on_host)
         if phase == self.every - 1:
-            weights = [p.detach() for p in chosen]
-            if not self._copy:
-                self._copy = [w.clone() for w in weights]
-            elif on_host and all(w.dtype in _NUMPY for w in weights):  # numpy: no torch dispatch (~1 µs a call)
-                for c, w in zip(self._copy, weights):
-                    np.copyto(c.numpy(), w.numpy())
-            else:
-                foreach_copy_(self._copy, weights)
-            self._taken = True
-        self._clipped = self._clipped + (clipped if on_host else clipped.to(torch.float32))  # type: ignore[union-attr]
-        self.t += 1
-        if self.t % self.window == 0:
+            self._take([params[i] for i in self._chosen], on_host)
+        self.t = t = t + 1
+        if t % self.window == 0:
             self._end_block(on_host)
+
+    def _take(self, params: list[Tensor], on_host: bool) -> None:
+        """Copy the weights before this step's update (θ_{t−1} for the next call's measure)."""
+        if not self._copy:
+            self._copy = [p.detach().clone() for p in params]
+            self._views = []
+        elif on_host and self._numpy_views(params):  # numpy: no torch dispatch (~1 µs a call)
+            for c, w in zip(self._views, self._weight_views):
+                np.copyto(c, w)
+        else:
+            foreach_copy_(self._copy, [p.detach() for p in params])
+        self._taken = True
+
+    def _numpy_views(self, params: list[Tensor]) -> bool:
+        """Numpy views of the copy (kept) and of the weights (kept while each weight's storage, shape
+        and strides stay: `p.data = ...` gives new ones) in `_views` and `_weight_views`; False where
+        a dtype has no numpy twin (torch ops then)."""
+        key = [(p.data_ptr(), p.shape, p.stride(), p.dtype) for p in params]
+        if self._views and key == self._view_key:
+            return True
+        if not all(p.dtype in _NUMPY and c.dtype == p.dtype for p, c in zip(params, self._copy)):
+            return False
+        self._views = [c.numpy() for c in self._copy]
+        self._weight_views = [p.detach().numpy() for p in params]
+        self._view_key = key
+        return True
 
     def _start(self, on_host: bool, device: torch.device | None) -> None:
         if on_host:
@@ -121,11 +150,10 @@ class AlignmentFeedback:
     def _measure(self, weights: list[Tensor], grads: list[Tensor], on_host: bool) -> None:
         minus_delta = self._copy  # becomes θ_{t−1} − θ_t = −Δθ_{t−1}, in place
         self._taken = False
-        if on_host and all(w.dtype in _NUMPY for w in weights):  # CPU tensors: memory loads, not a sync
-            for c, w in zip(minus_delta, weights):
-                view = c.numpy()
-                np.subtract(view, w.detach().numpy(), out=view)
-            self._accumulate(_host_cosine(grads, minus_delta))
+        if on_host and self._numpy_views(weights):  # CPU tensors: memory loads, not a sync
+            for c, w in zip(self._views, self._weight_views):
+                np.subtract(c, w, out=c)
+            self._accumulate(_host_cosine(grads, minus_delta, self._views))
             return
         foreach_sub_(minus_delta, [w.detach() for w in weights])
         if on_host:
@@ -175,13 +203,15 @@ class AlignmentFeedback:
         self._sum, self._samples, self._clipped = self._sum * 0.0, self._samples * 0.0, self._clipped * 0.0
 
 
-def _host_cosine(grads: list[Tensor], others: list[Tensor]) -> float:
+def _host_cosine(grads: list[Tensor], others: list[Tensor], views: list[np.ndarray] | None = None) -> float:
     """cos(g, d) over all the tensors together, from CPU tensors, as a float (numpy views where the
-    dtype allows: ~1 µs a dot product, where a torch op costs a few µs of dispatch); NaN if undefined."""
+    dtype allows: ~1 µs a dot product, where a torch op costs a few µs of dispatch); NaN if undefined.
+    `views`: numpy views of `others`, when the caller keeps them."""
     num = gg = dd = 0.0
-    for g, d in zip(grads, others):
+    for i, (g, d) in enumerate(zip(grads, others)):
         if g.dtype in _NUMPY and d.dtype == g.dtype:
-            a, b = g.detach().reshape(-1).numpy(), d.reshape(-1).numpy()
+            # numpy's reshape: a view where torch's would be (contiguous), else the same C-order copy
+            a, b = g.detach().numpy().reshape(-1), (d.numpy() if views is None else views[i]).reshape(-1)
             num, gg, dd = num + float(np.dot(a, b)), gg + float(np.dot(a, a)), dd + float(np.dot(b, b))
         else:
             a_t, b_t = g.detach().reshape(-1).double(), d.reshape(-1).double()
