@@ -156,7 +156,7 @@ of two thresholds:
    "GRU classifier + Adam" (r6: a sum-sign classifier whose norms spread from 0.1 to 6.7 within 20
    steps as it learns, a log std of ~1.0 once past the warm-up) was clipped on 19.3% of its steps at
    4.5× and ended 1.06× its unclipped loss. With 0.8 / 1.0 / 1.2 (10 seeds): 3.7 / 1.3 / 1.1% of
-   steps clipped, 1.00 / 1.03 / 1.02× unclipped (0.1334 ± 0.0042); what is left is steps 20-24, where
+   steps clipped, 1.00 / 1.03 / 1.02× unclipped (0.1334 ± 0.0042); what is left is steps 19-24, where
    the warm-up ends as the norms rise. No exploding task of the benchmark uses Adam, RMSprop or
    another scale-invariant optimizer, so none of them changed; a steady run (s at its 0.3 floor) still
    has a 100× spike cut to 2.46×.
